@@ -1,0 +1,120 @@
+"""The planctl command line: one Typer app, sub-commands by noun.
+
+`app` is the Typer application; `main` is the console-script entry point.
+Domain errors are turned into one stderr line and a documented exit code here,
+in one place (`PlanctlGroup.invoke`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from typing import Annotated, Any, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from planctl import __version__
+from planctl.cli.context import State, env_flag
+from planctl.domain.errors import ExitCode, PlanctlError
+
+
+class PlanctlGroup(TyperGroup):
+    """The root group: maps every error raised below it to an exit code."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except PlanctlError as exc:
+            _report(ctx, exc.reason, exc.message)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
+        except Exception as exc:
+            if env_flag("PLANCTL_DEBUG"):
+                traceback.print_exc()
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            _report(ctx, "unexpected", f"unexpected {type(exc).__name__}: {first} "
+                    "(rerun with PLANCTL_DEBUG=1 for a traceback)")
+            raise typer.Exit(ExitCode.FAILURE) from None
+        finally:
+            if isinstance(ctx.obj, State):
+                ctx.obj.close()
+
+
+def _report(ctx: Any, reason: str, message: str) -> None:
+    """One stderr line: plain text, or a JSON object when --json was asked for."""
+    if isinstance(ctx.obj, State) and ctx.obj.json:
+        print(json.dumps({"error": reason, "message": message}, ensure_ascii=False), file=sys.stderr)
+    else:
+        print(f"error: {message}", file=sys.stderr)
+
+
+app = typer.Typer(
+    cls=PlanctlGroup,
+    name="planctl",
+    help="Administer LLM API subscription plans: catalog, sales, keys, quotas and usage.",
+    epilog="Example: planctl plans list --json. Docs: README.md. Exit codes: 0 ok, 1 failure, "
+    "2 bad input, 3 not found, 4 refused, 5 denied, 6 conflict.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"planctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    db: Annotated[Optional[str], typer.Option(
+        "--db", metavar="PATH|URL",
+        help="SQLite file or postgresql://… URL. Default: PLANCTL_DATABASE_URL, PLANCTL_DB, "
+        "PLANCTL_HOME/planctl.db, then the user data directory.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="JSON output for every command.")] = False,
+    no_color: Annotated[bool, typer.Option("--no-color", help="No colour (also NO_COLOR=1).")] = False,
+    no_input: Annotated[bool, typer.Option("--no-input", help="Never prompt; fail instead.")] = False,
+    tz: Annotated[Optional[str], typer.Option(
+        "--tz", envvar="PLANCTL_TZ", help="Time zone for displayed and entered times (default: local).")] = None,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+) -> None:
+    """Global options come before the command: planctl --db ./test.db plans list."""
+    if tz:
+        from planctl.domain.clock import zone
+
+        zone(tz)
+    ctx.obj = State(db_option=db, json=json_, no_color=no_color or bool(os.environ.get("NO_COLOR")),
+                    no_input=no_input or env_flag("PLANCTL_NO_INPUT"), tz_name=tz)
+
+
+def _register() -> None:
+    from planctl.cli import accounts, admin, catalog, plans
+
+    app.add_typer(plans.app, name="plans")
+    app.add_typer(plans.products_app, name="products")
+    app.add_typer(catalog.models_app, name="models")
+    app.add_typer(catalog.aliases_app, name="aliases")
+    app.add_typer(catalog.groups_app, name="groups")
+    app.add_typer(accounts.app, name="accounts")
+    app.add_typer(admin.db_app, name="db")
+    app.add_typer(admin.config_app, name="config")
+    app.command("audit")(admin.audit)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="planctl")

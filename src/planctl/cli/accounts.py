@@ -1,0 +1,125 @@
+"""`planctl accounts …`: buyers, their default group and billing details."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+
+from planctl.cli.context import state
+from planctl.cli.output import Column, CsvOpt, JsonlOpt, JsonOpt, emit_record, emit_rows, output_format
+
+app = typer.Typer(help="Accounts: the people and teams who buy plans.", no_args_is_help=True)
+
+LIST_COLUMNS = (
+    Column("id"), Column("name"), Column("default_group", "Group"), Column("parent_id", "Parent"),
+    Column("payg_balance", "PAYG balance", "credit"), Column("created_at", "Created", "time"),
+)
+SHOW_COLUMNS = (
+    Column("id"), Column("name"), Column("default_group", "Default group"), Column("parent_id", "Parent"),
+    Column("subuser_quota", "Sub-user quota", "credit"), Column("payg_balance", "PAYG balance", "credit"),
+    Column("billing_name", "Billing name"), Column("billing_email", "Billing e-mail"),
+    Column("billing_address", "Billing address"), Column("billing_tax_id", "Tax id"),
+    Column("created_at", "Created", "time"), Column("updated_at", "Updated", "time"),
+)
+
+
+def account_json(a: Any) -> dict[str, Any]:
+    from planctl.domain.clock import iso
+    from planctl.domain.money import credit_json
+
+    return {
+        "id": a.id, "name": a.name, "default_group": a.default_group, "parent_id": a.parent_id,
+        "subuser_quota": None if a.subuser_quota is None else credit_json(a.subuser_quota),
+        "payg_balance": credit_json(a.payg_balance),
+        "billing_name": a.billing_name, "billing_email": a.billing_email,
+        "billing_address": a.billing_address, "billing_tax_id": a.billing_tax_id,
+        "created_at": iso(a.created_at), "updated_at": iso(a.updated_at),
+    }
+
+
+Group = Annotated[Optional[str], typer.Option("--group", help="Default group for new keys (default: default).")]
+BillingName = Annotated[Optional[str], typer.Option(help="Name on invoices.")]
+BillingEmail = Annotated[Optional[str], typer.Option(help="E-mail on invoices.")]
+BillingAddress = Annotated[Optional[str], typer.Option(help="Address on invoices.")]
+TaxId = Annotated[Optional[str], typer.Option("--tax-id", help="Tax id on invoices.")]
+
+
+def _fields(name: Optional[str], group: Optional[str], billing_name: Optional[str], billing_email: Optional[str],
+            billing_address: Optional[str], tax_id: Optional[str]) -> dict[str, Any]:
+    return {"name": name, "default_group": group, "billing_name": billing_name, "billing_email": billing_email,
+            "billing_address": billing_address, "billing_tax_id": tax_id}
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="Unique account name.")],
+    group: Group = None, billing_name: BillingName = None, billing_email: BillingEmail = None,
+    billing_address: BillingAddress = None, tax_id: TaxId = None, json_: JsonOpt = False,
+) -> None:
+    """Create an account.
+
+    Example: planctl accounts create acme --billing-name "Acme Ltd" --billing-email ap@acme.test
+    """
+    from planctl.services import accounts
+
+    st = state(ctx)
+    fmt = output_format(st, json_=json_)
+    fields = _fields(name, group, billing_name, billing_email, billing_address, tax_id)
+    account = accounts.create(st.db(), fields, caller=st.caller(), now=st.now())
+    emit_record(st, account_json(account), SHOW_COLUMNS, fmt)
+
+
+@app.command("update")
+def update(
+    ctx: typer.Context, account: Annotated[str, typer.Argument(help="Account id, name or prefix.")],
+    name: Annotated[Optional[str], typer.Option(help="New name.")] = None,
+    group: Group = None, billing_name: BillingName = None, billing_email: BillingEmail = None,
+    billing_address: BillingAddress = None, tax_id: TaxId = None, json_: JsonOpt = False,
+) -> None:
+    """Change an account's name, default group or billing details.
+
+    Example: planctl accounts update acme --group priority
+    """
+    from planctl.services import accounts
+
+    st = state(ctx)
+    fmt = output_format(st, json_=json_)
+    fields = _fields(name, group, billing_name, billing_email, billing_address, tax_id)
+    updated = accounts.update(st.db(), account, fields, caller=st.caller(), now=st.now())
+    emit_record(st, account_json(updated), SHOW_COLUMNS, fmt)
+
+
+@app.command("list")
+def list_accounts(
+    ctx: typer.Context,
+    parent: Annotated[Optional[str], typer.Option(help="Only sub-users of this account.")] = None,
+    group: Annotated[Optional[str], typer.Option(help="Only accounts with this default group.")] = None,
+    json_: JsonOpt = False, jsonl: JsonlOpt = False, csv_: CsvOpt = False,
+) -> None:
+    """List accounts by name.
+
+    Example: planctl accounts list --csv
+    """
+    from planctl.services import accounts
+
+    st = state(ctx)
+    fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
+    rows = (account_json(a) for a in accounts.list_accounts(st.db(), parent=parent, group=group))
+    emit_rows(st, rows, LIST_COLUMNS, fmt)
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context, account: Annotated[str, typer.Argument(help="Account id, name or prefix.")],
+    json_: JsonOpt = False,
+) -> None:
+    """Show one account.
+
+    Example: planctl accounts show acme --json
+    """
+    from planctl.services import accounts
+
+    st = state(ctx)
+    fmt = output_format(st, json_=json_)
+    emit_record(st, account_json(accounts.get(st.db(), account)), SHOW_COLUMNS, fmt)

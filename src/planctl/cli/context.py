@@ -1,0 +1,101 @@
+"""The one context object every command reads: global options and the lazy database.
+
+Nothing here imports the database stack at module level, so `--help`,
+`--version` and completion stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone, tzinfo
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from planctl.domain.clock import zone
+
+if TYPE_CHECKING:
+    from planctl.services.audit import Caller
+    from planctl.store.engine import Database
+    from planctl.store.location import DbTarget
+
+
+@dataclass
+class State:
+    """Global options (flags first, then PLANCTL_* environment variables)."""
+
+    db_option: str | None = None
+    json: bool = False
+    no_color: bool = False
+    no_input: bool = False
+    tz_name: str | None = None
+    command: str = "planctl"
+    _db: Database | None = field(default=None, repr=False)
+
+    @property
+    def target(self) -> DbTarget:
+        from planctl.store.location import resolve_target
+
+        return resolve_target(self.db_option)
+
+    def db(self, *, migrate: bool = True) -> Database:
+        """The database, opened (created, migrated and seeded) on first use."""
+        if self._db is None:
+            from planctl.services.database import open_database
+
+            self._db = open_database(self.target, now=self.now(), migrate=migrate)
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.dispose()
+            self._db = None
+
+    @staticmethod
+    def now() -> datetime:
+        return datetime.now(timezone.utc)
+
+    def caller(self) -> Caller:
+        from planctl.services.audit import Caller
+
+        return Caller.from_env(self.command)
+
+    @property
+    def display_zone(self) -> tzinfo:
+        """--tz or PLANCTL_TZ, else the machine's local zone."""
+        if self.tz_name:
+            return zone(self.tz_name)
+        local = datetime.now().astimezone().tzinfo
+        return local or timezone.utc
+
+    @property
+    def interactive(self) -> bool:
+        """May we ask questions? Not with --no-input, not without a terminal."""
+        import sys
+
+        return not self.no_input and sys.stdin.isatty() and sys.stderr.isatty()
+
+    def confirm(self, question: str, *, yes: bool) -> None:
+        """Ask before a destructive change; without a terminal, --yes is required."""
+        from planctl.domain.errors import InvalidInput
+
+        if yes:
+            return
+        if not self.interactive:
+            raise InvalidInput(f"{question.rstrip('?')}: refusing without confirmation; pass --yes")
+        if not typer.confirm(question, default=False, err=True):
+            raise typer.Exit(1)
+
+
+def state(ctx: typer.Context) -> State:
+    obj: Any = ctx.find_root().obj
+    if not isinstance(obj, State):  # a command invoked without the root callback (tests)
+        obj = State()
+        ctx.find_root().obj = obj
+    obj.command = " ".join(ctx.command_path.split()[1:]) or "planctl"
+    return obj
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")

@@ -1,0 +1,12 @@
+"""Short, human-usable identifiers."""
+
+from __future__ import annotations
+
+import secrets
+
+_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i
+
+
+def short_id(prefix: str, length: int = 8) -> str:
+    """`acc_k3x9q2mz`: a prefix naming the kind, then random characters."""
+    return f"{prefix}_" + "".join(secrets.choice(_ALPHABET) for _ in range(length))

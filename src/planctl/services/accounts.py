@@ -1,0 +1,117 @@
+"""Accounts: the buyers (people or teams) and their sub-users."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, col, or_, select
+
+from planctl.domain.errors import Conflict, InvalidInput, NotFound
+from planctl.domain.ids import short_id
+from planctl.services import audit
+from planctl.services.audit import Caller
+from planctl.store.engine import Database
+from planctl.store.tables import Account, Group
+
+BILLING_FIELDS = ("billing_name", "billing_email", "billing_address", "billing_tax_id")
+
+
+@dataclass(frozen=True)
+class AccountSpec:
+    """Validated fields of an account, as given by the user."""
+
+    name: str
+    default_group: str = "default"
+    billing: Mapping[str, str] | None = None
+
+
+def resolve(session: Session, ref: str) -> Account:
+    """An account by id, exact name, or unambiguous id/name prefix."""
+    ref = ref.strip()
+    exact = session.exec(select(Account).where(or_(Account.id == ref, Account.name == ref))).first()
+    if exact is not None:
+        return exact
+    if len(ref) >= 3:
+        found = session.exec(
+            select(Account).where(or_(col(Account.id).startswith(ref), col(Account.name).startswith(ref))).limit(5)
+        ).all()
+        if len(found) == 1:
+            return found[0]
+        if found:
+            names = ", ".join(f"{a.name} ({a.id})" for a in found)
+            raise InvalidInput(f"{ref!r} matches several accounts: {names}; use the id")
+    raise NotFound(f"unknown account {ref!r}; see 'planctl accounts list'")
+
+
+def create(db: Database, fields: Mapping[str, Any], *, caller: Caller, now: datetime) -> Account:
+    name = _name(fields.get("name"))
+    with db.write() as session:
+        if session.exec(select(Account).where(Account.name == name)).first():
+            raise Conflict(f"an account named {name!r} already exists")
+        group = _group(session, fields.get("default_group") or "default")
+        account = Account(id=short_id("acc"), name=name, default_group=group, created_at=now, updated_at=now,
+                          **_billing(fields))
+        session.add(account)
+        audit.record(session, caller, now, f"account:{account.id}", f"created {name!r}, group {group}")
+        return account
+
+
+def update(db: Database, ref: str, fields: Mapping[str, Any], *, caller: Caller, now: datetime) -> Account:
+    with db.write() as session:
+        account = resolve(session, ref)
+        changes: dict[str, Any] = _billing(fields)
+        if fields.get("name") is not None:
+            changes["name"] = _name(fields["name"])
+            clash = session.exec(select(Account).where(Account.name == changes["name"], Account.id != account.id))
+            if clash.first():
+                raise Conflict(f"an account named {changes['name']!r} already exists")
+        if fields.get("default_group") is not None:
+            changes["default_group"] = _group(session, fields["default_group"])
+        changed = {k: v for k, v in changes.items() if getattr(account, k) != v}
+        if changed:
+            summary = "; ".join(f"{k}: {getattr(account, k)!r} -> {v!r}" for k, v in changed.items())
+            for key, value in changed.items():
+                setattr(account, key, value)
+            account.updated_at = now
+            session.add(account)
+            audit.record(session, caller, now, f"account:{account.id}", summary)
+        return account
+
+
+def get(db: Database, ref: str) -> Account:
+    with db.read() as session:
+        return resolve(session, ref)
+
+
+def list_accounts(db: Database, *, parent: str | None = None, group: str | None = None) -> list[Account]:
+    with db.read() as session:
+        query = select(Account).order_by(Account.name)
+        if parent:
+            query = query.where(Account.parent_id == resolve(session, parent).id)
+        if group:
+            query = query.where(Account.default_group == group)
+        return list(session.exec(query))
+
+
+def _name(value: Any) -> str:
+    name = (value or "").strip()
+    if not name or len(name) > 100 or any(ord(c) < 32 for c in name):
+        raise InvalidInput(f"invalid account name {value!r}: use 1 to 100 printable characters")
+    return name
+
+
+def _group(session: Session, name: str) -> str:
+    if session.get(Group, name) is None:
+        raise NotFound(f"unknown group {name!r}; see 'planctl groups list'")
+    return name
+
+
+def _billing(fields: Mapping[str, Any]) -> dict[str, str]:
+    out = {k: str(fields[k]).strip() for k in BILLING_FIELDS if fields.get(k) is not None}
+    email = out.get("billing_email")
+    if email and ("@" not in email or " " in email):
+        raise InvalidInput(f"invalid e-mail address {email!r}")
+    return out

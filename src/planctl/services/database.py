@@ -1,0 +1,85 @@
+"""Opening the database and keeping it healthy: migrate, seed, check, back up."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import text
+
+from planctl.domain.errors import Conflict, InvalidInput
+from planctl.services.catalog import load_sample_catalog
+from planctl.store import migrations
+from planctl.store.engine import Database, open_engine
+from planctl.store.location import DbTarget
+
+
+def open_database(target: DbTarget, *, now: datetime, migrate: bool = True) -> Database:
+    """Open (creating if needed), bring the schema up to date and seed a new database.
+
+    With `migrate=False` the schema is left as it is (`db migrate --dry-run`,
+    `db check`), but a database newer than this planctl is still refused.
+    """
+    db = open_engine(target)
+    try:
+        if migrate:
+            migrations.migrate(db, now=now, on_created=lambda s: load_sample_catalog(s, now))
+        else:
+            migrations.status(db)
+    except BaseException:
+        db.dispose()
+        raise
+    return db
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+
+def check(db: Database) -> list[CheckResult]:
+    """Integrity, foreign keys and schema version. Later: ledger invariants."""
+    results: list[CheckResult] = []
+    with db.read() as session:
+        conn = session.connection()
+        version = migrations.recorded_version(conn)
+        results.append(CheckResult(
+            "schema_version", version == migrations.LATEST,
+            f"version {version} of {migrations.LATEST}"
+            + ("" if version == migrations.LATEST else "; run 'planctl db migrate'"),
+        ))
+        if db.dialect == "sqlite":
+            rows = [r[0] for r in conn.exec_driver_sql("PRAGMA integrity_check").fetchall()]
+            results.append(CheckResult("integrity", rows == ["ok"], "; ".join(rows[:5])))
+            bad = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            results.append(CheckResult(
+                "foreign_keys", not bad, "ok" if not bad else f"{len(bad)} rows point at missing rows"))
+        else:
+            conn.execute(text("SELECT 1"))
+            results.append(CheckResult("integrity", True, "server-side (PostgreSQL checks its own pages)"))
+    return results
+
+
+def backup(db: Database, destination: Path) -> int:
+    """A consistent online copy of a SQLite database (VACUUM INTO); returns its size."""
+    if db.dialect != "sqlite":
+        raise InvalidInput("db backup copies SQLite files; back up PostgreSQL with pg_dump")
+    destination = destination.expanduser().absolute()
+    if destination.exists():
+        raise Conflict(f"{destination} already exists; choose a new file name")
+    if not destination.parent.is_dir():
+        raise InvalidInput(f"directory {destination.parent} does not exist")
+    old_umask = os.umask(0o077)  # the copy holds the same data: keep it private
+    try:
+        raw = db.engine.raw_connection()  # VACUUM cannot run inside a transaction
+        try:
+            raw.cursor().execute("VACUUM INTO ?", (str(destination),))
+        finally:
+            raw.close()
+    finally:
+        os.umask(old_umask)
+    return destination.stat().st_size

@@ -1,0 +1,139 @@
+"""Engine factory and transactions.
+
+SQLite (the default) runs in WAL mode with foreign keys on and a busy timeout;
+every write transaction begins `IMMEDIATE`, so two writers queue on the lock
+instead of failing half-way. PostgreSQL is selected by a database URL.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlmodel import Session, create_engine
+
+from planctl.domain.errors import Conflict, InvalidInput, PlanctlError
+from planctl.store.location import DbTarget
+
+BUSY_TIMEOUT_MS = 10_000
+_WRITE = "planctl_write"
+
+
+@dataclass
+class Database:
+    """An open database: the engine plus the two ways of using it."""
+
+    target: DbTarget
+    engine: Engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """One short write transaction: `BEGIN IMMEDIATE` on SQLite, commit on success."""
+        with _translate_errors(self.target), Session(
+            self.engine, execution_options={_WRITE: True}, expire_on_commit=False
+        ) as session:
+            with session.begin():
+                yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only transaction (deferred on SQLite: WAL readers never wait)."""
+        with _translate_errors(self.target), Session(self.engine, expire_on_commit=False) as session:
+            with session.begin():
+                yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def open_engine(target: DbTarget) -> Database:
+    """Create the engine for a target; creates a new SQLite file with mode 0600."""
+    if target.path is None:
+        engine = create_engine(target.url, pool_pre_ping=False)
+        return Database(target, engine)
+    _prepare_sqlite_file(target.path)
+    engine = create_engine(
+        target.url,
+        connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+    )
+    _configure_sqlite(engine)
+    return Database(target, engine)
+
+
+def _prepare_sqlite_file(path: Path) -> None:
+    """Refuse unusable paths with one clear line; create a new file private (0600)."""
+    hint = "choose another file with --db or PLANCTL_DB"
+    if path.is_dir():
+        raise InvalidInput(f"database path {path} is a directory; {hint}")
+    if path.exists():
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise InvalidInput(f"database file {path} is not readable and writable; {hint}")
+        return
+    parent = path.parent
+    if not parent.is_dir():
+        raise InvalidInput(f"cannot create database {path}: directory {parent} does not exist; {hint}")
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise InvalidInput(f"cannot create database {path}: {exc.strerror.lower()}; {hint}") from None
+    os.close(fd)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite would defer it).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        write = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+@contextmanager
+def _translate_errors(target: DbTarget) -> Iterator[None]:
+    """Turn driver errors that have a user-facing meaning into domain errors."""
+    try:
+        yield
+    except PlanctlError:
+        raise
+    except IntegrityError as exc:
+        raise Conflict(f"the change conflicts with existing data ({_first_line(exc)})") from None
+    except OperationalError as exc:
+        text = str(exc.orig).lower()
+        if "locked" in text or "busy" in text or "could not obtain lock" in text:
+            raise Conflict(
+                f"database {target.display} is busy (another planctl is writing); try again"
+            ) from None
+        if "readonly" in text or "read-only" in text:
+            raise InvalidInput(f"database {target.display} is read-only; check its permissions") from None
+        if "unable to open" in text or "connection" in text or "could not connect" in text:
+            raise InvalidInput(f"cannot open database {target.display}: {_first_line(exc)}") from None
+        raise
+    except DBAPIError:
+        raise
+
+
+def _first_line(exc: DBAPIError) -> str:
+    return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+

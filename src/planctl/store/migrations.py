@@ -1,0 +1,114 @@
+"""Numbered schema migrations, applied on open.
+
+A blank database is created from the table models and stamped with every
+migration (the baseline `m001_initial`); an existing database runs, in order,
+each migration newer than the version it records, each migration and its record
+in one transaction. A database whose recorded version is newer than this
+planctl knows is refused before anything is written.
+
+To change the schema: edit `tables.py`, append `mNNN_…` here that brings the
+previous version to the new one, and add the previous version's schema as a
+fixture under `tests/fixtures/` (the migration test upgrades it and compares).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import Connection, func, inspect, select, text
+from sqlmodel import Session, SQLModel
+
+from planctl.domain.errors import Refused
+from planctl.store import tables
+from planctl.store.engine import Database
+
+OnCreated = Callable[[Session], None]
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    apply: Callable[[Connection], None]
+
+
+def m001_initial(conn: Connection) -> None:
+    SQLModel.metadata.create_all(conn)
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial", m001_initial),)
+LATEST = MIGRATIONS[-1].version
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    version: int
+    name: str
+    applied_at: datetime | None  # None = pending
+
+
+def recorded_version(conn: Connection) -> int:
+    if not inspect(conn).has_table(tables.SchemaMigration.__tablename__):
+        return 0
+    row = conn.execute(select(func.max(tables.SchemaMigration.version))).scalar()
+    return int(row or 0)
+
+
+def status(db: Database) -> list[MigrationStatus]:
+    """Every known migration with when it was applied (None when pending)."""
+    with db.read() as session:
+        conn = session.connection()
+        applied: dict[int, datetime] = {}
+        if recorded_version(conn):
+            rows = session.execute(select(tables.SchemaMigration.version, tables.SchemaMigration.applied_at))
+            applied = {int(v): at for v, at in rows}
+        _refuse_newer(max(applied, default=0), db)
+    return [MigrationStatus(m.version, m.name, applied.get(m.version)) for m in MIGRATIONS]
+
+
+def migrate(db: Database, *, now: datetime | None = None, on_created: OnCreated | None = None) -> list[Migration]:
+    """Apply pending migrations; returns those applied (empty when current).
+
+    `on_created` runs inside the transaction that creates a blank database, so
+    seeding it (the sample catalog) is all-or-nothing with its creation.
+    """
+    with db.read() as session:
+        version = recorded_version(session.connection())
+    _refuse_newer(version, db)
+    if version == LATEST:
+        return []
+    applied: list[Migration] = []
+    while True:
+        with db.write() as session:
+            conn = session.connection()
+            if db.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(727001)"))
+            version = recorded_version(conn)
+            _refuse_newer(version, db)
+            todo = [m for m in MIGRATIONS if m.version > version]
+            if not todo:
+                return applied
+            stamp = now or datetime.now(timezone.utc)
+            if version == 0:
+                todo[0].apply(conn)  # the baseline creates the current schema
+                batch = list(MIGRATIONS)
+            else:
+                batch = todo[:1]
+                batch[0].apply(conn)
+            for m in batch:
+                session.add(tables.SchemaMigration(version=m.version, name=m.name, applied_at=stamp))
+            session.flush()
+            if version == 0 and on_created is not None:
+                on_created(session)
+            applied.extend(batch)
+
+
+def _refuse_newer(version: int, db: Database) -> None:
+    if version > LATEST:
+        raise Refused(
+            f"database {db.target.display} has schema version {version}, newer than this "
+            f"planctl understands ({LATEST}); upgrade planctl, the database was not touched",
+            reason="database_too_new",
+        )
