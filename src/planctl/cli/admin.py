@@ -42,7 +42,7 @@ def check(ctx: typer.Context, json_: JsonOpt = False) -> None:
 
     st = state(ctx)
     fmt = output_format(st, json_=json_)
-    results = database.check(st.db(migrate=False))
+    results = database.check(st.db())
     rows = [{"check": r.name, "ok": r.ok, "detail": r.detail} for r in results]
     emit_rows(st, rows, (Column("check"), Column("ok", kind="bool"), Column("detail")), fmt)
     if not all(r.ok for r in results):

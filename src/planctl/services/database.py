@@ -19,8 +19,8 @@ from planctl.store.location import DbTarget
 def open_database(target: DbTarget, *, now: datetime, migrate: bool = True) -> Database:
     """Open (creating if needed), bring the schema up to date and seed a new database.
 
-    With `migrate=False` the schema is left as it is (`db migrate --dry-run`,
-    `db check`), but a database newer than this planctl is still refused.
+    With `migrate=False` the schema is left as it is (`db migrate --dry-run`),
+    but a database newer than this planctl is still refused.
     """
     db = open_engine(target)
     try:
