@@ -9,7 +9,8 @@ import typer
 from planctl.cli.context import state
 from planctl.cli.output import Column, CsvOpt, JsonlOpt, JsonOpt, emit_record, emit_rows, output_format
 
-app = typer.Typer(help="Accounts: the people and teams who buy plans.", no_args_is_help=True)
+app = typer.Typer(help="Accounts: the people and teams who buy plans.",
+                  epilog="Example: planctl accounts create acme --billing-email ap@acme.test", no_args_is_help=True)
 
 LIST_COLUMNS = (
     Column("id"), Column("name"), Column("default_group", "Group"), Column("parent_id", "Parent"),

@@ -12,8 +12,10 @@ from planctl.cli.output import (
     Column, CsvOpt, JsonlOpt, JsonOpt, emit_json, emit_record, emit_rows, output_format, say,
 )
 
-db_app = typer.Typer(help="The database: where it is, check, back up, migrate.", no_args_is_help=True)
+db_app = typer.Typer(help="The database: where it is, check, back up, migrate.",
+                     epilog="Example: planctl db backup ~/planctl-backup.db", no_args_is_help=True)
 config_app = typer.Typer(help="Installation settings (reset time zone, currency, seller, thresholds).",
+                         epilog="Example: planctl config set reset_timezone Asia/Shanghai",
                          no_args_is_help=True)
 
 

@@ -9,9 +9,12 @@ import typer
 from planctl.cli.context import state
 from planctl.cli.output import Column, CsvOpt, JsonlOpt, JsonOpt, emit_record, emit_rows, output_format, say
 
-models_app = typer.Typer(help="Models and their prices (credit per million tokens).", no_args_is_help=True)
-aliases_app = typer.Typer(help="Model aliases: glob patterns billed as a catalog model.", no_args_is_help=True)
-groups_app = typer.Typer(help="Groups and their price ratios.", no_args_is_help=True)
+models_app = typer.Typer(help="Models and their prices (credit per million tokens).",
+                         epilog="Example: planctl models set-price gpt-5.4 --output 65", no_args_is_help=True)
+aliases_app = typer.Typer(help="Model aliases: glob patterns billed as a catalog model.",
+                          epilog="Example: planctl aliases resolve claude-sonnet-4-5", no_args_is_help=True)
+groups_app = typer.Typer(help="Groups and their price ratios.",
+                         epilog="Example: planctl groups create batch --ratio 0.6", no_args_is_help=True)
 
 MODEL_COLUMNS = (
     Column("id", "Model"), Column("input_price", "Input /1M", "credit"),

@@ -12,8 +12,10 @@ from planctl.cli.context import state
 from planctl.cli.output import Column, CsvOpt, JsonlOpt, JsonOpt, emit_record, emit_rows, output_format, say
 
 app = typer.Typer(help="The plan catalog: list, show, create, update, retire, import and export plans.",
+                  epilog="Example: planctl plans show codex-pro-monthly --json",
                   no_args_is_help=True)
-products_app = typer.Typer(help="Extra-usage packs and pay-as-you-go products.", no_args_is_help=True)
+products_app = typer.Typer(help="Extra-usage packs and pay-as-you-go products.",
+                           epilog="Example: planctl products list --kind extra", no_args_is_help=True)
 
 LIST_COLUMNS = (
     Column("slug"), Column("name"), Column("family"), Column("tier", kind="int"),

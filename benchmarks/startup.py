@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Start-up time of planctl against the bare interpreter, on this machine.
+
+    python benchmarks/startup.py [--runs N]
+
+Times, as wall-clock time of a whole subprocess:
+
+    python -c pass                 the baseline (the interpreter alone)
+    planctl --help                 target: within 150 ms of the baseline (SPEC §11)
+    planctl --version
+    planctl plans list --json      on a temporary database, created and seeded once first
+
+using the `planctl` executable next to this interpreter. After 2 warm-up
+rounds, the commands run round-robin (one of each per round) so that machine
+noise hits all of them alike. Prints the machine, then the median and p90 of
+each, and the difference and ratio to the baseline. Bounded: stops early when
+the timed rounds pass --budget seconds (default 45).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WARMUPS = 2
+HELP_TARGET_MS = 150.0
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Hardware", "cpu model", "Processor"):
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def usable_cores() -> str:
+    total = os.cpu_count() or 0
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return str(total)
+    return str(total) if usable == total else f"{usable} usable of {total}"
+
+
+def find_planctl() -> Path:
+    bindir = Path(sys.executable).parent
+    for name in ("planctl", "planctl.exe"):
+        if (bindir / name).is_file():
+            return bindir / name
+    sys.exit(f"error: no 'planctl' executable next to {sys.executable}; "
+             "run this with the interpreter of the environment where planctl is installed")
+
+
+def run_once(argv: list[str], env: dict[str, str]) -> float:
+    """Wall time of one run in milliseconds; a failing command stops the benchmark."""
+    start = time.perf_counter()
+    proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+    elapsed = (time.perf_counter() - start) * 1000
+    if proc.returncode != 0:
+        sys.exit(f"error: {' '.join(argv)} exited {proc.returncode}: "
+                 f"{proc.stderr.decode(errors='replace').strip()[:300]}")
+    return elapsed
+
+
+def p90(values: list[float]) -> float:
+    if len(values) < 2:
+        return values[0]
+    return statistics.quantiles(values, n=10, method="inclusive")[8]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=15, help="timed runs of each command (default 15)")
+    parser.add_argument("--budget", type=float, default=45.0,
+                        help="stop timing after this many seconds (default 45)")
+    args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+
+    planctl = str(find_planctl())
+    with tempfile.TemporaryDirectory(prefix="planctl-bench-") as tmp:
+        db = str(Path(tmp) / "bench.db")
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("PLANCTL_", "_PLANCTL_", "_TYPER_", "COMP_"))}
+        env.update({"PLANCTL_HOME": str(Path(tmp) / "home"), "NO_COLOR": "1", "COLUMNS": "120"})
+
+        cases = [
+            ("python -c pass", [sys.executable, "-c", "pass"]),
+            ("planctl --help", [planctl, "--help"]),
+            ("planctl --version", [planctl, "--version"]),
+            ("planctl plans list --json", [planctl, "--db", db, "plans", "list", "--json"]),
+        ]
+        run_once(cases[-1][1], env)  # create, migrate and seed the database, untimed
+
+        for _ in range(WARMUPS):
+            for _, argv in cases:
+                run_once(argv, env)
+
+        times: dict[str, list[float]] = {name: [] for name, _ in cases}
+        started = time.monotonic()
+        rounds = 0
+        for rounds in range(1, args.runs + 1):
+            for name, argv in cases:
+                times[name].append(run_once(argv, env))
+            if time.monotonic() - started > args.budget and rounds < args.runs:
+                break
+
+    try:
+        from planctl import __version__ as version
+    except ImportError:
+        version = "?"
+    print(f"planctl {version} start-up benchmark")
+    print(f"machine : {platform.system()} {platform.release()} {platform.machine()}")
+    print(f"cpu     : {cpu_model()} ({usable_cores()} cores)")
+    print(f"python  : {platform.python_implementation()} {platform.python_version()}")
+    stopped = "" if rounds == args.runs else f", stopped early by the {args.budget:.0f} s budget"
+    print(f"runs    : {rounds} timed each, round-robin, after {WARMUPS} warm-ups{stopped}")
+    print()
+    base = statistics.median(times[cases[0][0]])
+    print(f"{'command':<28}{'median ms':>10}{'p90 ms':>9}{'+base ms':>10}{'ratio':>7}")
+    for name, _ in cases:
+        med = statistics.median(times[name])
+        print(f"{name:<28}{med:>10.1f}{p90(times[name]):>9.1f}{med - base:>10.1f}{med / base:>7.2f}")
+    help_over = statistics.median(times["planctl --help"]) - base
+    verdict = "met" if help_over <= HELP_TARGET_MS else "MISSED"
+    print()
+    print(f"target  : planctl --help within {HELP_TARGET_MS:.0f} ms of the bare interpreter: "
+          f"{verdict} (+{help_over:.1f} ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
