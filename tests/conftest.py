@@ -6,6 +6,7 @@ PostgreSQL (each test in a schema of its own, dropped afterwards).
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import sqlite3
@@ -19,6 +20,22 @@ from typer.testing import CliRunner
 
 PG_URL = os.environ.get("PLANCTL_TEST_DATABASE_URL")
 NOW = datetime(2026, 11, 21, 4, 0, tzinfo=timezone.utc)  # 12:00 in Beijing
+
+
+@functools.cache
+def _click_command(app: Any) -> Any:
+    import typer.main
+
+    return typer.main.get_command(app)
+
+
+@pytest.fixture(autouse=True)
+def _build_the_cli_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Typer rebuilds the whole click command tree on every CliRunner.invoke (most of
+    the time a call costs); build it once per test session. Same commands."""
+    import typer.testing
+
+    monkeypatch.setattr(typer.testing, "_get_command", _click_command)
 
 
 @pytest.fixture(autouse=True)

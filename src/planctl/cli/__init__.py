@@ -14,6 +14,7 @@ import traceback
 from typing import Annotated, Any, Optional
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
 from planctl import __version__
@@ -27,11 +28,21 @@ class PlanctlGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx else "planctl"
+            _report(ctx, "usage", f"{exc.format_message().rstrip('.')}; see '{where} --help'")
+            raise typer.Exit(ExitCode.USAGE) from None
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except PlanctlError as exc:
             _report(ctx, exc.reason, exc.message)
             raise typer.Exit(exc.exit_code) from None
+        except BrokenPipeError:  # `planctl … | head`: the reader has all it wanted
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(ExitCode.OK) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise typer.Exit(ExitCode.INTERRUPTED) from None
@@ -99,7 +110,7 @@ def root(
 
 
 def _register() -> None:
-    from planctl.cli import accounts, admin, catalog, plans
+    from planctl.cli import accounts, admin, catalog, discounts, plans, sales
 
     app.add_typer(plans.app, name="plans")
     app.add_typer(plans.products_app, name="products")
@@ -107,6 +118,12 @@ def _register() -> None:
     app.add_typer(catalog.aliases_app, name="aliases")
     app.add_typer(catalog.groups_app, name="groups")
     app.add_typer(accounts.app, name="accounts")
+    for command in (sales.buy, sales.renew, sales.upgrade, sales.topup, sales.refund):
+        app.command(command.__name__)(command)
+    app.add_typer(sales.subscriptions_app, name="subscriptions")
+    app.add_typer(sales.orders_app, name="orders")
+    app.add_typer(sales.extra_app, name="extra")
+    app.add_typer(discounts.app, name="discounts")
     app.add_typer(admin.db_app, name="db")
     app.add_typer(admin.config_app, name="config")
     app.command("audit")(admin.audit)

@@ -7,7 +7,9 @@ from typing import Annotated, Optional
 import typer
 
 from planctl.cli.context import state
-from planctl.cli.output import Column, CsvOpt, JsonlOpt, JsonOpt, emit_record, emit_rows, output_format, say
+from planctl.cli.output import (
+    Column, CsvOpt, JsonlOpt, JsonOpt, YesOpt, emit_record, emit_rows, output_format, say,
+)
 
 models_app = typer.Typer(help="Models and their prices (credit per million tokens).",
                          epilog="Example: planctl models set-price gpt-5.4 --output 65", no_args_is_help=True)
@@ -99,14 +101,17 @@ def set_alias(
 
 
 @aliases_app.command("remove")
-def remove_alias(ctx: typer.Context, pattern: Annotated[str, typer.Argument(help="The exact pattern.")]) -> None:
-    """Remove an alias.
+def remove_alias(
+    ctx: typer.Context, pattern: Annotated[str, typer.Argument(help="The exact pattern.")], yes: YesOpt = False
+) -> None:
+    """Remove an alias (asks first on a terminal; --yes in scripts).
 
-    Example: planctl aliases remove 'claude-opus*'
+    Example: planctl aliases remove 'claude-opus*' --yes
     """
     from planctl.services import catalog
 
     st = state(ctx)
+    st.confirm(f"Remove alias {pattern!r}? Requests matching it will no longer be billed through it", yes=yes)
     catalog.remove_alias(st.db(), pattern, caller=st.caller(), now=st.now())
     say(st, f"removed alias {pattern}")
 

@@ -282,8 +282,15 @@ def _check_plan(t: PlanTerms, f: _Fields) -> None:
             "period_limit_can_disable",
             "only a plan with both a total credit and a periodic limit can let buyers disable the limit",
         )
+    if _shortest_seconds(t.renewal_window) >= _shortest_seconds(t.validity):
+        raise f.fail("renewal_window", f"must be shorter than the validity ({t.validity})")
     if t.purchase_start and t.purchase_end and t.purchase_end <= t.purchase_start:
         raise f.fail("purchase_end", "must be after purchase_start")
+
+
+def _shortest_seconds(d: Duration) -> int:
+    """The least a duration can last (a month is at least 28 days, a day at least 23 hours)."""
+    return d.months * 28 * 86_400 + d.days * 23 * 3_600 + d.seconds
 
 
 def update_plan(terms: PlanTerms, changes: Mapping[str, Any], ctx: Context) -> PlanTerms:

@@ -31,7 +31,8 @@ def _currency(value: str) -> str:
 
 
 def _positive_decimal(value: str) -> str:
-    return format_ratio(parse_ratio(value))
+    text = format_ratio(parse_ratio(value))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def _percent(value: str) -> str:

@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from planctl.store.engine import Database
+from planctl.store.queries import starts_with
 from planctl.store.tables import AuditEntry
 
 
@@ -58,9 +59,9 @@ def entries(db: Database, flt: AuditFilter) -> list[AuditEntry]:
     if flt.actor:
         query = query.where(AuditEntry.actor == flt.actor)
     if flt.target:
-        query = query.where(col(AuditEntry.target).startswith(flt.target))
+        query = query.where(starts_with(AuditEntry.target, flt.target))
     if flt.command:
-        query = query.where(col(AuditEntry.command).startswith(flt.command))
+        query = query.where(starts_with(AuditEntry.command, flt.command))
     query = query.order_by(col(AuditEntry.at).desc(), col(AuditEntry.id).desc()).limit(flt.limit)
     with db.read() as session:
         return list(session.exec(query))

@@ -63,10 +63,10 @@ def plan_version_terms(session: Session, plan_version_id: int) -> rules.PlanTerm
 
 def create_plan(db: Database, entry: Mapping[str, Any], *, caller: Caller, now: datetime) -> PlanRecord:
     with db.write() as session:
+        if _find_plan(session, str(entry.get("slug", ""))) is not None:
+            raise Conflict(f"plan {entry['slug']!r} already exists; change it with 'planctl plans update'")
         ctx = settings.catalog_context(session)
         terms = rules.parse_plan(entry, ctx)
-        if _find_plan(session, terms.slug) is not None:
-            raise Conflict(f"plan {terms.slug!r} already exists; change it with 'planctl plans update'")
         row = _save_plan(session, None, terms, now)
         audit.record(session, caller, now, f"plan:{terms.slug}", f"created (price {rules.plan_to_dict(terms)['price']})")
         return _record(row, ctx)
@@ -142,7 +142,7 @@ def list_products(db: Database, *, kind: str | None = None) -> list[rules.Produc
         query = select(Product).order_by(Product.kind, Product.price_minor, Product.slug)
         if kind:
             query = query.where(Product.kind == kind)
-        return [_product(p) for p in session.exec(query)]
+        return [product_from_row(p) for p in session.exec(query)]
 
 
 def get_product(db: Database, slug: str, *, kind: str | None = None) -> rules.ProductTerms:
@@ -150,10 +150,10 @@ def get_product(db: Database, slug: str, *, kind: str | None = None) -> rules.Pr
         row = session.exec(select(Product).where(Product.slug == slug)).first()
         if row is None or (kind and row.kind != kind):
             raise NotFound(f"unknown product {slug!r}; see 'planctl products list'")
-        return _product(row)
+        return product_from_row(row)
 
 
-def _product(row: Product) -> rules.ProductTerms:
+def product_from_row(row: Product) -> rules.ProductTerms:
     return rules.ProductTerms(
         slug=row.slug, kind=row.kind, name=row.name, price=row.price_minor, currency=row.currency,
         credit=row.credit, pricing=row.pricing,
@@ -169,7 +169,7 @@ def _save_product(session: Session, terms: rules.ProductTerms, now: datetime) ->
     if row is None:
         session.add(Product(slug=terms.slug, created_at=now, updated_at=now, **values))
         return "created"
-    if _product(row) == terms:
+    if product_from_row(row) == terms:
         return "unchanged"
     for key, value in values.items():
         setattr(row, key, value)
@@ -200,8 +200,8 @@ def set_model_price(
             raise NotFound(f"unknown model {entry['id']!r}; add it with --create and all three prices")
         current = rules.model_to_dict(_model(row)) if row else {}
         prices = rules.parse_model({**current, **{k: v for k, v in entry.items() if v is not None}})
-        _save_model(session, row, prices, now)
-        audit.record(session, caller, now, f"model:{prices.id}", _price_summary(prices))
+        if _save_model(session, row, prices, now) != "unchanged":
+            audit.record(session, caller, now, f"model:{prices.id}", _price_summary(prices))
         return prices
 
 
@@ -339,16 +339,14 @@ def import_catalog(
     Entries are created or updated by name; nothing absent from the file is
     removed (retire plans explicitly). With `dry_run` nothing is written.
     """
-    with db.write() as session:
+    with db.write(rollback=dry_run) as session:
         catalog = rules.parse_catalog(doc, settings.catalog_context(session))
         changes = _apply_catalog(session, catalog, now)
-        if dry_run:
-            session.rollback()
-            return changes
         touched = [c for c in changes if c.status != "unchanged"]
-        audit.record(session, caller, now, "catalog",
-                     f"import: {len(touched)} changed of {len(changes)} entries: "
-                     + ", ".join(f"{c.section}:{c.name} {c.status}" for c in touched[:20]))
+        if touched:
+            audit.record(session, caller, now, "catalog",
+                         f"import: {len(touched)} changed of {len(changes)} entries: "
+                         + ", ".join(f"{c.section}:{c.name} {c.status}" for c in touched[:20]))
         return changes
 
 
@@ -385,7 +383,7 @@ def export_catalog(db: Database) -> dict[str, Any]:
             aliases=tuple(sorted(((a.pattern, a.model_id) for a in session.exec(select(ModelAlias))),
                                  key=lambda pm: rules.specificity(pm[0]))),
             plans=tuple(_record(p, ctx).terms for p in session.exec(select(Plan).order_by(Plan.family, Plan.tier))),
-            products=tuple(_product(p) for p in session.exec(select(Product).order_by(Product.kind, Product.slug))),
+            products=tuple(product_from_row(p) for p in session.exec(select(Product).order_by(Product.kind, Product.slug))),
         )
     return rules.catalog_to_dict(catalog)
 

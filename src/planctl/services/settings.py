@@ -53,6 +53,8 @@ def set_value(db: Database, key: str, value: str, *, caller: audit.Caller, now: 
         old = load(session)[key]
         if key == "currency" and stored != old:
             _change_currency(session, old, stored, now)
+        if stored == old:
+            return stored
         row = session.get(Setting, key)
         if row is None:
             session.add(Setting(key=key, value=stored))

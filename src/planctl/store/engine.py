@@ -38,13 +38,21 @@ class Database:
         return self.engine.dialect.name
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
-        """One short write transaction: `BEGIN IMMEDIATE` on SQLite, commit on success."""
+    def write(self, *, rollback: bool = False) -> Iterator[Session]:
+        """One short write transaction: `BEGIN IMMEDIATE` on SQLite, commit on success.
+
+        With `rollback` the same work runs under the same lock and is then
+        discarded: a dry run sees exactly what the real run would.
+        """
         with _translate_errors(self.target), Session(
             self.engine, execution_options={_WRITE: True}, expire_on_commit=False
         ) as session:
-            with session.begin():
+            with session.begin() as transaction:
                 yield session
+                if rollback:
+                    session.flush()
+                    session.expunge_all()  # callers keep the objects as the real run would leave them
+                    transaction.rollback()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
