@@ -52,21 +52,41 @@ def _fields(name: Optional[str], group: Optional[str], billing_name: Optional[st
             "billing_address": billing_address, "billing_tax_id": tax_id}
 
 
+Quota = Annotated[Optional[str], typer.Option(
+    "--quota", help="Sub-users: most credit this account may use of the parent's plan ('none' clears).")]
+
+
+def _quota(text: Optional[str]) -> dict[str, Any]:
+    """--quota as a field: absent when not given, None when cleared."""
+    if text is None:
+        return {}
+    if text.strip().lower() == "none":
+        return {"subuser_quota": None}
+    from planctl.domain.money import parse_credit
+
+    return {"subuser_quota": parse_credit(text)}
+
+
 @app.command("create")
 def create(
     ctx: typer.Context, name: Annotated[str, typer.Argument(help="Unique account name.")],
     group: Group = None, billing_name: BillingName = None, billing_email: BillingEmail = None,
-    billing_address: BillingAddress = None, tax_id: TaxId = None, json_: JsonOpt = False,
+    billing_address: BillingAddress = None, tax_id: TaxId = None,
+    parent: Annotated[Optional[str], typer.Option(
+        help="Create a sub-user of this account (its active plan must grant sub-user access).")] = None,
+    quota: Quota = None, json_: JsonOpt = False,
 ) -> None:
-    """Create an account.
+    """Create an account, or a sub-user with --parent.
 
     Example: planctl accounts create acme --billing-name "Acme Ltd" --billing-email ap@acme.test
+    Sub-user: planctl accounts create acme-dev --parent acme --quota 500
     """
     from planctl.services import accounts
 
     st = state(ctx)
     fmt = output_format(st, json_=json_)
-    fields = _fields(name, group, billing_name, billing_email, billing_address, tax_id)
+    fields = {**_fields(name, group, billing_name, billing_email, billing_address, tax_id), "parent": parent,
+              **_quota(quota)}
     account = accounts.create(st.db(), fields, caller=st.caller(), now=st.now())
     emit_record(st, account_json(account), SHOW_COLUMNS, fmt)
 
@@ -76,9 +96,9 @@ def update(
     ctx: typer.Context, account: Annotated[str, typer.Argument(help="Account id, name or prefix.")],
     name: Annotated[Optional[str], typer.Option(help="New name.")] = None,
     group: Group = None, billing_name: BillingName = None, billing_email: BillingEmail = None,
-    billing_address: BillingAddress = None, tax_id: TaxId = None, json_: JsonOpt = False,
+    billing_address: BillingAddress = None, tax_id: TaxId = None, quota: Quota = None, json_: JsonOpt = False,
 ) -> None:
-    """Change an account's name, default group or billing details.
+    """Change an account's name, default group, billing details or sub-user quota.
 
     Example: planctl accounts update acme --group priority
     """
@@ -86,7 +106,7 @@ def update(
 
     st = state(ctx)
     fmt = output_format(st, json_=json_)
-    fields = _fields(name, group, billing_name, billing_email, billing_address, tax_id)
+    fields = {**_fields(name, group, billing_name, billing_email, billing_address, tax_id), **_quota(quota)}
     updated = accounts.update(st.db(), account, fields, caller=st.caller(), now=st.now())
     emit_record(st, account_json(updated), SHOW_COLUMNS, fmt)
 

@@ -7,14 +7,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session, col, or_, select
+from sqlalchemy import func
+from sqlmodel import Session, or_, select
 
-from planctl.domain.errors import Conflict, InvalidInput, NotFound
+from planctl.domain.errors import Conflict, InvalidInput, NotFound, Refused
 from planctl.domain.ids import short_id
 from planctl.services import audit
 from planctl.services.audit import Caller
 from planctl.store.engine import Database
-from planctl.store.tables import Account, Group
+from planctl.store.queries import starts_with
+from planctl.store.tables import Account, Group, Subscription
 
 BILLING_FIELDS = ("billing_name", "billing_email", "billing_address", "billing_tax_id")
 
@@ -36,7 +38,7 @@ def resolve(session: Session, ref: str) -> Account:
         return exact
     if len(ref) >= 3:
         found = session.exec(
-            select(Account).where(or_(col(Account.id).startswith(ref), col(Account.name).startswith(ref))).limit(5)
+            select(Account).where(or_(starts_with(Account.id, ref), starts_with(Account.name, ref))).limit(5)
         ).all()
         if len(found) == 1:
             return found[0]
@@ -51,12 +53,43 @@ def create(db: Database, fields: Mapping[str, Any], *, caller: Caller, now: date
     with db.write() as session:
         if session.exec(select(Account).where(Account.name == name)).first():
             raise Conflict(f"an account named {name!r} already exists")
-        group = _group(session, fields.get("default_group") or "default")
+        parent = resolve(session, fields["parent"]) if fields.get("parent") else None
+        group = _group(session, fields.get("default_group") or (parent.default_group if parent else "default"))
+        if parent is not None:
+            _check_subuser_slot(session, parent, now)
         account = Account(id=short_id("acc"), name=name, default_group=group, created_at=now, updated_at=now,
+                          parent_id=parent and parent.id, subuser_quota=fields.get("subuser_quota"),
                           **_billing(fields))
+        if account.subuser_quota is not None and parent is None:
+            raise InvalidInput("--quota applies to sub-users: give --parent too")
         session.add(account)
-        audit.record(session, caller, now, f"account:{account.id}", f"created {name!r}, group {group}")
+        audit.record(session, caller, now, f"account:{account.id}", f"created {name!r}, group {group}"
+                     + (f", sub-user of {parent.name}" if parent else ""))
         return account
+
+
+def subuser_allowance(session: Session, parent: Account, now: datetime) -> int:
+    """Sub-users the parent may have now: the largest allowance among its active plans."""
+    from planctl.services.catalog import plan_version_terms
+
+    subs = session.exec(select(Subscription).where(
+        Subscription.account_id == parent.id, Subscription.status == "active",
+        Subscription.starts_at <= now, Subscription.ends_at > now))
+    return max((plan_version_terms(session, s.plan_version_id).max_subusers for s in subs), default=0)
+
+
+def _check_subuser_slot(session: Session, parent: Account, now: datetime) -> None:
+    if parent.parent_id is not None:
+        raise Refused(f"{parent.name} is itself a sub-user; sub-users belong to a top-level account",
+                      reason="subuser_nesting")
+    allowance = subuser_allowance(session, parent, now)
+    if allowance == 0:
+        raise Refused(f"{parent.name} has no active plan with sub-user access; buy one (e.g. a team plan) first",
+                      reason="subuser_access_required")
+    count = session.exec(select(func.count()).select_from(Account).where(Account.parent_id == parent.id)).one()
+    if count >= allowance:
+        raise Refused(f"{parent.name} already has {count} sub-users, the most its plans allow ({allowance})",
+                      reason="subuser_limit_reached")
 
 
 def update(db: Database, ref: str, fields: Mapping[str, Any], *, caller: Caller, now: datetime) -> Account:
@@ -70,6 +103,10 @@ def update(db: Database, ref: str, fields: Mapping[str, Any], *, caller: Caller,
                 raise Conflict(f"an account named {changes['name']!r} already exists")
         if fields.get("default_group") is not None:
             changes["default_group"] = _group(session, fields["default_group"])
+        if "subuser_quota" in fields:
+            if account.parent_id is None and fields["subuser_quota"] is not None:
+                raise InvalidInput(f"{account.name} is not a sub-user: only sub-users have a quota")
+            changes["subuser_quota"] = fields["subuser_quota"]
         changed = {k: v for k, v in changes.items() if getattr(account, k) != v}
         if changed:
             summary = "; ".join(f"{k}: {getattr(account, k)!r} -> {v!r}" for k, v in changed.items())

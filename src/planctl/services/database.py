@@ -7,13 +7,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import text
+from typing import Any
+
+from sqlalchemy import func, literal, select, text
+from sqlmodel import Session
 
 from planctl.domain.errors import Conflict, InvalidInput
 from planctl.services.catalog import load_sample_catalog
 from planctl.store import migrations
 from planctl.store.engine import Database, open_engine
 from planctl.store.location import DbTarget
+from planctl.store.tables import Account, ExtraPack, LedgerEntry, Subscription
 
 
 def open_database(target: DbTarget, *, now: datetime, migrate: bool = True) -> Database:
@@ -61,7 +65,29 @@ def check(db: Database) -> list[CheckResult]:
         else:
             conn.execute(text("SELECT 1"))
             results.append(CheckResult("integrity", True, "server-side (PostgreSQL checks its own pages)"))
+        results.extend(ledger_checks(session))
     return results
+
+
+def ledger_checks(session: Session) -> list[CheckResult]:
+    """Every stored balance equals the sum of its ledger entries (SPEC §5 "Ledger")."""
+    plan = select(Subscription.id, Subscription.credit_granted, Subscription.credit_used,
+                  _ledger_sum(LedgerEntry.subscription_id == Subscription.id, LedgerEntry.pool == "plan"))
+    extra = select(ExtraPack.id, ExtraPack.credit, ExtraPack.used,
+                   _ledger_sum(LedgerEntry.pack_id == ExtraPack.id, LedgerEntry.pool == "extra"))
+    payg = select(Account.id, Account.payg_balance, literal(0),
+                  _ledger_sum(LedgerEntry.account_id == Account.id, LedgerEntry.pool == "payg"))
+    out = []
+    for name, query in (("ledger_plan_credit", plan), ("ledger_extra_usage", extra), ("ledger_payg", payg)):
+        bad = [f"{ident}: balance {(granted or 0) - used} != ledger {total}"
+               for ident, granted, used, total in session.execute(query) if (granted or 0) - used != total]
+        out.append(CheckResult(name, not bad, "ok" if not bad else f"{len(bad)} differ: " + "; ".join(bad[:3])))
+    return out
+
+
+def _ledger_sum(*where: Any) -> Any:
+    return (select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(*where)
+            .correlate_except(LedgerEntry).scalar_subquery())
 
 
 def backup(db: Database, destination: Path) -> int:

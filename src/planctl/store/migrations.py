@@ -9,6 +9,9 @@ planctl knows is refused before anything is written.
 To change the schema: edit `tables.py`, append `mNNN_…` here that brings the
 previous version to the new one, and add the previous version's schema as a
 fixture under `tests/fixtures/` (the migration test upgrades it and compares).
+A migration may create new tables from the current models; when a later
+migration alters such a table, first freeze the earlier one (give it the
+table's old definition) so that every step still applies in order.
 """
 
 from __future__ import annotations
@@ -38,7 +41,17 @@ def m001_initial(conn: Connection) -> None:
     SQLModel.metadata.create_all(conn)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial", m001_initial),)
+def m002_sales(conn: Connection) -> None:
+    """Subscriptions, keys, discount codes, orders, extra packs, refunds, invoices, ledger."""
+    names = ("counters", "subscriptions", "api_keys", "discount_codes", "orders", "extra_packs",
+             "refunds", "invoices", "ledger")
+    SQLModel.metadata.create_all(conn, tables=[SQLModel.metadata.tables[n] for n in names])
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial", m001_initial),
+    Migration(2, "sales", m002_sales),
+)
 LATEST = MIGRATIONS[-1].version
 
 

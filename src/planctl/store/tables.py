@@ -164,3 +164,194 @@ class AuditEntry(SQLModel, table=True):
     command: str
     target: str
     summary: str
+
+
+# ---------------------------------------------------------------- sales (schema version 2)
+
+
+class Counter(SQLModel, table=True):
+    """Gapless sequences (order numbers per day, invoice numbers per year).
+
+    Taken with one conditional UPDATE inside the write transaction, so two
+    processes can never draw the same number.
+    """
+
+    __tablename__ = "counters"
+
+    name: str = Field(primary_key=True)
+    value: int = _int(default=0)
+
+
+class Subscription(SQLModel, table=True):
+    """A sold plan. Its terms are the plan version it points at, never the live plan.
+
+    Each renewal moves `ends_at` by one validity, anchored on `anchor_day` (the
+    local day the subscription started), so stacked monthly renewals keep the
+    day: Jan 31 → Feb 28 → Mar 31. `credit_granted` is None for a purely
+    periodic plan.
+    """
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (Index("ix_subscriptions_account", "account_id", "status"),)
+
+    id: str = Field(primary_key=True)
+    account_id: str = Field(foreign_key="accounts.id")
+    plan_id: int = Field(foreign_key="plans.id")
+    plan_version_id: int = Field(foreign_key="plan_versions.id")
+    status: str = "active"  # active | cancelled (expiry is computed from ends_at)
+    starts_at: datetime = _utc()
+    ends_at: datetime = _utc(index=True)
+    anchor_day: int
+    credit_granted: Optional[int] = _int(default=None, nullable=True)
+    credit_used: int = _int(default=0)
+    credit_reserved: int = _int(default=0)
+    period_limit_enabled: bool = True
+    cancelled_at: Optional[datetime] = _utc(default=None, nullable=True)
+    created_at: datetime = _utc()
+    updated_at: datetime = _utc()
+
+
+class ApiKey(SQLModel, table=True):
+    """A key. Only a SHA-256 digest of the secret is stored, with a visible prefix and last four."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (UniqueConstraint("account_id", "name"),)
+
+    id: str = Field(primary_key=True)
+    account_id: str = Field(foreign_key="accounts.id", index=True)
+    subscription_id: Optional[str] = Field(default=None, foreign_key="subscriptions.id", index=True)
+    kind: str  # subscription | team | payg
+    name: str
+    secret_sha256: str = Field(unique=True)
+    prefix: str
+    last4: str
+    group_name: str = Field(foreign_key="groups.name")
+    status: str = "active"  # active | disabled | revoked
+    expires_at: Optional[datetime] = _utc(default=None, nullable=True)
+    credit_cap: Optional[int] = _int(default=None, nullable=True)
+    credit_used: int = _int(default=0)
+    daily_limit: Optional[int] = _int(default=None, nullable=True)
+    rpd: Optional[int] = None
+    previous_sha256: Optional[str] = Field(default=None, index=True)
+    previous_valid_until: Optional[datetime] = _utc(default=None, nullable=True)
+    created_at: datetime = _utc()
+    updated_at: datetime = _utc()
+    last_used_at: Optional[datetime] = _utc(default=None, nullable=True)
+
+
+class DiscountCode(SQLModel, table=True):
+    __tablename__ = "discount_codes"
+
+    code: str = Field(primary_key=True)
+    kind: str  # percent | fixed
+    value: int = _int()  # percent: basis points (1250 = 12.5 %); fixed: minor units
+    currency: str
+    valid_from: Optional[datetime] = _utc(default=None, nullable=True)
+    valid_until: Optional[datetime] = _utc(default=None, nullable=True)
+    max_redemptions: Optional[int] = None
+    max_per_account: Optional[int] = None
+    plans: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # [] = every plan
+    order_kinds: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # [] = every kind
+    payment_methods: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # [] = any
+    min_amount: int = _int(default=0)
+    active: bool = True
+    redemptions: int = 0
+    created_at: datetime = _utc()
+    updated_at: datetime = _utc()
+
+
+class Order(SQLModel, table=True):
+    """A sale or a renewal: what was bought, at what price, with what discount."""
+
+    __tablename__ = "orders"
+    __table_args__ = (Index("ix_orders_account", "account_id", "created_at"),)
+
+    id: str = Field(primary_key=True)  # ORD-20261121-0001
+    kind: str  # buy | renew | upgrade | extra | topup | direct-renewal
+    account_id: str = Field(foreign_key="accounts.id")
+    subscription_id: Optional[str] = Field(default=None, foreign_key="subscriptions.id", index=True)
+    plan_version_id: Optional[int] = Field(default=None, foreign_key="plan_versions.id")
+    item: str  # plan or product slug
+    currency: str
+    list_price: int = _int()
+    discount_code: Optional[str] = Field(default=None, foreign_key="discount_codes.code")
+    discount_amount: int = _int(default=0)
+    discount_terms: Optional[dict] = Field(default=None, sa_column=Column(JSON, nullable=True))
+    payable: int = _int()
+    refunded: int = _int(default=0)
+    payment_method: str
+    payment_ref: Optional[str] = None
+    status: str = "paid"  # pending | paid | refunded | partially-refunded | cancelled
+    credit_granted: int = _int(default=0)
+    validity_granted: Optional[str] = None
+    reason: Optional[str] = None
+    idempotency_key: Optional[str] = Field(default=None, unique=True)
+    request_digest: Optional[str] = None
+    created_at: datetime = _utc()
+    paid_at: Optional[datetime] = _utc(default=None, nullable=True)
+
+
+class ExtraPack(SQLModel, table=True):
+    """Extra-usage credit bought by an account; packs expiring first are drawn first."""
+
+    __tablename__ = "extra_packs"
+    __table_args__ = (Index("ix_extra_packs_account", "account_id", "expires_at"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    account_id: str = Field(foreign_key="accounts.id")
+    order_id: str = Field(foreign_key="orders.id")
+    credit: int = _int()
+    used: int = _int(default=0)
+    reserved: int = _int(default=0)
+    expires_at: Optional[datetime] = _utc(default=None, nullable=True)
+    created_at: datetime = _utc()
+
+
+class Refund(SQLModel, table=True):
+    __tablename__ = "refunds"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    order_id: str = Field(foreign_key="orders.id", index=True)
+    amount: int = _int()
+    credit_reversed: int = _int(default=0)
+    reason: str
+    policy: str  # the rule that decided, or "override"
+    details: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _utc()
+
+
+class Invoice(SQLModel, table=True):
+    """An issued invoice or credit note: an immutable snapshot."""
+
+    __tablename__ = "invoices"
+
+    id: str = Field(primary_key=True)  # INV-2026-000001 / CN-2026-000001
+    kind: str  # invoice | credit-note
+    order_id: str = Field(foreign_key="orders.id", index=True)
+    refund_id: Optional[int] = Field(default=None, foreign_key="refunds.id")
+    references_id: Optional[str] = Field(default=None, foreign_key="invoices.id")
+    document: dict = Field(sa_column=Column(JSON, nullable=False))
+    issued_at: datetime = _utc()
+
+
+class LedgerEntry(SQLModel, table=True):
+    """Append-only record of every change of credit; balances must equal its sums."""
+
+    __tablename__ = "ledger"
+    __table_args__ = (
+        Index("ix_ledger_subscription", "subscription_id"),
+        Index("ix_ledger_account", "account_id", "pool"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    at: datetime = _utc()
+    account_id: str = Field(foreign_key="accounts.id")
+    pool: str  # plan | extra | payg
+    subscription_id: Optional[str] = Field(default=None, foreign_key="subscriptions.id")
+    pack_id: Optional[int] = Field(default=None, foreign_key="extra_packs.id")
+    key_id: Optional[str] = Field(default=None, foreign_key="api_keys.id")
+    kind: str  # grant | debit | reserve | release | expiry | refund-reversal | adjustment
+    amount: int = _int()  # signed µcr: + adds to the balance, − takes from it
+    order_id: Optional[str] = Field(default=None, foreign_key="orders.id")
+    request_id: Optional[str] = None
+    reason: str = ""

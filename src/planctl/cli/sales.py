@@ -1,0 +1,427 @@
+"""Sales commands: buy, renew, upgrade, extra buy, topup, refund; subscriptions and orders."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+
+from planctl.cli.context import State, state
+from planctl.cli.output import (
+    Column, CsvOpt, JsonlOpt, JsonOpt, YesOpt, emit_json, emit_record, emit_rows, output_format, say,
+)
+
+extra_app = typer.Typer(help="Extra usage: credit for days when a daily boundary blocks.", no_args_is_help=True,
+                        epilog="Example: planctl extra buy extra-50 --account acme")
+subscriptions_app = typer.Typer(help="Sold plans: status, term, credit, keys and orders.", no_args_is_help=True,
+                                epilog="Example: planctl subscriptions list --account acme")
+orders_app = typer.Typer(help="Orders: every sale, renewal, upgrade, top-up and refund state.",
+                         no_args_is_help=True, epilog="Example: planctl orders show ORD-20261121-0001")
+
+PaymentMethod = Annotated[str, typer.Option(help="How it was paid (alipay, wechat, card, transfer, …).")]
+PaymentRef = Annotated[Optional[str], typer.Option(help="The payment provider's reference.")]
+Code = Annotated[Optional[str], typer.Option(help="Discount code.")]
+IgnoreInvalid = Annotated[bool, typer.Option(
+    "--ignore-invalid-code", help="Sell at list price when the code does not apply (and say why).")]
+IdempotencyKey = Annotated[Optional[str], typer.Option(
+    help="Same key + same request returns the original order; never charges twice.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the quote; change nothing.")]
+Account = Annotated[str, typer.Option("--account", "-a", help="Buyer: account id, name or prefix.")]
+
+SALE_COLUMNS = (
+    Column("order_id", "Order"), Column("kind"), Column("item", "Plan/product"), Column("list_price", "List price", "money"),
+    Column("discount", "Discount", "money"), Column("payable", kind="money"), Column("currency"),
+    Column("credit_granted", "Credit granted", "credit"), Column("validity_granted", "Validity granted"),
+    Column("subscription_id", "Subscription"), Column("ends_at", "Ends", "time"), Column("key_name", "Key"),
+)
+
+
+# ---------------------------------------------------------------- JSON shapes
+
+
+def money_json(minor: int, currency: str) -> str:
+    from planctl.domain.catalog import currency_decimals
+    from planctl.domain.money import format_money
+
+    return format_money(minor, currency_decimals(currency))
+
+
+def order_json(o: Any) -> dict[str, Any]:
+    from planctl.domain.clock import iso
+    from planctl.domain.money import credit_json
+
+    return {
+        "id": o.id, "kind": o.kind, "account_id": o.account_id, "subscription_id": o.subscription_id,
+        "item": o.item, "currency": o.currency, "list_price": money_json(o.list_price, o.currency),
+        "discount_code": o.discount_code, "discount_amount": money_json(o.discount_amount, o.currency),
+        "payable": money_json(o.payable, o.currency), "refunded": money_json(o.refunded, o.currency),
+        "payment_method": o.payment_method, "payment_ref": o.payment_ref, "status": o.status,
+        "credit_granted": credit_json(o.credit_granted), "validity_granted": o.validity_granted,
+        "reason": o.reason, "idempotency_key": o.idempotency_key,
+        "created_at": iso(o.created_at), "paid_at": o.paid_at and iso(o.paid_at),
+    }
+
+
+def subscription_json(sub: Any, plan_slug: str, state_name: str) -> dict[str, Any]:
+    from planctl.domain.clock import iso
+    from planctl.domain.money import credit_json
+
+    granted = sub.credit_granted
+    return {
+        "id": sub.id, "account_id": sub.account_id, "plan": plan_slug, "plan_version_id": sub.plan_version_id,
+        "status": state_name, "starts_at": iso(sub.starts_at), "ends_at": iso(sub.ends_at),
+        "credit_granted": None if granted is None else credit_json(granted),
+        "credit_used": credit_json(sub.credit_used),
+        "credit_remaining": None if granted is None else credit_json(granted - sub.credit_used),
+        "period_limit_enabled": sub.period_limit_enabled,
+        "cancelled_at": sub.cancelled_at and iso(sub.cancelled_at),
+    }
+
+
+def key_json(key: Any, secret: str | None = None) -> dict[str, Any]:
+    from planctl.domain.clock import iso
+
+    out = {"id": key.id, "name": key.name, "kind": key.kind, "subscription_id": key.subscription_id,
+           "group": key.group_name, "status": key.status, "prefix": key.prefix, "last4": key.last4,
+           "created_at": iso(key.created_at)}
+    if secret is not None:
+        out["secret"] = secret
+    return out
+
+
+def sale_json(result: Any, now: Any) -> dict[str, Any]:
+    from planctl.services.sales import state_name
+
+    sub = result.subscription
+    return {
+        "order": order_json(result.order),
+        "subscription": None if sub is None else subscription_json(sub, result.terms.slug, state_name(sub, now)),
+        "key": None if result.key is None else key_json(
+            result.key, None if result.dry_run or result.secret is None else result.secret.secret),
+        "replayed": result.replayed, "dry_run": result.dry_run, "notes": result.notes,
+    }
+
+
+def _show_sale(st: State, result: Any, fmt: str) -> None:
+    data = sale_json(result, st.now())
+    if fmt == "json":
+        emit_json(st, data)
+        return
+    order, sub, key = data["order"], data["subscription"], data["key"]
+    emit_record(st, {
+        "order_id": order["id"], "kind": order["kind"], "item": order["item"], "list_price": order["list_price"],
+        "discount": order["discount_amount"], "payable": order["payable"], "currency": order["currency"],
+        "credit_granted": order["credit_granted"], "validity_granted": order["validity_granted"],
+        "subscription_id": order["subscription_id"], "ends_at": sub and sub["ends_at"],
+        "key_name": key and key["name"],
+    }, SALE_COLUMNS, fmt)
+    if key and key.get("secret"):
+        print(f"\nKey secret (shown once, store it now): {key['secret']}")
+    for note in data["notes"]:
+        say(st, f"note: {note}")
+    if result.dry_run:
+        say(st, "dry run: nothing was sold or written")
+
+
+def _sell(ctx: typer.Context, json_: bool, dry_run: bool, **fields: Any) -> None:
+    from planctl.services.sales import SaleRequest, sell
+
+    st = state(ctx)
+    fmt = output_format(st, json_=json_)
+    result = sell(st.db(), SaleRequest(**fields), caller=st.caller(), now=st.now(), dry_run=dry_run)
+    _show_sale(st, result, fmt)
+
+
+def _when(st: State, text: Optional[str], option: str) -> Any:
+    if text is None:
+        return None
+    from planctl.domain.clock import parse_instant
+    from planctl.domain.errors import InvalidInput
+
+    try:
+        return parse_instant(text, now=st.now(), tz=st.display_zone)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{option}: {exc.message}") from None
+
+
+def _credit(text: Optional[str], option: str) -> Optional[int]:
+    if text is None:
+        return None
+    from planctl.domain.errors import InvalidInput
+    from planctl.domain.money import parse_credit
+
+    try:
+        return parse_credit(text, allow_zero=False)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{option}: {exc.message}") from None
+
+
+# ---------------------------------------------------------------- sales
+
+
+def buy(
+    ctx: typer.Context,
+    plan: Annotated[str, typer.Argument(help="Plan slug.")],
+    account: Account,
+    payment_method: PaymentMethod = "manual", payment_ref: PaymentRef = None, code: Code = None,
+    ignore_invalid_code: IgnoreInvalid = False,
+    start: Annotated[Optional[str], typer.Option(help="Start later than now (date or date-time).")] = None,
+    idempotency_key: IdempotencyKey = None, dry_run: DryRun = False, json_: JsonOpt = False,
+) -> None:
+    """Buy a plan: creates the subscription, grants its credit and creates its subscription key.
+
+    The key's secret is printed once. Example: planctl buy codex-pro-monthly --account acme
+    --payment-method alipay --code WELCOME10 --idempotency-key "$ORDER_REF"
+    """
+    _sell(ctx, json_, dry_run, kind="buy", item=plan, account=account, payment_method=payment_method,
+          payment_ref=payment_ref, code=code, ignore_invalid_code=ignore_invalid_code,
+          start=_when(state(ctx), start, "--start"), idempotency_key=idempotency_key)
+
+
+def renew(
+    ctx: typer.Context,
+    subscription: Annotated[str, typer.Argument(help="Subscription id (or unique prefix).")],
+    payment_method: PaymentMethod = "manual", payment_ref: PaymentRef = None, code: Code = None,
+    ignore_invalid_code: IgnoreInvalid = False,
+    direct: Annotated[bool, typer.Option("--direct", help="Operator renewal, also when expired or exhausted.")] = False,
+    reason: Annotated[Optional[str], typer.Option(help="Why (required with --direct).")] = None,
+    idempotency_key: IdempotencyKey = None, dry_run: DryRun = False, json_: JsonOpt = False,
+) -> None:
+    """Renew a subscription for one more term: validity and credit stack, keys stay.
+
+    Allowed while the subscription is valid, its plan on sale with renewal enabled, and
+    inside the renewal window (default 3 days before expiry). --direct (operator, with
+    --reason) also renews an expired or exhausted subscription, from max(now, end).
+    Example: planctl renew sub_k3x9q2mz --payment-method card
+    """
+    _sell(ctx, json_, dry_run, kind="direct-renewal" if direct else "renew", subscription=subscription,
+          payment_method=payment_method, payment_ref=payment_ref, code=code,
+          ignore_invalid_code=ignore_invalid_code, reason=reason, idempotency_key=idempotency_key)
+
+
+def upgrade(
+    ctx: typer.Context,
+    subscription: Annotated[str, typer.Argument(help="Subscription id (or unique prefix).")],
+    to: Annotated[str, typer.Option("--to", help="Higher-tier plan of the same family.")],
+    prorate: Annotated[bool, typer.Option("--prorate", help="Charge only the unused share of the current term.")] = False,
+    payment_method: PaymentMethod = "manual", payment_ref: PaymentRef = None, code: Code = None,
+    ignore_invalid_code: IgnoreInvalid = False, idempotency_key: IdempotencyKey = None,
+    dry_run: DryRun = False, json_: JsonOpt = False,
+) -> None:
+    """Upgrade to a higher tier of the same family by paying the price difference.
+
+    New terms apply now; the end date and keys stay. Example: planctl upgrade sub_k3x9q2mz
+    --to codex-max-monthly --prorate --dry-run
+    """
+    _sell(ctx, json_, dry_run, kind="upgrade", subscription=subscription, item=to, prorate=prorate,
+          payment_method=payment_method, payment_ref=payment_ref, code=code,
+          ignore_invalid_code=ignore_invalid_code, idempotency_key=idempotency_key)
+
+
+@extra_app.command("buy")
+def extra_buy(
+    ctx: typer.Context, pack: Annotated[str, typer.Argument(help="Extra-usage pack slug.")], account: Account,
+    payment_method: PaymentMethod = "manual", payment_ref: PaymentRef = None, code: Code = None,
+    ignore_invalid_code: IgnoreInvalid = False, idempotency_key: IdempotencyKey = None,
+    dry_run: DryRun = False, json_: JsonOpt = False,
+) -> None:
+    """Buy an extra-usage pack for an account.
+
+    Example: planctl extra buy extra-50 --account acme
+    """
+    _sell(ctx, json_, dry_run, kind="extra", item=pack, account=account, payment_method=payment_method,
+          payment_ref=payment_ref, code=code, ignore_invalid_code=ignore_invalid_code,
+          idempotency_key=idempotency_key)
+
+
+@extra_app.command("list")
+def extra_list(ctx: typer.Context, json_: JsonOpt = False, jsonl: JsonlOpt = False, csv_: CsvOpt = False) -> None:
+    """List the extra-usage packs for sale.
+
+    Example: planctl extra list --json
+    """
+    from planctl.cli.plans import list_products
+
+    list_products(ctx, kind="extra", json_=json_, jsonl=jsonl, csv_=csv_)
+
+
+def topup(
+    ctx: typer.Context,
+    account: Annotated[str, typer.Argument(help="Account id, name or prefix.")],
+    amount: Annotated[Optional[str], typer.Argument(help="Credit to add (for a per-credit product).")] = None,
+    product: Annotated[str, typer.Option(help="Pay-as-you-go product (see products list --kind payg).")] = "payg-standard",
+    payment_method: PaymentMethod = "manual", payment_ref: PaymentRef = None, code: Code = None,
+    ignore_invalid_code: IgnoreInvalid = False, idempotency_key: IdempotencyKey = None,
+    dry_run: DryRun = False, json_: JsonOpt = False,
+) -> None:
+    """Add pay-as-you-go balance to an account.
+
+    Example: planctl topup acme 100   (or: planctl topup acme --product payg-100)
+    """
+    _sell(ctx, json_, dry_run, kind="topup", account=account, item=product,
+          amount=_credit(amount, "AMOUNT"), payment_method=payment_method, payment_ref=payment_ref,
+          code=code, ignore_invalid_code=ignore_invalid_code, idempotency_key=idempotency_key)
+
+
+def refund(
+    ctx: typer.Context,
+    order: Annotated[str, typer.Argument(help="Order number, e.g. ORD-20261121-0001.")],
+    amount: Annotated[Optional[str], typer.Option(help="Override the policy: refund this much (needs --reason).")] = None,
+    reason: Annotated[Optional[str], typer.Option(help="Why; recorded with the refund.")] = None,
+    plan: Annotated[Optional[str], typer.Option("--plan", help="Support detail: plan name.")] = None,
+    key_name: Annotated[Optional[str], typer.Option(help="Support detail: key name.")] = None,
+    request_time: Annotated[Optional[str], typer.Option(help="Support detail: request time.")] = None,
+    request_id: Annotated[Optional[str], typer.Option(help="Support detail: request id.")] = None,
+    dry_run: DryRun = False, yes: YesOpt = False, json_: JsonOpt = False,
+) -> None:
+    """Refund an order by its plan's refund policy, or an operator-chosen --amount.
+
+    Takes back the credit it pays for; a refund of a purchase cancels the subscription
+    and its keys. An invoiced order gets a credit note. Example: planctl refund
+    ORD-20261121-0001 --reason "delivery issue" --request-id req_123 --yes
+    """
+    from planctl.domain.catalog import currency_decimals
+    from planctl.domain.money import parse_money
+    from planctl.services import refunds, sales, settings
+
+    st = state(ctx)
+    fmt = output_format(st, json_=json_)
+    db = st.db()
+    minor = None
+    if amount is not None:
+        currency = settings.list_settings(db)["currency"]
+        minor = parse_money(amount, currency_decimals(currency), allow_zero=False)
+    if not dry_run:
+        target = sales.get_order(db, order)
+        st.confirm(f"Refund order {target.id} ({target.item}, paid {money_json(target.payable, target.currency)} "
+                   f"{target.currency})?", yes=yes)
+    details = {"plan": plan, "key_name": key_name, "request_time": request_time, "request_id": request_id}
+    result = refunds.refund(db, order, amount=minor, reason=reason, details=details, caller=st.caller(),
+                            now=st.now(), dry_run=dry_run)
+    r, o = result.refund, result.order
+    data = {
+        "order": order_json(o), "amount": money_json(r.amount, o.currency), "currency": o.currency,
+        "credit_reversed": _credit_json(r.credit_reversed), "policy": r.policy, "reason": r.reason,
+        "details": r.details, "cancelled_subscription": result.cancelled_subscription,
+        "credit_note": result.credit_note and result.credit_note.id, "dry_run": dry_run,
+    }
+    if fmt == "json":
+        emit_json(st, data)
+    else:
+        emit_record(st, {**data, "order": o.id}, (
+            Column("order"), Column("amount", "Refunded", "money"), Column("currency"),
+            Column("credit_reversed", "Credit taken back", "credit"), Column("policy"), Column("reason"),
+            Column("cancelled_subscription", "Cancelled subscription"), Column("credit_note", "Credit note")), fmt)
+        if dry_run:
+            say(st, "dry run: nothing was refunded or written")
+
+
+def _credit_json(micro: int) -> str:
+    from planctl.domain.money import credit_json
+
+    return credit_json(micro)
+
+
+# ---------------------------------------------------------------- subscriptions and orders
+
+SUB_COLUMNS = (
+    Column("id"), Column("account_id", "Account"), Column("plan"), Column("status"),
+    Column("starts_at", "Starts", "time"), Column("ends_at", "Ends", "time"),
+    Column("credit_granted", "Granted", "credit"), Column("credit_used", "Used", "credit"),
+    Column("period_limit_enabled", "Period limit", "bool"),
+)
+ORDER_COLUMNS = (
+    Column("id"), Column("kind"), Column("account_id", "Account"), Column("item", "Plan/product"),
+    Column("payable", kind="money"), Column("refunded", kind="money"), Column("status"),
+    Column("discount_code", "Code"), Column("created_at", "Created", "time"),
+)
+
+
+@subscriptions_app.command("list")
+def subscriptions_list(
+    ctx: typer.Context,
+    account: Annotated[Optional[str], typer.Option("--account", "-a", help="Only this account.")] = None,
+    plan: Annotated[Optional[str], typer.Option(help="Only this plan.")] = None,
+    status: Annotated[Optional[str], typer.Option(help="active, expired, cancelled or not-started.")] = None,
+    json_: JsonOpt = False, jsonl: JsonlOpt = False, csv_: CsvOpt = False,
+) -> None:
+    """List subscriptions, newest first.
+
+    Example: planctl subscriptions list --account acme --status active
+    """
+    from planctl.services import sales
+
+    st = state(ctx)
+    fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
+    views = sales.list_subscriptions(st.db(), now=st.now(), account=account, plan=plan, state=status)
+    emit_rows(st, (subscription_json(v.subscription, v.plan_slug, v.state) for v in views), SUB_COLUMNS, fmt)
+
+
+@subscriptions_app.command("show")
+def subscriptions_show(
+    ctx: typer.Context, subscription: Annotated[str, typer.Argument(help="Subscription id or unique prefix.")],
+    json_: JsonOpt = False,
+) -> None:
+    """Show a subscription with its keys and orders.
+
+    Example: planctl subscriptions show sub_k3x9q2mz --json
+    """
+    from planctl.services import sales
+
+    st = state(ctx)
+    fmt = output_format(st, json_=json_)
+    view = sales.get_subscription(st.db(), subscription, now=st.now())
+    data = {**subscription_json(view.subscription, view.plan_slug, view.state),
+            "keys": [key_json(k) for k in view.keys], "orders": [order_json(o) for o in view.orders]}
+    if fmt == "table":
+        data["keys"] = [f"{k['name']} ({k['prefix']}…{k['last4']}, {k['status']})" for k in data["keys"]]
+        data["orders"] = [f"{o['id']} {o['kind']} {o['payable']} {o['status']}" for o in data["orders"]]
+    emit_record(st, data, SUB_COLUMNS + (Column("cancelled_at", "Cancelled", "time"),
+                                         Column("keys", kind="list"), Column("orders", kind="list")), fmt)
+
+
+@orders_app.command("list")
+def orders_list(
+    ctx: typer.Context,
+    account: Annotated[Optional[str], typer.Option("--account", "-a", help="Only this account.")] = None,
+    subscription: Annotated[Optional[str], typer.Option(help="Only this subscription.")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="buy, renew, upgrade, direct-renewal, extra or topup.")] = None,
+    status: Annotated[Optional[str], typer.Option(help="paid, refunded or partially-refunded.")] = None,
+    since: Annotated[Optional[str], typer.Option(help="From this time (7d, a date, today).")] = None,
+    until: Annotated[Optional[str], typer.Option(help="Before this time.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="At most this many.")] = 100,
+    json_: JsonOpt = False, jsonl: JsonlOpt = False, csv_: CsvOpt = False,
+) -> None:
+    """List orders, newest first.
+
+    Example: planctl orders list --since 30d --kind buy --csv
+    """
+    from planctl.domain.clock import parse_instant
+    from planctl.services import sales
+
+    st = state(ctx)
+    fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
+    now, zone = st.now(), st.display_zone
+    orders = sales.list_orders(
+        st.db(), account=account, subscription=subscription, kind=kind, status=status, limit=limit,
+        since=since and parse_instant(since, now=now, tz=zone, direction=-1),
+        until=until and parse_instant(until, now=now, tz=zone, direction=-1))
+    emit_rows(st, (order_json(o) for o in orders), ORDER_COLUMNS, fmt)
+
+
+@orders_app.command("show")
+def orders_show(ctx: typer.Context, order: Annotated[str, typer.Argument(help="Order number.")],
+                json_: JsonOpt = False) -> None:
+    """Show one order.
+
+    Example: planctl orders show ORD-20261121-0001
+    """
+    from planctl.services import sales
+
+    st = state(ctx)
+    fmt = output_format(st, json_=json_)
+    data = order_json(sales.get_order(st.db(), order))
+    emit_record(st, data, tuple(Column(k, kind="money" if k in ("list_price", "discount_amount", "payable",
+                                                                   "refunded") else
+                                        "credit" if k == "credit_granted" else
+                                        "time" if k.endswith("_at") else "text") for k in data), fmt)

@@ -1,0 +1,254 @@
+"""Subscription lifecycle rules: buy, renew, upgrade, direct renewal, refund.
+
+Pure functions over plain values: the caller passes `now` and the reset zone,
+and gets back what to write, or a `Refused` with its reason code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from fractions import Fraction
+from zoneinfo import ZoneInfo
+
+from planctl.domain.catalog import PlanTerms, purchase_window_open
+from planctl.domain.clock import add_duration, iso, local_date
+from planctl.domain.errors import InvalidInput, Refused
+from planctl.domain.money import Rounding, div_round
+
+START_PAST_TOLERANCE = timedelta(hours=1)  # backdating a start beyond this is refused
+START_FUTURE_LIMIT = timedelta(days=366)
+
+
+@dataclass(frozen=True)
+class SubscriptionState:
+    status: str  # active | cancelled
+    starts_at: datetime
+    ends_at: datetime
+    anchor_day: int
+    credit_granted: int | None
+    credit_used: int
+
+
+def availability(sub: SubscriptionState, now: datetime) -> str | None:
+    """None when usable now, else the reason code (cancelled, expired, not yet started)."""
+    if sub.status == "cancelled":
+        return "subscription_cancelled"
+    if now >= sub.ends_at:
+        return "subscription_expired"
+    if now < sub.starts_at:
+        return "subscription_not_started"
+    return None
+
+
+def exhausted(sub: SubscriptionState) -> bool:
+    return sub.credit_granted is not None and sub.credit_used >= sub.credit_granted
+
+
+# ---------------------------------------------------------------- buy
+
+
+@dataclass(frozen=True)
+class Term:
+    starts_at: datetime
+    ends_at: datetime
+    anchor_day: int
+
+
+def check_on_sale(terms: PlanTerms, now: datetime) -> None:
+    if not terms.on_sale:
+        raise Refused(f"plan {terms.slug} has been removed from sale", reason="plan_not_on_sale")
+    if not purchase_window_open(terms, now):
+        if terms.purchase_start and now < terms.purchase_start:
+            raise Refused(f"plan {terms.slug} goes on sale at {iso(terms.purchase_start)}",
+                          reason="purchase_window_closed")
+        raise Refused(f"plan {terms.slug} stopped selling at {iso(terms.purchase_end)}",  # type: ignore[arg-type]
+                      reason="purchase_window_closed")
+
+
+def first_term(terms: PlanTerms, now: datetime, start: datetime | None, tz: ZoneInfo) -> Term:
+    """A new subscription's first term: from now (or --start) for one validity."""
+    starts_at = now if start is None else start
+    if starts_at < now - START_PAST_TOLERANCE:
+        raise InvalidInput(f"start {iso(starts_at)} is in the past; give now or a later time")
+    if starts_at > now + START_FUTURE_LIMIT:
+        raise InvalidInput(f"start {iso(starts_at)} is more than a year ahead")
+    anchor = local_date(starts_at, tz).day
+    return Term(starts_at, add_duration(starts_at, terms.validity, tz, anchor_day=anchor), anchor)
+
+
+# ---------------------------------------------------------------- renew
+
+
+def check_renewal(sub: SubscriptionState, current: PlanTerms, now: datetime, tz: ZoneInfo) -> None:
+    """The four conditions of SPEC §3, each with its own reason."""
+    if sub.status == "cancelled":
+        raise Refused("cannot renew: the subscription was cancelled; buy the plan again",
+                      reason="subscription_cancelled")
+    if now >= sub.ends_at:
+        raise Refused(f"cannot renew: the subscription expired at {iso(sub.ends_at)}; buy again, "
+                      "or ask an operator for a direct renewal to keep its keys", reason="subscription_expired")
+    if not current.on_sale:
+        raise Refused(f"cannot renew: plan {current.slug} has been removed from sale; buy another plan",
+                      reason="plan_not_on_sale")
+    if not current.renewal_enabled:
+        raise Refused(f"cannot renew: renewal is not enabled for plan {current.slug}",
+                      reason="renewal_disabled")
+    opens = renewal_opens(sub, current, tz)
+    if now < opens:
+        raise Refused(f"cannot renew yet: renewal opens at {iso(opens)} ({current.renewal_window} before "
+                      f"expiry at {iso(sub.ends_at)})", reason="renewal_window_not_open")
+
+
+def renewal_opens(sub: SubscriptionState, terms: PlanTerms, tz: ZoneInfo) -> datetime:
+    return add_duration(sub.ends_at, terms.renewal_window, tz, times=-1)
+
+
+def extend(ends_at: datetime, terms: PlanTerms, anchor_day: int, tz: ZoneInfo) -> datetime:
+    """The end after stacking one more validity on `ends_at`, keeping the anchor day."""
+    return add_duration(ends_at, terms.validity, tz, anchor_day=anchor_day)
+
+
+def direct_renewal_term(sub: SubscriptionState, terms: PlanTerms, now: datetime, tz: ZoneInfo) -> Term:
+    """Operator renewal: from max(now, end); an expired subscription is re-anchored on today."""
+    if sub.status == "cancelled":
+        raise Refused("cannot renew a cancelled (refunded) subscription; sell a new one",
+                      reason="subscription_cancelled")
+    if now >= sub.ends_at:
+        anchor = local_date(now, tz).day
+        return Term(sub.starts_at, add_duration(now, terms.validity, tz, anchor_day=anchor), anchor)
+    return Term(sub.starts_at, extend(sub.ends_at, terms, sub.anchor_day, tz), sub.anchor_day)
+
+
+# ---------------------------------------------------------------- upgrade
+
+
+@dataclass(frozen=True)
+class UpgradeQuote:
+    payable: int  # minor units
+    credit: int | None  # µcr to add (None: the new plan has no total pool)
+    share: Fraction  # terms paid for: whole remaining terms, plus the current one's share
+
+
+def check_upgrade(sub: SubscriptionState, old: PlanTerms, new: PlanTerms, now: datetime) -> None:
+    reason = availability(sub, now)
+    if reason == "subscription_cancelled":
+        raise Refused("cannot upgrade a cancelled subscription", reason=reason)
+    if reason == "subscription_expired":
+        raise Refused(f"cannot upgrade: the subscription expired at {iso(sub.ends_at)}; buy the new plan",
+                      reason=reason)
+    if new.family != old.family:
+        raise Refused(f"cannot upgrade from {old.slug} ({old.family}) to {new.slug} ({new.family}): "
+                      "upgrades stay within one family", reason="upgrade_other_family")
+    if new.tier <= old.tier:
+        raise Refused(f"{new.slug} (tier {new.tier}) is not above {old.slug} (tier {old.tier}): downgrades "
+                      "are not sold; renew the current plan, then buy the smaller one when it ends",
+                      reason="downgrade_refused")
+    check_on_sale(new, now)
+
+
+def remaining_share(sub: SubscriptionState, terms: PlanTerms, now: datetime, tz: ZoneInfo) -> Fraction:
+    """How many terms are left: whole stacked terms plus the unused share of the current one.
+
+    Exact: measured in microseconds, never in floats.
+    """
+    later_end = sub.ends_at
+    whole = 0
+    while True:
+        earlier = add_duration(later_end, terms.validity, tz, times=-1, anchor_day=sub.anchor_day)
+        if earlier <= now or earlier <= sub.starts_at:
+            start = max(earlier, sub.starts_at)
+            span, left = _micros(later_end - start), _micros(later_end - max(now, start))
+            return whole + Fraction(left, span)
+        whole += 1
+        later_end = earlier
+
+
+def quote_upgrade(sub: SubscriptionState, old: PlanTerms, new: PlanTerms, now: datetime, tz: ZoneInfo,
+                  *, prorate: bool) -> UpgradeQuote:
+    """Price difference (× remaining share with `prorate`), rounded up once to the minor unit.
+
+    Without `prorate` the current term counts in full. The credit difference
+    is granted in the same proportion, rounded up once to the µcr.
+    """
+    share = remaining_share(sub, old, now, tz)
+    if not prorate:
+        share = Fraction(-(-share.numerator // share.denominator))  # whole terms: ceil
+    payable = _ceil_times(max(new.price - old.price, 0), share)
+    if new.total_credit is None:
+        return UpgradeQuote(payable, None, share)
+    credit = _ceil_times(max(new.total_credit - (old.total_credit or 0), 0), share)
+    return UpgradeQuote(payable, credit, share)
+
+
+def _ceil_times(amount: int, share: Fraction) -> int:
+    return div_round(amount * share.numerator, share.denominator, Rounding.UP)
+
+
+def _micros(delta: timedelta) -> int:
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+# ---------------------------------------------------------------- refunds
+
+
+@dataclass(frozen=True)
+class RefundQuote:
+    amount: int  # minor units paid back
+    credit_reversed: int  # µcr taken back
+    policy: str  # the rule that decided, or "override"
+    cancels: bool  # a refund that ends the subscription
+
+
+@dataclass(frozen=True)
+class RefundFacts:
+    """What a refund decision needs to know about one order."""
+
+    kind: str  # the order kind
+    payable: int
+    refunded: int
+    credit_granted: int  # by this order, as sold
+    credit_left: int  # of that credit, still in its pool (neither used nor taken back by a refund)
+    paid_at: datetime
+    policy: str  # str(RefundPolicy), or "unused" for products
+
+
+def quote_refund(facts: RefundFacts, now: datetime, tz: ZoneInfo, *, override: int | None = None) -> RefundQuote:
+    remaining = facts.payable - facts.refunded
+    if remaining <= 0:
+        raise Refused("the order has already been fully refunded" if facts.payable else
+                      "the order was free: there is nothing to refund", reason="nothing_to_refund")
+    credit_left = max(0, min(facts.credit_left, facts.credit_granted))
+    if override is not None:
+        if override <= 0:
+            raise InvalidInput("refund amount must be greater than zero")
+        if override > remaining:
+            raise Refused(f"a refund of {override} minor units exceeds what is left to refund ({remaining})",
+                          reason="refund_exceeds_paid")
+        credit = min(credit_left, div_round(facts.credit_granted * override, facts.payable, Rounding.DOWN))
+        return RefundQuote(override, credit, "override", override == remaining and facts.kind == "buy")
+    from planctl.domain.catalog import parse_refund_policy
+
+    policy = parse_refund_policy(facts.policy)
+    if policy.kind == "none":
+        raise Refused("the plan's refund policy is 'none'; an operator can still refund with --amount "
+                      "and --reason", reason="refund_not_allowed")
+    if policy.kind == "unused":
+        if credit_left < facts.credit_granted:
+            raise Refused("credit from this order has been used, so the 'unused' refund policy no longer "
+                          "applies; an operator can refund with --amount", reason="refund_credit_used")
+        if policy.within is not None:
+            closes = add_duration(facts.paid_at, policy.within, tz)
+            if now >= closes:
+                raise Refused(f"the refund window ({policy.within}) closed at {iso(closes)}",
+                              reason="refund_window_closed")
+        return RefundQuote(remaining, credit_left, str(policy), facts.kind == "buy")
+    # prorated: the unused share of the credit, times what was paid
+    if facts.credit_granted == 0:
+        raise Refused("this order granted no credit to prorate; an operator can refund with --amount",
+                      reason="refund_not_allowed")
+    # credit_left already excludes credit taken back by earlier refunds, so this is what is still owed
+    amount = min(div_round(facts.payable * credit_left, facts.credit_granted, Rounding.DOWN), remaining)
+    if amount <= 0:
+        raise Refused("no unused credit is left to refund", reason="nothing_to_refund")
+    return RefundQuote(amount, credit_left, "prorated", facts.kind == "buy")

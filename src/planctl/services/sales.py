@@ -1,0 +1,464 @@
+"""Sales: buy, renew, upgrade, direct renewal, extra usage and top-ups.
+
+Every sale is one write transaction that takes its order number, redeems its
+discount code, changes the subscription or balance, appends ledger entries and
+the audit entry, and commits; or changes nothing. `dry_run` runs the very same
+work under the same lock and discards it, so a quote is what the sale would be.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+from zoneinfo import ZoneInfo
+
+from planctl.domain import discounts as discount_rules
+from planctl.domain import lifecycle
+from planctl.domain.catalog import PlanTerms, ProductTerms, currency_decimals, parse_plan
+from planctl.domain.clock import add_duration, iso, local_date
+from planctl.domain.errors import Conflict, InvalidInput, NotFound, Refused
+from planctl.domain.ids import short_id
+from planctl.domain.money import Rounding, div_round, format_credit, format_money, format_units
+from planctl.domain.secrets import NewSecret, new_secret
+from planctl.services import accounts, audit, discounts, settings
+from planctl.services.audit import Caller
+from planctl.store.engine import Database
+from planctl.store.queries import starts_with
+from planctl.store.tables import (
+    Account, ApiKey, Counter, ExtraPack, LedgerEntry, Order, Plan, PlanVersion, Product, Subscription,
+)
+
+SUBSCRIPTION_KEY_PREFIX = "Subscription Access - "
+
+
+@dataclass(frozen=True)
+class SaleRequest:
+    """What the buyer asked for; its digest makes idempotency keys safe."""
+
+    kind: str  # buy | renew | upgrade | direct-renewal | extra | topup
+    account: str | None = None  # buy, extra, topup
+    item: str | None = None  # plan slug (buy, upgrade) or product slug (extra, topup)
+    subscription: str | None = None  # renew, upgrade, direct-renewal
+    payment_method: str = "manual"
+    payment_ref: str | None = None
+    code: str | None = None
+    ignore_invalid_code: bool = False
+    start: datetime | None = None
+    prorate: bool = False
+    amount: int | None = None  # topup: credit (µcr) for a rate product
+    reason: str | None = None  # direct renewal
+    idempotency_key: str | None = None
+
+    def digest(self) -> str:
+        fields = {k: (iso(v) if isinstance(v, datetime) else v) for k, v in self.__dict__.items()
+                  if k not in ("idempotency_key", "payment_ref")}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class SaleResult:
+    order: Order
+    subscription: Subscription | None = None
+    terms: PlanTerms | None = None
+    key: ApiKey | None = None
+    secret: NewSecret | None = None  # only when a key was created now: shown once
+    pack: ExtraPack | None = None
+    replayed: bool = False
+    dry_run: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def sell(db: Database, req: SaleRequest, *, caller: Caller, now: datetime, dry_run: bool = False) -> SaleResult:
+    """Run one sale of any kind; see the module docstring."""
+    _check_request(req)
+    with db.write(rollback=dry_run) as session:
+        if req.idempotency_key:
+            replay = _replay(session, req)
+            if replay is not None:
+                return replay
+        tz = settings.reset_zone(session)
+        notes: list[str] = []
+        result = _HANDLERS[req.kind](session, req, now, tz, notes)
+        result.dry_run, result.notes = dry_run, notes + result.notes
+        order = result.order
+        audit.record(session, caller, now, f"order:{order.id}",
+                     f"{order.kind} {order.item} for {order.account_id}: paid {_money(session, order.payable)}"
+                     + (f" with code {order.discount_code}" if order.discount_code else "")
+                     + (f"; reason: {req.reason}" if req.reason else ""))
+        return result
+
+
+def _check_request(req: SaleRequest) -> None:
+    if req.kind == "direct-renewal" and not (req.reason and req.reason.strip()):
+        raise InvalidInput("a direct renewal needs --reason (it is recorded in the audit log)")
+    if not req.payment_method or not req.payment_method.replace("-", "").replace("_", "").isalnum():
+        raise InvalidInput(f"invalid payment method {req.payment_method!r}: use a word such as alipay or card")
+    if req.idempotency_key is not None and not (1 <= len(req.idempotency_key) <= 200):
+        raise InvalidInput("an idempotency key has 1 to 200 characters")
+
+
+def _replay(session: Session, req: SaleRequest) -> SaleResult | None:
+    order = session.exec(select(Order).where(Order.idempotency_key == req.idempotency_key)).first()
+    if order is None:
+        return None
+    if order.request_digest != req.digest():
+        raise Conflict(f"idempotency key {req.idempotency_key!r} was already used for a different request "
+                       f"(order {order.id}); use a new key", reason="idempotency_mismatch")
+    sub = session.get(Subscription, order.subscription_id) if order.subscription_id else None
+    terms = _sub_terms(session, sub) if sub else None
+    return SaleResult(order=order, subscription=sub, terms=terms, replayed=True,
+                      notes=[f"idempotency key seen before: this is order {order.id}, nothing was charged again"])
+
+
+# ---------------------------------------------------------------- plan sales
+
+
+def _buy(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, notes: list[str]) -> SaleResult:
+    account = _account(session, req.account)
+    plan, version, terms = _current_plan(session, req.item)
+    lifecycle.check_on_sale(terms, now)
+    term = lifecycle.first_term(terms, now, req.start, tz)
+    order = _order(session, req, now, tz, notes, account.id, terms.slug, terms.price, version_id=version.id)
+    sub = Subscription(
+        id=short_id("sub"), account_id=account.id, plan_id=plan.id, plan_version_id=version.id, status="active",
+        starts_at=term.starts_at, ends_at=term.ends_at, anchor_day=term.anchor_day,
+        credit_granted=terms.total_credit, credit_used=0, period_limit_enabled=True, created_at=now, updated_at=now,
+    )
+    session.add(sub)
+    session.flush()
+    order.subscription_id, order.validity_granted = sub.id, str(terms.validity)
+    _grant(session, order, sub, terms.total_credit, now)
+    key, secret = _subscription_key(session, account, sub, terms, now)
+    return SaleResult(order=order, subscription=sub, terms=terms, key=key, secret=secret)
+
+
+def _renew(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, notes: list[str]) -> SaleResult:
+    sub = _subscription(session, req.subscription)
+    _plan_row, version, current = _current_plan(session, _plan_slug(session, sub))
+    lifecycle.check_renewal(_state(sub), current, now, tz)
+    order = _order(session, req, now, tz, notes, sub.account_id, current.slug, current.price, version_id=version.id)
+    order.subscription_id, order.validity_granted = sub.id, str(current.validity)
+    sub.ends_at = lifecycle.extend(sub.ends_at, current, sub.anchor_day, tz)
+    sub.plan_version_id = version.id  # the renewed term is sold under today's terms
+    if current.total_credit is not None:
+        sub.credit_granted = (sub.credit_granted or 0) + current.total_credit
+    sub.updated_at = now
+    session.add(sub)
+    _grant(session, order, sub, current.total_credit, now)
+    return SaleResult(order=order, subscription=sub, terms=current)
+
+
+def _upgrade(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, notes: list[str]) -> SaleResult:
+    sub = _subscription(session, req.subscription)
+    old = _sub_terms(session, sub)
+    plan, version, new = _current_plan(session, req.item)
+    lifecycle.check_upgrade(_state(sub), old, new, now)
+    quote = lifecycle.quote_upgrade(_state(sub), old, new, now, tz, prorate=req.prorate)
+    order = _order(session, req, now, tz, notes, sub.account_id, new.slug, quote.payable, version_id=version.id)
+    order.subscription_id = sub.id
+    sub.plan_id, sub.plan_version_id, sub.updated_at = plan.id, version.id, now
+    if quote.credit is None:
+        sub.credit_granted = None
+    elif quote.credit:
+        sub.credit_granted = (sub.credit_granted or 0) + quote.credit
+    session.add(sub)
+    _grant(session, order, sub, quote.credit, now)
+    share = quote.share
+    result = SaleResult(order=order, subscription=sub, terms=new)
+    terms_left = format_units(div_round(share.numerator * 10_000, share.denominator, Rounding.DOWN), 4)
+    result.notes.append(f"charged the price difference for {terms_left} term(s) of the current subscription"
+                        if req.prorate else
+                        f"charged the full price difference for each of the {terms_left} remaining term(s)")
+    return result
+
+
+def _direct_renewal(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, notes: list[str]) -> SaleResult:
+    sub = _subscription(session, req.subscription)
+    terms = _sub_terms(session, sub)
+    term = lifecycle.direct_renewal_term(_state(sub), terms, now, tz)
+    order = _order(session, req, now, tz, notes, sub.account_id, terms.slug, terms.price,
+                   version_id=sub.plan_version_id, discounts_allowed=False)
+    order.subscription_id, order.validity_granted, order.reason = sub.id, str(terms.validity), req.reason
+    was_expired = now >= sub.ends_at
+    sub.ends_at, sub.anchor_day, sub.updated_at = term.ends_at, term.anchor_day, now
+    if terms.total_credit is not None:
+        sub.credit_granted = (sub.credit_granted or 0) + terms.total_credit
+    session.add(sub)
+    _grant(session, order, sub, terms.total_credit, now)
+    result = SaleResult(order=order, subscription=sub, terms=terms)
+    if was_expired:
+        result.notes.append("the subscription had expired: it and its keys are available again")
+    return result
+
+
+# ---------------------------------------------------------------- extra usage and top-ups
+
+
+def _extra(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, notes: list[str]) -> SaleResult:
+    account = _account(session, req.account)
+    product = _product(session, req.item, "extra")
+    order = _order(session, req, now, tz, notes, account.id, product.slug, product.price)
+    pack = ExtraPack(account_id=account.id, order_id=order.id, credit=product.credit, created_at=now,
+                     expires_at=None if product.validity is None else
+                     add_duration(now, product.validity, tz))
+    session.add(pack)
+    session.flush()
+    order.credit_granted = product.credit
+    order.validity_granted = None if product.validity is None else str(product.validity)
+    _ledger(session, order, now, pool="extra", amount=product.credit, pack_id=pack.id)
+    return SaleResult(order=order, pack=pack)
+
+
+def _topup(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, notes: list[str]) -> SaleResult:
+    account = _account(session, req.account)
+    product = _product(session, req.item, "payg")
+    if product.pricing == "rate":
+        if req.amount is None:
+            raise InvalidInput(f"{product.slug} is sold by the credit: give the amount of credit to buy")
+        credit = req.amount
+        price = div_round(product.price * credit, product.credit, Rounding.UP)
+    else:
+        if req.amount is not None and req.amount != product.credit:
+            raise InvalidInput(f"{product.slug} is a fixed pack of {format_credit(product.credit)} credit; "
+                               "leave the amount out or choose a rate product")
+        credit, price = product.credit, product.price
+    order = _order(session, req, now, tz, notes, account.id, product.slug, price)
+    order.credit_granted = credit
+    session.execute(update(Account).where(Account.id == account.id)
+                    .values(payg_balance=Account.payg_balance + credit))
+    _ledger(session, order, now, pool="payg", amount=credit)
+    session.refresh(account)
+    return SaleResult(order=order)
+
+
+_HANDLERS = {
+    "buy": _buy, "renew": _renew, "upgrade": _upgrade, "direct-renewal": _direct_renewal,
+    "extra": _extra, "topup": _topup,
+}
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+def _order(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, notes: list[str], account_id: str,
+           item: str, list_price: int, *, version_id: int | None = None, discounts_allowed: bool = True) -> Order:
+    """Number the order, apply and redeem the discount code, and add the paid order."""
+    day = local_date(now, tz).strftime("%Y%m%d")
+    order = Order(
+        id=f"ORD-{day}-{next_number(session, f'order:{day}'):04d}", kind=req.kind, account_id=account_id,
+        plan_version_id=version_id, item=item, currency=settings.load(session)["currency"],
+        list_price=list_price, payable=list_price, payment_method=req.payment_method,
+        payment_ref=req.payment_ref, status="paid", idempotency_key=req.idempotency_key,
+        request_digest=req.digest() if req.idempotency_key else None, created_at=now, paid_at=now,
+    )
+    if req.code:
+        if not discounts_allowed:
+            raise InvalidInput("discount codes do not apply to direct renewals")
+        _apply_code(session, req, order, notes, now)
+    session.add(order)
+    session.flush()
+    return order
+
+
+def _apply_code(session: Session, req: SaleRequest, order: Order, notes: list[str], now: datetime) -> None:
+    assert req.code
+    sale = discount_rules.Sale(now=now, item=order.item, order_kind=order.kind, payment_method=req.payment_method,
+                               list_price=order.list_price, redemptions=0, account_redemptions=0)
+    try:
+        terms, amount = discounts.evaluate(session, req.code, sale, order.account_id)
+        discounts.redeem(session, terms, order.account_id)
+    except Refused as exc:
+        if not req.ignore_invalid_code:
+            raise Refused(f"{exc.message} (sell at list price with --ignore-invalid-code)", reason=exc.reason) from None
+        notes.append(f"code not applied, sold at list price: {exc.message}")
+        return
+    order.discount_code, order.discount_amount = terms.code, amount
+    order.payable = order.list_price - amount
+    decimals = currency_decimals(terms.currency)
+    order.discount_terms = {"code": terms.code, "kind": terms.kind,
+                            "value": discount_rules.format_value(terms, decimals),
+                            "min_amount": format_money(terms.min_amount, decimals)}
+
+
+def next_number(session: Session, name: str) -> int:
+    """The next value of a gapless counter, taken under the transaction's lock."""
+    dialect = session.get_bind().dialect.name
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Counter)
+    session.execute(insert.values(name=name, value=0).on_conflict_do_nothing(index_elements=["name"]))
+    session.execute(update(Counter).where(Counter.name == name).values(value=Counter.value + 1))
+    return int(session.exec(select(Counter.value).where(Counter.name == name)).one())
+
+
+def _grant(session: Session, order: Order, sub: Subscription, credit: int | None, now: datetime) -> None:
+    order.credit_granted = credit or 0
+    if credit:
+        _ledger(session, order, now, pool="plan", amount=credit, subscription_id=sub.id)
+
+
+def _ledger(session: Session, order: Order, now: datetime, *, pool: str, amount: int, kind: str = "grant",
+            subscription_id: str | None = None, pack_id: int | None = None) -> None:
+    session.add(LedgerEntry(at=now, account_id=order.account_id, pool=pool, subscription_id=subscription_id,
+                            pack_id=pack_id, kind=kind, amount=amount, order_id=order.id,
+                            reason=f"{order.kind} {order.item}"))
+
+
+def _subscription_key(session: Session, account: Account, sub: Subscription, terms: PlanTerms,
+                      now: datetime) -> tuple[ApiKey, NewSecret]:
+    """The key created with every purchase, bound to the subscription."""
+    name = SUBSCRIPTION_KEY_PREFIX + terms.slug
+    taken = session.exec(select(ApiKey.id).where(ApiKey.account_id == account.id, ApiKey.name == name)).first()
+    if taken:
+        name = f"{name} ({sub.id})"
+    group = account.default_group if account.default_group in terms.groups else terms.groups[0]
+    secret = new_secret()
+    key = ApiKey(id=short_id("key"), account_id=account.id, subscription_id=sub.id, kind="subscription",
+                 name=name, secret_sha256=secret.sha256, prefix=secret.prefix, last4=secret.last4,
+                 group_name=group, status="active", created_at=now, updated_at=now)
+    session.add(key)
+    return key, secret
+
+
+def _account(session: Session, ref: str | None) -> Account:
+    if not ref:
+        raise InvalidInput("give the buyer with --account")
+    return accounts.resolve(session, ref)
+
+
+def _current_plan(session: Session, slug: str | None) -> tuple[Plan, PlanVersion, PlanTerms]:
+    plan = session.exec(select(Plan).where(Plan.slug == (slug or ""))).first()
+    if plan is None:
+        raise NotFound(f"unknown plan {slug!r}; see 'planctl plans list'")
+    version = session.exec(select(PlanVersion).where(PlanVersion.plan_id == plan.id,
+                                                     PlanVersion.version == plan.version)).one()
+    return plan, version, parse_plan(version.terms, settings.catalog_context(session))
+
+
+def _product(session: Session, slug: str | None, kind: str) -> ProductTerms:
+    from planctl.services.catalog import product_from_row
+
+    row = session.exec(select(Product).where(Product.slug == (slug or ""))).first()
+    if row is None or row.kind != kind:
+        raise NotFound(f"unknown {'extra-usage pack' if kind == 'extra' else 'pay-as-you-go product'} "
+                       f"{slug!r}; see 'planctl products list --kind {kind}'")
+    if not row.on_sale:
+        raise Refused(f"{slug} has been removed from sale", reason="product_not_on_sale")
+    return product_from_row(row)
+
+
+def _plan_slug(session: Session, sub: Subscription) -> str:
+    return session.get(Plan, sub.plan_id).slug  # type: ignore[union-attr]
+
+
+def _sub_terms(session: Session, sub: Subscription) -> PlanTerms:
+    from planctl.services.catalog import plan_version_terms
+
+    return plan_version_terms(session, sub.plan_version_id)
+
+
+def _state(sub: Subscription) -> lifecycle.SubscriptionState:
+    return lifecycle.SubscriptionState(status=sub.status, starts_at=sub.starts_at, ends_at=sub.ends_at,
+                                       anchor_day=sub.anchor_day, credit_granted=sub.credit_granted,
+                                       credit_used=sub.credit_used)
+
+
+def resolve_subscription(session: Session, ref: str | None) -> Subscription:
+    """A subscription by id or unambiguous id prefix."""
+    ref = (ref or "").strip()
+    sub = session.get(Subscription, ref)
+    if sub is not None:
+        return sub
+    if len(ref) >= 5:
+        found = session.exec(select(Subscription).where(starts_with(Subscription.id, ref)).limit(3)).all()
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise InvalidInput(f"{ref!r} matches several subscriptions; give more of the id")
+    raise NotFound(f"unknown subscription {ref!r}; see 'planctl subscriptions list'")
+
+
+_subscription = resolve_subscription
+
+
+def _money(session: Session, minor: int) -> str:
+    currency = settings.load(session)["currency"]
+    return f"{format_money(minor, currency_decimals(currency))} {currency}"
+
+
+# ---------------------------------------------------------------- queries
+
+
+@dataclass
+class SubscriptionView:
+    subscription: Subscription
+    plan_slug: str
+    terms: PlanTerms
+    state: str  # active | expired | cancelled | not-started
+    keys: list[ApiKey] = field(default_factory=list)
+    orders: list[Order] = field(default_factory=list)
+
+
+def state_name(sub: Subscription, now: datetime) -> str:
+    reason = lifecycle.availability(_state(sub), now)
+    return {None: "active", "subscription_cancelled": "cancelled", "subscription_expired": "expired",
+            "subscription_not_started": "not-started"}[reason]
+
+
+def list_subscriptions(db: Database, *, now: datetime, account: str | None = None, plan: str | None = None,
+                       state: str | None = None) -> list[SubscriptionView]:
+    with db.read() as session:
+        query = select(Subscription, Plan.slug).join(Plan, Plan.id == Subscription.plan_id)
+        if account:
+            query = query.where(Subscription.account_id == accounts.resolve(session, account).id)
+        if plan:
+            query = query.where(Plan.slug == plan)
+        query = query.order_by(col(Subscription.created_at).desc(), Subscription.id)
+        views = [SubscriptionView(sub, slug, _sub_terms(session, sub), state_name(sub, now))
+                 for sub, slug in session.exec(query)]
+    return [v for v in views if state is None or v.state == state]
+
+
+def get_subscription(db: Database, ref: str, *, now: datetime) -> SubscriptionView:
+    with db.read() as session:
+        sub = resolve_subscription(session, ref)
+        view = SubscriptionView(sub, _plan_slug(session, sub), _sub_terms(session, sub), state_name(sub, now))
+        view.keys = list(session.exec(select(ApiKey).where(ApiKey.subscription_id == sub.id).order_by(ApiKey.created_at)))
+        view.orders = list(session.exec(select(Order).where(Order.subscription_id == sub.id).order_by(Order.created_at)))
+        return view
+
+
+def list_orders(db: Database, *, account: str | None = None, kind: str | None = None, status: str | None = None,
+                subscription: str | None = None, since: datetime | None = None, until: datetime | None = None,
+                limit: int = 100) -> list[Order]:
+    with db.read() as session:
+        query = select(Order)
+        if account:
+            query = query.where(Order.account_id == accounts.resolve(session, account).id)
+        if subscription:
+            query = query.where(Order.subscription_id == resolve_subscription(session, subscription).id)
+        if kind:
+            query = query.where(Order.kind == kind)
+        if status:
+            query = query.where(Order.status == status)
+        if since:
+            query = query.where(Order.created_at >= since)
+        if until:
+            query = query.where(Order.created_at < until)
+        return list(session.exec(query.order_by(col(Order.created_at).desc(), col(Order.id).desc()).limit(limit)))
+
+
+def get_order(db: Database, order_id: str) -> Order:
+    with db.read() as session:
+        order = session.get(Order, order_id.strip().upper())
+        if order is None:
+            raise NotFound(f"unknown order {order_id!r}; see 'planctl orders list'")
+        return order
