@@ -39,7 +39,8 @@ def refund(db: Database, order_id: str, *, amount: int | None, reason: str | Non
     if amount is not None and not (reason and reason.strip()):
         raise InvalidInput("an override amount needs --reason")
     with db.write(rollback=dry_run) as session:
-        order = session.get(Order, order_id.strip().upper())
+        # the row lock queues a refund behind an invoice being issued for the same order (PostgreSQL)
+        order = session.exec(select(Order).where(Order.id == order_id.strip().upper()).with_for_update()).first()
         if order is None:
             raise NotFound(f"unknown order {order_id!r}; see 'planctl orders list'")
         if order.status not in ("paid", "partially-refunded", "refunded"):
@@ -73,7 +74,9 @@ def refund(db: Database, order_id: str, *, amount: int | None, reason: str | Non
         audit.record(session, caller, now, f"order:{order.id}",
                      f"refunded {quote.amount} minor units ({quote.policy}); credit reversed {quote.credit_reversed} µcr"
                      + (f"; subscription {result.cancelled_subscription} cancelled" if result.cancelled_subscription
-                        else "") + f"; reason: {row.reason}")
+                        else "")
+                     + (f"; credit note {result.credit_note.id}" if result.credit_note else "")
+                     + f"; reason: {row.reason}")
         return result
 
 

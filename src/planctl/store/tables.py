@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, UniqueConstraint, text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -324,6 +324,10 @@ class Invoice(SQLModel, table=True):
     """An issued invoice or credit note: an immutable snapshot."""
 
     __tablename__ = "invoices"
+    __table_args__ = (  # one invoice per order, guaranteed by the database (credit notes may be many)
+        Index("ux_invoices_one_per_order", "order_id", unique=True,
+              sqlite_where=text("kind = 'invoice'"), postgresql_where=text("kind = 'invoice'")),
+    )
 
     id: str = Field(primary_key=True)  # INV-2026-000001 / CN-2026-000001
     kind: str  # invoice | credit-note
