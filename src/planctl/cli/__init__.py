@@ -110,7 +110,7 @@ def root(
 
 
 def _register() -> None:
-    from planctl.cli import accounts, admin, catalog, discounts, invoices, plans, sales
+    from planctl.cli import accounts, admin, catalog, discounts, invoices, keys, plans, sales
 
     app.add_typer(plans.app, name="plans")
     app.add_typer(plans.products_app, name="products")
@@ -125,6 +125,7 @@ def _register() -> None:
     app.add_typer(sales.extra_app, name="extra")
     app.add_typer(discounts.app, name="discounts")
     app.add_typer(invoices.app, name="invoices")
+    app.add_typer(keys.app, name="keys")
     app.add_typer(admin.db_app, name="db")
     app.add_typer(admin.config_app, name="config")
     app.command("audit")(admin.audit)

@@ -115,7 +115,7 @@ def _replay(session: Session, req: SaleRequest) -> SaleResult | None:
         raise Conflict(f"idempotency key {req.idempotency_key!r} was already used for a different request "
                        f"(order {order.id}); use a new key", reason="idempotency_mismatch")
     sub = session.get(Subscription, order.subscription_id) if order.subscription_id else None
-    terms = _sub_terms(session, sub) if sub else None
+    terms = subscription_terms(session, sub) if sub else None
     return SaleResult(order=order, subscription=sub, terms=terms, replayed=True,
                       notes=[f"idempotency key seen before: this is order {order.id}, nothing was charged again"])
 
@@ -145,7 +145,7 @@ def _buy(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, notes:
 def _renew(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, notes: list[str]) -> SaleResult:
     sub = _subscription(session, req.subscription)
     _plan_row, version, current = _current_plan(session, _plan_slug(session, sub))
-    lifecycle.check_renewal(_state(sub), current, now, tz)
+    lifecycle.check_renewal(subscription_state(sub), current, now, tz)
     order = _order(session, req, now, tz, notes, sub.account_id, current.slug, current.price, version_id=version.id)
     order.subscription_id, order.validity_granted = sub.id, str(current.validity)
     sub.ends_at = lifecycle.extend(sub.ends_at, current, sub.anchor_day, tz)
@@ -160,10 +160,10 @@ def _renew(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, note
 
 def _upgrade(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, notes: list[str]) -> SaleResult:
     sub = _subscription(session, req.subscription)
-    old = _sub_terms(session, sub)
+    old = subscription_terms(session, sub)
     plan, version, new = _current_plan(session, req.item)
-    lifecycle.check_upgrade(_state(sub), old, new, now)
-    quote = lifecycle.quote_upgrade(_state(sub), old, new, now, tz, prorate=req.prorate)
+    lifecycle.check_upgrade(subscription_state(sub), old, new, now)
+    quote = lifecycle.quote_upgrade(subscription_state(sub), old, new, now, tz, prorate=req.prorate)
     order = _order(session, req, now, tz, notes, sub.account_id, new.slug, quote.payable, version_id=version.id)
     order.subscription_id = sub.id
     sub.plan_id, sub.plan_version_id, sub.updated_at = plan.id, version.id, now
@@ -184,8 +184,8 @@ def _upgrade(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, no
 
 def _direct_renewal(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, notes: list[str]) -> SaleResult:
     sub = _subscription(session, req.subscription)
-    terms = _sub_terms(session, sub)
-    term = lifecycle.direct_renewal_term(_state(sub), terms, now, tz)
+    terms = subscription_terms(session, sub)
+    term = lifecycle.direct_renewal_term(subscription_state(sub), terms, now, tz)
     order = _order(session, req, now, tz, notes, sub.account_id, terms.slug, terms.price,
                    version_id=sub.plan_version_id, discounts_allowed=False)
     order.subscription_id, order.validity_granted, order.reason = sub.id, str(terms.validity), req.reason
@@ -359,13 +359,13 @@ def _plan_slug(session: Session, sub: Subscription) -> str:
     return session.get(Plan, sub.plan_id).slug  # type: ignore[union-attr]
 
 
-def _sub_terms(session: Session, sub: Subscription) -> PlanTerms:
+def subscription_terms(session: Session, sub: Subscription) -> PlanTerms:
     from planctl.services.catalog import plan_version_terms
 
     return plan_version_terms(session, sub.plan_version_id)
 
 
-def _state(sub: Subscription) -> lifecycle.SubscriptionState:
+def subscription_state(sub: Subscription) -> lifecycle.SubscriptionState:
     return lifecycle.SubscriptionState(status=sub.status, starts_at=sub.starts_at, ends_at=sub.ends_at,
                                        anchor_day=sub.anchor_day, credit_granted=sub.credit_granted,
                                        credit_used=sub.credit_used)
@@ -408,7 +408,7 @@ class SubscriptionView:
 
 
 def state_name(sub: Subscription, now: datetime) -> str:
-    reason = lifecycle.availability(_state(sub), now)
+    reason = lifecycle.availability(subscription_state(sub), now)
     return {None: "active", "subscription_cancelled": "cancelled", "subscription_expired": "expired",
             "subscription_not_started": "not-started"}[reason]
 
@@ -422,7 +422,7 @@ def list_subscriptions(db: Database, *, now: datetime, account: str | None = Non
         if plan:
             query = query.where(Plan.slug == plan)
         query = query.order_by(col(Subscription.created_at).desc(), Subscription.id)
-        views = [SubscriptionView(sub, slug, _sub_terms(session, sub), state_name(sub, now))
+        views = [SubscriptionView(sub, slug, subscription_terms(session, sub), state_name(sub, now))
                  for sub, slug in session.exec(query)]
     return [v for v in views if state is None or v.state == state]
 
@@ -430,7 +430,7 @@ def list_subscriptions(db: Database, *, now: datetime, account: str | None = Non
 def get_subscription(db: Database, ref: str, *, now: datetime) -> SubscriptionView:
     with db.read() as session:
         sub = resolve_subscription(session, ref)
-        view = SubscriptionView(sub, _plan_slug(session, sub), _sub_terms(session, sub), state_name(sub, now))
+        view = SubscriptionView(sub, _plan_slug(session, sub), subscription_terms(session, sub), state_name(sub, now))
         view.keys = list(session.exec(select(ApiKey).where(ApiKey.subscription_id == sub.id).order_by(ApiKey.created_at)))
         view.orders = list(session.exec(select(Order).where(Order.subscription_id == sub.id).order_by(Order.created_at)))
         return view

@@ -1,0 +1,296 @@
+"""Keys: team keys from a subscription, pay-as-you-go keys, and their life.
+
+A secret is generated here, returned once, and only its SHA-256 digest, visible
+prefix and last four characters are stored. A batch is one transaction: every
+key is created, or none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlmodel import Session, col, select
+
+from planctl.domain import keys as rules
+from planctl.domain import lifecycle
+from planctl.domain.errors import Conflict, InvalidInput, NotFound, Refused
+from planctl.domain.ids import short_id
+from planctl.domain.secrets import digest, new_secret
+from planctl.services import accounts, audit, sales
+from planctl.services.audit import Caller
+from planctl.store.engine import Database
+from planctl.store.queries import starts_with
+from planctl.store.tables import Account, ApiKey, Group, Plan, Subscription
+
+Progress = Callable[[int], None]  # called with how many keys were made so far
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    name: str
+    from_plan: str | None = None  # plan slug or subscription id; None with payg
+    account: str | None = None
+    payg: bool = False
+    quantity: int = 1
+    credit_cap: int | None = None
+    expires_at: datetime | None = None
+    group: str | None = None
+    daily_limit: int | None = None
+    rpd: int | None = None
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    key: ApiKey
+    secret: str  # shown once
+
+
+def create(db: Database, spec: KeySpec, *, caller: Caller, now: datetime,
+           progress: Progress | None = None) -> list[CreatedKey]:
+    rules.check_quantity(spec.quantity)
+    rules.check_expiry(spec.expires_at, now)
+    if spec.rpd is not None and spec.rpd < 1:
+        raise InvalidInput("--rpd must be at least 1")
+    with db.write() as session:
+        if spec.payg:
+            account, sub, group = _payg_target(session, spec)
+        else:
+            account, sub, group = _team_target(session, spec, now)
+        taken = session.exec(select(ApiKey.name).where(ApiKey.account_id == account.id)).all()
+        if spec.quantity == 1 and rules.check_name(spec.name) in taken:
+            raise Conflict(f"{account.name} already has a key named {spec.name!r}; choose another name")
+        created: list[CreatedKey] = []
+        for name in rules.batch_names(spec.name, spec.quantity, taken):
+            secret = new_secret()
+            key = ApiKey(id=short_id("key"), account_id=account.id, subscription_id=sub and sub.id,
+                         kind="payg" if spec.payg else "team", name=name, secret_sha256=secret.sha256,
+                         prefix=secret.prefix, last4=secret.last4, group_name=group, status="active",
+                         expires_at=spec.expires_at, credit_cap=spec.credit_cap, daily_limit=spec.daily_limit,
+                         rpd=spec.rpd, created_at=now, updated_at=now)
+            session.add(key)
+            created.append(CreatedKey(key, secret.secret))
+            if progress and len(created) % 50 == 0:
+                progress(len(created))
+        session.flush()
+        if progress:
+            progress(len(created))
+        source = "pay-as-you-go balance" if sub is None else f"subscription {sub.id}"
+        names = created[0].key.name if len(created) == 1 else f"{spec.name}-* ({len(created)} keys)"
+        audit.record(session, caller, now, f"account:{account.id}", f"created key {names} from {source}, group {group}")
+        return created
+
+
+def _team_target(session: Session, spec: KeySpec, now: datetime) -> tuple[Account, Subscription, str]:
+    if not spec.from_plan:
+        raise InvalidInput("give --from-plan PLAN_OR_SUBSCRIPTION, or --payg for a pay-as-you-go key")
+    account = accounts.resolve(session, spec.account) if spec.account else None
+    sub = _subscription_for(session, spec.from_plan, account, now)
+    owner = session.get(Account, sub.account_id)
+    assert owner is not None
+    account = account or owner
+    if account.id != owner.id and account.parent_id != owner.id:
+        raise Refused(f"subscription {sub.id} belongs to {owner.name}; keys from it go to {owner.name} or its "
+                      "sub-users", reason="not_your_subscription")
+    reason = lifecycle.availability(sales.subscription_state(sub), now)
+    if reason in ("subscription_cancelled", "subscription_expired"):
+        raise Refused(f"subscription {sub.id} is {reason.split('_')[1]}: its keys cannot be used; renew it first",
+                      reason=reason)
+    terms = sales.subscription_terms(session, sub)
+    group = rules.check_group(spec.group or account.default_group, terms.groups, plan=terms.slug)
+    return account, sub, group
+
+
+def _subscription_for(session: Session, ref: str, account: Account | None, now: datetime) -> Subscription:
+    """A subscription id, or a plan slug the account (or its parent) holds exactly one live subscription of."""
+    plan = session.exec(select(Plan).where(Plan.slug == ref)).first()
+    if plan is None:
+        return sales.resolve_subscription(session, ref)
+    if account is None:
+        raise InvalidInput(f"give --account to pick {ref} subscriptions (or pass a subscription id)")
+    owner_id = account.parent_id or account.id
+    candidates = [s for s in session.exec(select(Subscription).where(
+        Subscription.account_id == owner_id, Subscription.plan_id == plan.id, Subscription.status == "active",
+        Subscription.ends_at > now).order_by(Subscription.ends_at)).all()]
+    if not candidates:
+        raise NotFound(f"{account.name} has no active subscription of {ref}; buy it first")
+    if len(candidates) > 1:
+        listed = ", ".join(f"{s.id} (ends {s.ends_at:%Y-%m-%d})" for s in candidates)
+        raise InvalidInput(f"{account.name} has {len(candidates)} active {ref} subscriptions: {listed}; "
+                           "pass the subscription id to --from-plan")
+    return candidates[0]
+
+
+def _payg_target(session: Session, spec: KeySpec) -> tuple[Account, None, str]:
+    if spec.from_plan:
+        raise InvalidInput("--payg keys draw on the account's balance: leave out --from-plan")
+    if not spec.account:
+        raise InvalidInput("give --account for a pay-as-you-go key")
+    if spec.credit_cap is not None:
+        raise InvalidInput("--credit caps plan credit; a pay-as-you-go key draws on the account balance")
+    account = accounts.resolve(session, spec.account)
+    group = spec.group or account.default_group
+    if session.get(Group, group) is None:
+        raise NotFound(f"unknown group {group!r}; see 'planctl groups list'")
+    return account, None, group
+
+
+# ---------------------------------------------------------------- finding keys
+
+
+def resolve(session: Session, ref: str, *, account: str | None = None) -> ApiKey:
+    """A key by id, unique name, or visible prefix (`sk-AbCd`), or an unambiguous id prefix."""
+    ref = ref.strip()
+    query = select(ApiKey)
+    if account:
+        query = query.where(ApiKey.account_id == accounts.resolve(session, account).id)
+    for condition in (ApiKey.id == ref, ApiKey.name == ref, starts_with(ApiKey.prefix, ref)
+                      if ref.startswith("sk-") else starts_with(ApiKey.id, ref)):
+        found = session.exec(query.where(condition).limit(6)).all()
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            listed = ", ".join(f"{k.id} ({k.name})" for k in found[:5])
+            raise InvalidInput(f"{ref!r} matches several keys: {listed}; use the key id (or --account)")
+    raise NotFound(f"unknown key {ref!r}; see 'planctl keys list'")
+
+
+def by_secret(session: Session, secret: str, now: datetime) -> ApiKey | None:
+    """The key a secret belongs to: its current secret, or its previous one within the rotation grace."""
+    hashed = digest(secret)
+    key = session.exec(select(ApiKey).where(ApiKey.secret_sha256 == hashed)).first()
+    if key is not None:
+        return key
+    key = session.exec(select(ApiKey).where(ApiKey.previous_sha256 == hashed)).first()
+    if key is not None and key.previous_valid_until is not None and now < key.previous_valid_until:
+        return key
+    return None
+
+
+@dataclass(frozen=True)
+class KeyFilter:
+    account: str | None = None
+    subscription: str | None = None
+    plan: str | None = None
+    group: str | None = None
+    status: str | None = None
+    kind: str | None = None
+    name: str | None = None  # a prefix, or a glob with * and ?
+    expiring_before: datetime | None = None
+    limit: int = 1_000
+
+
+def list_keys(db: Database, flt: KeyFilter) -> list[ApiKey]:
+    with db.read() as session:
+        query = select(ApiKey)
+        if flt.account:
+            query = query.where(ApiKey.account_id == accounts.resolve(session, flt.account).id)
+        if flt.subscription:
+            query = query.where(ApiKey.subscription_id == sales.resolve_subscription(session, flt.subscription).id)
+        if flt.plan:
+            query = query.join(Subscription, Subscription.id == ApiKey.subscription_id).join(
+                Plan, Plan.id == Subscription.plan_id).where(Plan.slug == flt.plan)
+        for column, value in ((ApiKey.group_name, flt.group), (ApiKey.status, flt.status), (ApiKey.kind, flt.kind)):
+            if value:
+                query = query.where(column == value)
+        if flt.name:
+            query = query.where(_name_matches(flt.name))
+        if flt.expiring_before:
+            query = query.where(col(ApiKey.expires_at).is_not(None), ApiKey.expires_at < flt.expiring_before)
+        return list(session.exec(query.order_by(ApiKey.account_id, ApiKey.name).limit(flt.limit)))
+
+
+def _name_matches(pattern: str) -> object:
+    if not any(c in pattern for c in "*?"):
+        return starts_with(ApiKey.name, pattern)
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return col(ApiKey.name).like(escaped.replace("*", "%").replace("?", "_"), escape="\\")
+
+
+def get(db: Database, ref: str, *, account: str | None = None) -> ApiKey:
+    with db.read() as session:
+        return resolve(session, ref, account=account)
+
+
+# ---------------------------------------------------------------- changing keys
+
+
+def set_status(db: Database, refs: Sequence[str], action: str, *, caller: Caller, now: datetime,
+               account: str | None = None) -> list[ApiKey]:
+    """disable / enable / revoke several keys, all or none."""
+    with db.write() as session:
+        changed = []
+        for ref in refs:
+            key = resolve(session, ref, account=account)
+            target = rules.check_status_change(key.status, action, key.id)
+            if key.status != target:
+                audit.record(session, caller, now, f"key:{key.id}", f"{key.name}: {key.status} -> {target}")
+                key.status, key.updated_at = target, now
+                if target == "revoked":
+                    key.previous_sha256, key.previous_valid_until = None, None
+                session.add(key)
+            changed.append(key)
+        return changed
+
+
+def rotate(db: Database, ref: str, *, grace: timedelta | None, caller: Caller, now: datetime,
+           account: str | None = None) -> CreatedKey:
+    """A new secret for the same key (identity, history and limits kept).
+
+    With a grace period the old secret keeps working until it ends.
+    """
+    with db.write() as session:
+        key = resolve(session, ref, account=account)
+        if key.status == "revoked":
+            raise Refused(f"key {key.id} was revoked; create a new key", reason="key_revoked")
+        secret = new_secret()
+        key.previous_sha256 = key.secret_sha256 if grace else None
+        key.previous_valid_until = now + grace if grace else None
+        key.secret_sha256, key.prefix, key.last4, key.updated_at = secret.sha256, secret.prefix, secret.last4, now
+        session.add(key)
+        audit.record(session, caller, now, f"key:{key.id}",
+                     f"{key.name}: secret rotated" + (f", old secret valid until {key.previous_valid_until:%Y-%m-%d %H:%M:%S} UTC" if grace else ""))
+        return CreatedKey(key, secret.secret)
+
+
+def edit(db: Database, ref: str, changes: dict[str, object], *, caller: Caller, now: datetime,
+         account: str | None = None) -> ApiKey:
+    """Change a key's name, credit cap, expiry, group, daily limit or RPD (None clears a limit)."""
+    with db.write() as session:
+        key = resolve(session, ref, account=account)
+        if key.status == "revoked":
+            raise Refused(f"key {key.id} was revoked; it cannot be changed", reason="key_revoked")
+        if "name" in changes:
+            changes["name"] = rules.check_name(str(changes["name"]))
+            clash = session.exec(select(ApiKey.id).where(ApiKey.account_id == key.account_id,
+                                                         ApiKey.name == changes["name"], ApiKey.id != key.id))
+            if clash.first():
+                raise Conflict(f"the account already has a key named {changes['name']!r}")
+        if changes.get("expires_at") is not None:
+            rules.check_expiry(changes["expires_at"], now)  # type: ignore[arg-type]
+        if "group_name" in changes:
+            changes["group_name"] = _allowed_group(session, key, str(changes["group_name"]))
+        if key.kind == "payg" and changes.get("credit_cap") is not None:
+            raise InvalidInput("--credit caps plan credit; a pay-as-you-go key has none")
+        diff = {k: v for k, v in changes.items() if getattr(key, k) != v}
+        if diff:
+            audit.record(session, caller, now, f"key:{key.id}",
+                         f"{key.name}: " + "; ".join(f"{k}: {getattr(key, k)!r} -> {v!r}" for k, v in diff.items()))
+            for k, v in diff.items():
+                setattr(key, k, v)
+            key.updated_at = now
+            session.add(key)
+        return key
+
+
+def _allowed_group(session: Session, key: ApiKey, group: str) -> str:
+    if session.get(Group, group) is None:
+        raise NotFound(f"unknown group {group!r}; see 'planctl groups list'")
+    if key.subscription_id is None:
+        return group
+    sub = session.get(Subscription, key.subscription_id)
+    assert sub is not None
+    terms = sales.subscription_terms(session, sub)
+    return rules.check_group(group, terms.groups, plan=terms.slug)
+
