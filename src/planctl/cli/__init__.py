@@ -110,7 +110,7 @@ def root(
 
 
 def _register() -> None:
-    from planctl.cli import accounts, admin, catalog, discounts, invoices, keys, plans, sales
+    from planctl.cli import accounts, admin, catalog, discounts, invoices, keys, metering, plans, sales
 
     app.add_typer(plans.app, name="plans")
     app.add_typer(plans.products_app, name="products")
@@ -126,6 +126,10 @@ def _register() -> None:
     app.add_typer(discounts.app, name="discounts")
     app.add_typer(invoices.app, name="invoices")
     app.add_typer(keys.app, name="keys")
+    app.command("authorize")(metering.authorize)
+    app.add_typer(metering.usage_app, name="usage")
+    app.add_typer(metering.limits_app, name="limits")
+    app.add_typer(metering.reservations_app, name="reservations")
     app.add_typer(admin.db_app, name="db")
     app.add_typer(admin.config_app, name="config")
     app.command("audit")(admin.audit)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from typing import Any
 
-from sqlalchemy import func, literal, select, text
+from sqlalchemy import func, select, text
 from sqlmodel import Session
 
 from planctl.domain.errors import Conflict, InvalidInput
@@ -17,7 +17,7 @@ from planctl.services.catalog import load_sample_catalog
 from planctl.store import migrations
 from planctl.store.engine import Database, open_engine
 from planctl.store.location import DbTarget
-from planctl.store.tables import Account, ExtraPack, LedgerEntry, Subscription
+from planctl.store.tables import Account, ExtraPack, LedgerEntry, Reservation, Subscription
 
 
 def open_database(target: DbTarget, *, now: datetime, migrate: bool = True) -> Database:
@@ -71,18 +71,36 @@ def check(db: Database) -> list[CheckResult]:
 
 def ledger_checks(session: Session) -> list[CheckResult]:
     """Every stored balance equals the sum of its ledger entries (SPEC §5 "Ledger")."""
-    plan = select(Subscription.id, Subscription.credit_granted, Subscription.credit_used,
+    # available = granted − used − held; grants, debits, holds and releases are all in the ledger
+    plan = select(Subscription.id, Subscription.credit_granted,
+                  Subscription.credit_used + Subscription.credit_reserved,
                   _ledger_sum(LedgerEntry.subscription_id == Subscription.id, LedgerEntry.pool == "plan"))
-    extra = select(ExtraPack.id, ExtraPack.credit, ExtraPack.used,
+    extra = select(ExtraPack.id, ExtraPack.credit, ExtraPack.used + ExtraPack.reserved,
                    _ledger_sum(LedgerEntry.pack_id == ExtraPack.id, LedgerEntry.pool == "extra"))
-    payg = select(Account.id, Account.payg_balance, literal(0),
+    payg = select(Account.id, Account.payg_balance, Account.payg_reserved,
                   _ledger_sum(LedgerEntry.account_id == Account.id, LedgerEntry.pool == "payg"))
     out = []
     for name, query in (("ledger_plan_credit", plan), ("ledger_extra_usage", extra), ("ledger_payg", payg)):
         bad = [f"{ident}: balance {(granted or 0) - used} != ledger {total}"
                for ident, granted, used, total in session.execute(query) if (granted or 0) - used != total]
         out.append(CheckResult(name, not bad, "ok" if not bad else f"{len(bad)} differ: " + "; ".join(bad[:3])))
+    out.append(_counter_check(session))
     return out
+
+
+def _counter_check(session: Session) -> CheckResult:
+    """Holds recorded on reservations equal the holds stored on balances; none is negative."""
+    held = session.execute(select(func.coalesce(func.sum(Reservation.amount), 0))
+                           .where(Reservation.status == "held")).scalar()
+    negative = session.execute(select(func.count()).select_from(Subscription).where(
+        (Subscription.credit_reserved < 0))).scalar()
+    negative += session.execute(select(func.count()).select_from(ExtraPack).where(
+        (ExtraPack.reserved < 0) | (ExtraPack.used > ExtraPack.credit))).scalar()
+    negative += session.execute(select(func.count()).select_from(Account).where(
+        (Account.payg_reserved < 0) | (Account.payg_balance - Account.payg_reserved < 0))).scalar()
+    ok = negative == 0
+    return CheckResult("holds", ok, f"{held} µcr held by open reservations"
+                       + ("" if ok else f"; {negative} balances are negative"))
 
 
 def _ledger_sum(*where: Any) -> Any:

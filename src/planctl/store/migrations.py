@@ -41,16 +41,18 @@ def m001_initial(conn: Connection) -> None:
     SQLModel.metadata.create_all(conn)
 
 
-def m002_sales(conn: Connection) -> None:
-    """Subscriptions, keys, discount codes, orders, extra packs, refunds, invoices, ledger."""
+def m002_sales_and_metering(conn: Connection) -> None:
+    """Subscriptions, keys, discount codes, orders, extra packs, refunds, invoices, the ledger,
+    usage records, counters and reservations; accounts gain their PAYG holds."""
     names = ("counters", "subscriptions", "api_keys", "discount_codes", "orders", "extra_packs",
-             "refunds", "invoices", "ledger")
+             "refunds", "invoices", "ledger", "usage_counters", "reservations", "usage_records")
     SQLModel.metadata.create_all(conn, tables=[SQLModel.metadata.tables[n] for n in names])
+    conn.execute(text("ALTER TABLE accounts ADD COLUMN payg_reserved BIGINT DEFAULT 0 NOT NULL"))
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", m001_initial),
-    Migration(2, "sales", m002_sales),
+    Migration(2, "sales and metering", m002_sales_and_metering),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -150,6 +150,7 @@ class Account(SQLModel, table=True):
     billing_address: str = ""
     billing_tax_id: str = ""
     payg_balance: int = _int(default=0)
+    payg_reserved: int = _int(default=0)  # schema version 2
     created_at: datetime = _utc()
     updated_at: datetime = _utc()
 
@@ -230,6 +231,7 @@ class ApiKey(SQLModel, table=True):
     expires_at: Optional[datetime] = _utc(default=None, nullable=True)
     credit_cap: Optional[int] = _int(default=None, nullable=True)
     credit_used: int = _int(default=0)
+    credit_reserved: int = _int(default=0)
     daily_limit: Optional[int] = _int(default=None, nullable=True)
     rpd: Optional[int] = None
     previous_sha256: Optional[str] = Field(default=None, index=True)
@@ -359,3 +361,84 @@ class LedgerEntry(SQLModel, table=True):
     order_id: Optional[str] = Field(default=None, foreign_key="orders.id")
     request_id: Optional[str] = None
     reason: str = ""
+
+
+# ---------------------------------------------------------------- metering
+
+
+class UsageCounter(SQLModel, table=True):
+    """Use per natural window: a subscription's period and day, a key's day, a sub-user's total.
+
+    A counter belongs to its window's start instant, so nothing needs to run at
+    midnight: the next day's requests simply count in a new row.
+    """
+
+    __tablename__ = "usage_counters"
+    __table_args__ = (UniqueConstraint("owner", "scope", "window_start"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    owner: str  # subscription, key or account id
+    scope: str  # sub-period | sub-day | key-day | subuser
+    window_start: datetime = _utc()
+    requests: int = _int(default=0)
+    tokens: int = _int(default=0)
+    credit: int = _int(default=0)
+    reserved: int = _int(default=0)
+
+
+class Reservation(SQLModel, table=True):
+    """A hold (two-phase admission): settled by the request's record, or released when stale."""
+
+    __tablename__ = "reservations"
+    __table_args__ = (Index("ix_reservations_status_expiry", "status", "expires_at"),)
+
+    id: str = Field(primary_key=True)
+    key_id: str = Field(foreign_key="api_keys.id", index=True)
+    account_id: str = Field(foreign_key="accounts.id")
+    subscription_id: Optional[str] = Field(default=None, foreign_key="subscriptions.id")
+    pool: str  # plan | extra | payg
+    amount: int = _int()
+    holds: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # what was held where
+    status: str = "held"  # held | settled | released | expired
+    request_id: Optional[str] = None
+    created_at: datetime = _utc()
+    expires_at: datetime = _utc()
+    closed_at: Optional[datetime] = _utc(default=None, nullable=True)
+
+
+class UsageRecord(SQLModel, table=True):
+    """One request, kept in full. Re-recording the same request id changes nothing."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        Index("ix_usage_at", "at"),
+        Index("ix_usage_key_at", "key_id", "at"),
+        Index("ix_usage_account_at", "account_id", "at"),
+        Index("ix_usage_group_at", "group_name", "at"),
+        Index("ix_usage_model_at", "billed_model", "at"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    request_id: str = Field(unique=True)
+    at: datetime = _utc()
+    local_day: str  # natural day in the reset zone, YYYY-MM-DD, computed once at write time
+    account_id: str = Field(foreign_key="accounts.id")
+    key_id: str = Field(foreign_key="api_keys.id")
+    subscription_id: Optional[str] = Field(default=None, foreign_key="subscriptions.id")
+    group_name: str
+    requested_model: str
+    billed_model: str
+    api: str
+    input_tokens: int = _int(default=0)
+    cached_tokens: int = _int(default=0)
+    output_tokens: int = _int(default=0)
+    cost: int = _int(default=0)  # µcr
+    charged_plan: int = _int(default=0)
+    charged_extra: int = _int(default=0)
+    charged_payg: int = _int(default=0)
+    pool: str  # where the cost went: plan | extra | payg | mixed | none
+    status_code: int
+    latency_ms: Optional[int] = None
+    stream: bool = False
+    error: Optional[str] = None
+    reservation_id: Optional[str] = None

@@ -1,0 +1,460 @@
+"""Metering commands: authorize, usage record/import, limits, reservations."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from planctl.cli.context import State, state
+from planctl.cli.output import Column, CsvOpt, JsonlOpt, JsonOpt, emit_json, emit_record, emit_rows, output_format, say
+from planctl.domain.errors import ExitCode
+
+usage_app = typer.Typer(help="Usage: record requests, import logs.", no_args_is_help=True,
+                        epilog="Example: planctl usage import requests.jsonl")
+limits_app = typer.Typer(help="Why a key can't continue: quotas side by side; the periodic-limit switch.",
+                         no_args_is_help=True, epilog="Example: planctl limits show sub_k3x9q2mz")
+reservations_app = typer.Typer(help="Credit held for requests in flight (two-phase admission).",
+                               no_args_is_help=True, epilog="Example: planctl reservations list")
+
+KeyFile = Annotated[Optional[str], typer.Option("--key-file", help="Read the key secret from this file (- = stdin).")]
+KeyEnv = Annotated[str, typer.Option("--key-env", help="Read the key secret from this environment variable.")]
+
+
+def read_secret(key_file: Optional[str], key_env: str) -> str:
+    """Secrets never come from a plain flag (they would show in `ps` and shell history)."""
+    from planctl.domain.errors import InvalidInput
+
+    if key_file is not None:
+        try:
+            text = sys.stdin.read() if key_file == "-" else Path(key_file).read_text("utf-8")
+        except OSError as exc:
+            raise InvalidInput(f"cannot read key file {key_file}: {exc.strerror}") from None
+        secret = text.strip()
+        where = f"key file {key_file}"
+    else:
+        secret = os.environ.get(key_env, "").strip()
+        where = f"environment variable {key_env}"
+    if not secret:
+        raise InvalidInput(f"no key secret in {where}; use --key-file F or set {key_env}")
+    return secret
+
+
+def _credit(v: Optional[int]) -> Optional[str]:
+    from planctl.domain.money import credit_json
+
+    return None if v is None else credit_json(v)
+
+
+def authorization_json(a: Any) -> dict[str, Any]:
+    from planctl.domain.clock import iso
+
+    r = a.remaining
+    return {
+        "allowed": a.allowed, "reason": a.reason, "message": a.message, "requested_model": a.requested_model,
+        "billed_model": a.billed_model, "key_id": a.key_id, "account_id": a.account_id,
+        "subscription_id": a.subscription_id, "pool": a.pool, "lifted": a.lifted,
+        "remaining": {
+            "total": _credit(r.get("total")), "period": _credit(r.get("period")),
+            "period_limit_enabled": r.get("period_limit_enabled"), "rpd": r.get("rpd"), "tpd": r.get("tpd"),
+            "extra": _credit(r.get("extra")), "payg": _credit(r.get("payg")),
+        },
+        "next_reset": a.next_reset and iso(a.next_reset),
+        "reservation_id": a.reservation_id,
+        "reservation_expires_at": a.reservation_expires_at and iso(a.reservation_expires_at),
+    }
+
+
+def authorize(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option(help="The model the client asked for (aliases apply).")],
+    api: Annotated[str, typer.Option(help="responses, chat or claude.")] = "responses",
+    reserve: Annotated[Optional[str], typer.Option(help="Hold this much credit until the request is recorded.")] = None,
+    key_file: KeyFile = None, key_env: KeyEnv = "PLANCTL_API_KEY", json_: JsonOpt = False,
+) -> None:
+    """May this key run a request now? Exit 0 when allowed, 5 when denied (with the reason code).
+
+    The secret comes from --key-file (or stdin with -) or an environment variable, never a flag.
+    Example: PLANCTL_API_KEY=sk-… planctl authorize --model claude-sonnet-4-5 --api claude --reserve 0.5
+    """
+    from planctl.cli.sales import _credit as parse_credit
+    from planctl.services import metering
+
+    st = state(ctx)
+    fmt = output_format(st, json_=json_)
+    secret = read_secret(key_file, key_env)
+    auth = metering.authorize(st.db(), secret, model=model, api=api, reserve=parse_credit(reserve, "--reserve"),
+                              now=st.now())
+    data = authorization_json(auth)
+    if fmt == "json":
+        emit_json(st, data)
+    else:
+        rem = data["remaining"]
+        emit_record(st, {**data, **{f"remaining_{k}": v for k, v in rem.items()}}, (
+            Column("allowed", kind="bool"), Column("reason"), Column("message"), Column("billed_model", "Bills as"),
+            Column("pool", "Charged to"), Column("remaining_total", "Total left", "credit"),
+            Column("remaining_period", "Period left", "credit"), Column("remaining_rpd", "Requests left today"),
+            Column("remaining_tpd", "Tokens left today"), Column("remaining_extra", "Extra usage", "credit"),
+            Column("remaining_payg", "PAYG balance", "credit"), Column("next_reset", "Next reset", "time"),
+            Column("reservation_id", "Reservation"), Column("reservation_expires_at", "Held until", "time")), fmt)
+    if not auth.allowed:
+        raise typer.Exit(ExitCode.DENIED)
+
+
+RECORD_COLUMNS = (Column("request_id", "Request"), Column("duplicate", kind="bool"), Column("billed_model", "Bills as"),
+                  Column("cost", kind="credit"), Column("pool", "Charged to"), Column("note"))
+
+
+def record_json(result: Any) -> dict[str, Any]:
+    from planctl.domain.clock import iso
+    from planctl.domain.money import credit_json
+
+    r = result.record
+    out: dict[str, Any] = {"request_id": result.request_id, "duplicate": result.duplicate, "note": result.note}
+    if r is not None:
+        out.update({"at": iso(r.at), "key_id": r.key_id, "account_id": r.account_id,
+                    "subscription_id": r.subscription_id, "billed_model": r.billed_model,
+                    "cost": credit_json(r.cost), "pool": r.pool,
+                    "charged": {"plan": credit_json(r.charged_plan), "extra": credit_json(r.charged_extra),
+                                "payg": credit_json(r.charged_payg)}})
+    return out
+
+
+@usage_app.command("record")
+def usage_record(
+    ctx: typer.Context,
+    request_id: Annotated[str, typer.Option(help="Unique id of the request (recording is idempotent by it).")],
+    model: Annotated[str, typer.Option(help="Model the client asked for.")],
+    input_tokens: Annotated[int, typer.Option("--input", min=0, help="Input tokens, cached ones included.")],
+    output_tokens: Annotated[int, typer.Option("--output", min=0, help="Output tokens.")],
+    status: Annotated[int, typer.Option(help="HTTP status code of the upstream answer.")],
+    key: Annotated[Optional[str], typer.Option(help="Key id, name or visible prefix.")] = None,
+    key_file: KeyFile = None,
+    cached: Annotated[int, typer.Option(min=0, help="Cached input tokens.")] = 0,
+    latency_ms: Annotated[Optional[int], typer.Option(min=0, help="Latency in milliseconds.")] = None,
+    api: Annotated[str, typer.Option(help="responses, chat or claude.")] = "responses",
+    stream: Annotated[bool, typer.Option("--stream", help="The response was streamed.")] = False,
+    time: Annotated[Optional[str], typer.Option("--time", help="When the request ran (default now).")] = None,
+    reservation: Annotated[Optional[str], typer.Option(help="Settle this reservation.")] = None,
+    error: Annotated[Optional[str], typer.Option(help="Error text of a failed request.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Record one request and charge it; the same request id twice changes nothing (duplicate: true).
+
+    Example: planctl usage record --request-id req_1 --key ci-runner-k3x9 --model gpt-5.4
+    --input 1200 --cached 800 --output 300 --status 200 --latency-ms 950
+    """
+    from planctl.cli.sales import _when
+    from planctl.domain.errors import InvalidInput
+    from planctl.services import metering
+
+    st = state(ctx)
+    fmt = output_format(st, json_=json_)
+    if (key is None) == (key_file is None):
+        raise InvalidInput("give --key (id, name or prefix) or --key-file, one of them")
+    u = metering.UsageInput(
+        request_id=request_id, key=key, secret=read_secret(key_file, "") if key_file else None, model=model,
+        input_tokens=input_tokens, cached_tokens=cached, output_tokens=output_tokens, status_code=status,
+        latency_ms=latency_ms, api=api, stream=stream, at=_when(st, time, "--time"), reservation=reservation,
+        error=error)
+    result = metering.record(st.db(), u, now=st.now())
+    emit_record(st, record_json(result), RECORD_COLUMNS, fmt)
+    if result.duplicate:
+        say(st, f"note: {result.note}")
+
+
+FIELDS = {  # accepted names in import files -> UsageInput fields
+    "request_id": "request_id", "key": "key", "key_id": "key", "model": "model",
+    "input": "input_tokens", "input_tokens": "input_tokens", "cached": "cached_tokens",
+    "cached_tokens": "cached_tokens", "output": "output_tokens", "output_tokens": "output_tokens",
+    "status": "status_code", "status_code": "status_code", "latency_ms": "latency_ms", "api": "api",
+    "stream": "stream", "time": "at", "at": "at", "reservation": "reservation", "error": "error",
+}
+_INTS = ("input_tokens", "cached_tokens", "output_tokens", "status_code", "latency_ms")
+
+
+def parse_line(raw: dict[str, Any]) -> Any:
+    """One import row -> UsageInput, or an error text (the line is then rejected)."""
+    from datetime import datetime
+
+    from planctl.services.metering import UsageInput
+
+    fields: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in FIELDS:
+            return f"unknown field {name!r}"
+        if value in (None, ""):
+            continue
+        target = FIELDS[name]
+        if target in _INTS:
+            if isinstance(value, str) and value.strip().isdigit():
+                value = int(value)
+            if not isinstance(value, int) or isinstance(value, bool):
+                return f"{name} must be a whole number, got {value!r}"
+        elif target == "stream":
+            value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        elif target == "at":
+            try:
+                value = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+            except ValueError:
+                return f"time must be ISO 8601 with an offset, got {value!r}"
+            if value.tzinfo is None:
+                return f"time {raw[name]!r} needs a UTC offset"
+        else:
+            value = str(value)
+        fields[target] = value
+    missing = [f for f in ("request_id", "key", "model", "input_tokens", "output_tokens", "status_code")
+               if f not in fields]
+    if missing:
+        return f"missing field {missing[0]!r}"
+    return UsageInput(**fields)
+
+
+def read_rows(handle: Any, kind: str) -> Iterator[tuple[int, Any]]:
+    """(line number, UsageInput or error) from JSON Lines or CSV, streaming."""
+    if kind == "csv":
+        reader = csv.DictReader(handle)
+        for row in reader:
+            yield reader.line_num, parse_line(row)
+        return
+    for number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, f"not JSON: {exc.msg}"
+            continue
+        yield number, parse_line(raw) if isinstance(raw, dict) else "expected a JSON object"
+
+
+@usage_app.command("import")
+def usage_import(
+    ctx: typer.Context,
+    file: Annotated[str, typer.Argument(help="JSON Lines or CSV file, or - for stdin.")],
+    format_: Annotated[Optional[str], typer.Option("--format", help="jsonl or csv (default: from the file name).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=100_000, help="Records per transaction.")] = 2_000,
+    json_: JsonOpt = False,
+) -> None:
+    """Import usage records, streaming, in batches; idempotent by request id.
+
+    Prints how many lines were new, duplicate and rejected; rejected lines are listed
+    with their line numbers and never half-applied. Exit 2 when any line was rejected.
+    Fields: request_id, key, model, input_tokens, cached_tokens, output_tokens, status,
+    latency_ms, api, stream, time, reservation, error.
+    Example: planctl usage import gateway-2026-11-21.jsonl
+    """
+    from planctl.domain.errors import InvalidInput
+    from planctl.services import metering
+
+    st = state(ctx)
+    fmt = output_format(st, json_=json_)
+    kind = format_ or ("csv" if file.endswith(".csv") else "jsonl")
+    if kind not in ("jsonl", "csv"):
+        raise InvalidInput(f"unknown format {kind!r}: use jsonl or csv")
+    try:
+        handle = sys.stdin if file == "-" else open(file, encoding="utf-8", newline="")
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {file}: {exc.strerror}") from None
+    with handle, _Progress(st) as progress:
+        report = metering.import_usage(st.db(), read_rows(handle, kind), now=st.now(), batch_size=batch_size,
+                                       progress=progress)
+    data = {"new": report.new, "duplicate": report.duplicate, "rejected": len(report.rejected),
+            "rejected_lines": [{"line": n, "error": e} for n, e in report.rejected[:1000]]}
+    if fmt == "json":
+        emit_json(st, data)
+    else:
+        print(f"new {report.new}, duplicate {report.duplicate}, rejected {len(report.rejected)}")
+        for number, why in report.rejected[:20]:
+            say(st, f"line {number}: {why}")
+        if len(report.rejected) > 20:
+            say(st, f"… and {len(report.rejected) - 20} more rejected lines (see --json)")
+    if report.rejected:
+        raise typer.Exit(ExitCode.USAGE)
+
+
+class _Progress:
+    """A Rich progress counter on a terminal (imports stream, so the total is unknown)."""
+
+    def __init__(self, st: State) -> None:
+        self.show = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+
+    def __enter__(self) -> Any:
+        if not self.show:
+            return None
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn
+
+        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), console=Console(stderr=True),
+                            transient=True)
+        self.bar.start()
+        task = self.bar.add_task("importing")
+        return lambda r: self.bar.update(task, description=f"imported {r.new:,} new, {r.duplicate:,} duplicate, "
+                                                           f"{len(r.rejected):,} rejected")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.show:
+            self.bar.stop()
+
+
+# ---------------------------------------------------------------- limits
+
+
+def limits_json(v: Any, zone: Any) -> dict[str, Any]:
+    from planctl.domain.clock import iso
+
+    c, lim = v.counters, v.limits
+    return {
+        "subscription_id": v.subscription_id, "key_id": v.key_id, "plan": v.plan,
+        "blocking": v.blocking, "lifted_by_extra_usage": v.lifted_by_extra,
+        "total": {"granted": _credit(c.plan_granted), "used": _credit(c.plan_used),
+                  "held": _credit(c.plan_reserved), "remaining": _credit(c.plan_remaining)},
+        "period": None if lim.period_credit is None else {
+            "limit": _credit(lim.period_credit), "used": _credit(c.period_used), "held": _credit(c.period_reserved),
+            "enabled": lim.period_limit_enabled, "can_disable": v.can_disable_limit,
+            "starts_at": v.period and iso(v.period[0]), "resets_at": v.period and iso(v.period[1]),
+            "resets_at_local": v.period and iso(v.period[1].astimezone(zone))},
+        "today": {"requests": c.day_requests, "rpd": lim.rpd, "tokens": c.day_tokens, "tpd": lim.tpd,
+                  "resets_at": iso(v.day[1]), "resets_at_local": iso(v.day[1].astimezone(zone))},
+        "key": {"cap": _credit(lim.key_cap), "used": _credit(c.key_used), "daily_limit": _credit(lim.key_daily_limit),
+                "used_today": _credit(c.key_day_credit), "rpd": lim.key_rpd, "requests_today": c.key_day_requests},
+        "extra_usage": _credit(c.extra_available),
+        "reset_zone": v.reset_zone, "suggestions": v.suggestions,
+    }
+
+
+@limits_app.command("show")
+def limits_show(ctx: typer.Context, target: Annotated[str, typer.Argument(help="Subscription id or key.")],
+                json_: JsonOpt = False) -> None:
+    """"I still have balance, why can't I continue today?": every quota side by side.
+
+    Example: planctl limits show sub_k3x9q2mz
+    """
+    from planctl.services import metering
+
+    st = state(ctx)
+    fmt = output_format(st, json_=json_)
+    data = limits_json(metering.limits_view(st.db(), target, now=st.now()), st.display_zone)
+    if fmt == "json":
+        emit_json(st, data)
+        return
+    t, p, d, k = data["total"], data["period"], data["today"], data["key"]
+
+    def cr(v: Optional[str]) -> Optional[str]:
+        from planctl.cli.output import display
+
+        return None if v is None else display(v, "credit", st.display_zone)
+
+    def left(limit: Any, used: Any) -> Any:
+        return None if limit is None else limit - used
+
+    rows = [
+        {"quota": "total credit", "used": cr(t["used"]), "limit": cr(t["granted"]), "left": cr(t["remaining"]),
+         "resets": None},
+        *([{"quota": f"this period (limit {'on' if p['enabled'] else 'off'})", "used": cr(p["used"]),
+            "limit": cr(p["limit"]), "left": None, "resets": p["resets_at"]}] if p else []),
+        {"quota": "requests today (RPD)", "used": d["requests"], "limit": d["rpd"],
+         "left": left(d["rpd"], d["requests"]), "resets": d["resets_at"]},
+        {"quota": "tokens today (TPD)", "used": d["tokens"], "limit": d["tpd"], "left": left(d["tpd"], d["tokens"]),
+         "resets": d["resets_at"]},
+        {"quota": "this key", "used": cr(k["used"]), "limit": cr(k["cap"]), "left": None, "resets": None},
+        {"quota": "extra usage", "used": None, "limit": None, "left": cr(data["extra_usage"]), "resets": None},
+    ]
+    emit_rows(st, rows, (Column("quota"), Column("used", kind="int"), Column("limit", kind="int"),
+                         Column("left", kind="int"), Column("resets", "Resets (local)", "time")), fmt)
+    blocking = data["blocking"]
+    print(f"blocking now: {blocking or 'nothing'}"
+          + (" (extra usage absorbs it)" if data["lifted_by_extra_usage"] else "")
+          + f"; natural days in {data['reset_zone']}")
+    for s in data["suggestions"]:
+        print(f"to lift it: {s}")
+
+
+def _toggle(ctx: typer.Context, sub: str, enabled: bool, json_: bool) -> None:
+    from planctl.services import metering
+
+    st = state(ctx)
+    fmt = output_format(st, json_=json_)
+    row = metering.set_period_limit(st.db(), sub, enabled, caller=st.caller(), now=st.now())
+    data = {"subscription_id": row.id, "period_limit_enabled": row.period_limit_enabled}
+    if fmt == "json":
+        emit_json(st, data)
+    else:
+        say(st, f"periodic limit of {row.id} is {'on' if row.period_limit_enabled else 'off'}")
+
+
+@limits_app.command("disable")
+def limits_disable(ctx: typer.Context, subscription: Annotated[str, typer.Argument(help="Subscription id.")],
+                   json_: JsonOpt = False) -> None:
+    """Turn the periodic limit off: requests then use the total credit with no periodic cap.
+
+    Only where the plan allows it. Example: planctl limits disable sub_k3x9q2mz
+    """
+    _toggle(ctx, subscription, False, json_)
+
+
+@limits_app.command("enable")
+def limits_enable(ctx: typer.Context, subscription: Annotated[str, typer.Argument(help="Subscription id.")],
+                  json_: JsonOpt = False) -> None:
+    """Turn the periodic limit back on (this period's use so far still counts).
+
+    Example: planctl limits enable sub_k3x9q2mz
+    """
+    _toggle(ctx, subscription, True, json_)
+
+
+# ---------------------------------------------------------------- reservations
+
+RES_COLUMNS = (Column("id"), Column("key_id", "Key"), Column("pool"), Column("amount", kind="credit"),
+               Column("status"), Column("created_at", "Created", "time"), Column("expires_at", "Expires", "time"),
+               Column("request_id", "Request"))
+
+
+def reservation_json(r: Any) -> dict[str, Any]:
+    from planctl.domain.clock import iso
+    from planctl.domain.money import credit_json
+
+    return {"id": r.id, "key_id": r.key_id, "account_id": r.account_id, "subscription_id": r.subscription_id,
+            "pool": r.pool, "amount": credit_json(r.amount), "status": r.status, "request_id": r.request_id,
+            "created_at": iso(r.created_at), "expires_at": iso(r.expires_at),
+            "closed_at": r.closed_at and iso(r.closed_at)}
+
+
+@reservations_app.command("list")
+def reservations_list(
+    ctx: typer.Context,
+    status: Annotated[str, typer.Option(help="held, settled, released, expired or all.")] = "held",
+    key: Annotated[Optional[str], typer.Option(help="Only this key.")] = None,
+    json_: JsonOpt = False, jsonl: JsonlOpt = False, csv_: CsvOpt = False,
+) -> None:
+    """List reservations (stale holds are released first).
+
+    Example: planctl reservations list --status all --json
+    """
+    from planctl.services import metering
+
+    st = state(ctx)
+    fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
+    rows = metering.list_reservations(st.db(), now=st.now(), status=None if status == "all" else status, key=key)
+    emit_rows(st, (reservation_json(r) for r in rows), RES_COLUMNS, fmt)
+
+
+@reservations_app.command("release")
+def reservations_release(ctx: typer.Context, reservation: Annotated[str, typer.Argument(help="Reservation id.")],
+                         json_: JsonOpt = False) -> None:
+    """Release a hold by hand (the request will not be recorded against it).
+
+    Example: planctl reservations release res_k3x9q2mzab
+    """
+    from planctl.services import metering
+
+    st = state(ctx)
+    fmt = output_format(st, json_=json_)
+    res = metering.release(st.db(), reservation, caller=st.caller(), now=st.now())
+    emit_record(st, reservation_json(res), RES_COLUMNS, fmt)
