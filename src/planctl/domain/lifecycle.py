@@ -211,6 +211,7 @@ class RefundFacts:
     credit_left: int  # of that credit, still in its pool (neither used nor taken back by a refund)
     paid_at: datetime
     policy: str  # str(RefundPolicy), or "unused" for products
+    credit_reversed: int = 0  # of this order's credit, taken back by earlier refunds
 
 
 def quote_refund(facts: RefundFacts, now: datetime, tz: ZoneInfo, *, override: int | None = None) -> RefundQuote:
@@ -234,7 +235,7 @@ def quote_refund(facts: RefundFacts, now: datetime, tz: ZoneInfo, *, override: i
         raise Refused("the plan's refund policy is 'none'; an operator can still refund with --amount "
                       "and --reason", reason="refund_not_allowed")
     if policy.kind == "unused":
-        if credit_left < facts.credit_granted:
+        if credit_left < facts.credit_granted - facts.credit_reversed:
             raise Refused("credit from this order has been used, so the 'unused' refund policy no longer "
                           "applies; an operator can refund with --amount", reason="refund_credit_used")
         if policy.within is not None:

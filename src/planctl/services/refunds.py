@@ -50,6 +50,7 @@ def refund(db: Database, order_id: str, *, amount: int | None, reason: str | Non
             kind=order.kind, payable=order.payable, refunded=order.refunded,
             credit_granted=order.credit_granted, credit_left=_credit_left(session, order),
             paid_at=order.paid_at or order.created_at, policy=_policy(session, order),
+            credit_reversed=_reversed(session, order),
         )
         quote = lifecycle.quote_refund(facts, now, tz, override=amount)
         row = Refund(order_id=order.id, amount=quote.amount, credit_reversed=quote.credit_reversed,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 from zoneinfo import ZoneInfo
@@ -58,7 +58,7 @@ class SaleRequest:
 
     def digest(self) -> str:
         fields = {k: (iso(v) if isinstance(v, datetime) else v) for k, v in self.__dict__.items()
-                  if k not in ("idempotency_key", "payment_ref")}
+                  if k != "idempotency_key"}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
@@ -83,6 +83,9 @@ def sell(db: Database, req: SaleRequest, *, caller: Caller, now: datetime, dry_r
     _check_request(req)
     with db.write(rollback=dry_run) as session:
         if req.idempotency_key:
+            if db.dialect == "postgresql":  # serialize same-key sales so the second one sees the first
+                session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                                {"k": req.idempotency_key})
             replay = _replay(session, req)
             if replay is not None:
                 return replay
@@ -168,6 +171,10 @@ def _upgrade(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, no
     order.subscription_id = sub.id
     sub.plan_id, sub.plan_version_id, sub.updated_at = plan.id, version.id, now
     if quote.credit is None:
+        if sub.credit_granted:  # the new plan has no total pool: close the old one in the ledger
+            session.add(LedgerEntry(at=now, account_id=sub.account_id, pool="plan", subscription_id=sub.id,
+                                    kind="adjustment", amount=-sub.credit_granted, order_id=order.id,
+                                    reason=f"upgrade to {new.slug}: no total credit pool"))
         sub.credit_granted = None
     elif quote.credit:
         sub.credit_granted = (sub.credit_granted or 0) + quote.credit
@@ -413,8 +420,19 @@ def state_name(sub: Subscription, now: datetime) -> str:
             "subscription_not_started": "not-started"}[reason]
 
 
+SUBSCRIPTION_STATES = ("active", "expired", "cancelled", "not-started")
+ORDER_KINDS = ("buy", "renew", "upgrade", "direct-renewal", "extra", "topup")
+ORDER_STATUSES = ("pending", "paid", "partially-refunded", "refunded", "cancelled")
+
+
+def _one_of(value: str | None, choices: tuple[str, ...], what: str) -> None:
+    if value is not None and value not in choices:
+        raise InvalidInput(f"unknown {what} {value!r}: use {', '.join(choices)}")
+
+
 def list_subscriptions(db: Database, *, now: datetime, account: str | None = None, plan: str | None = None,
                        state: str | None = None) -> list[SubscriptionView]:
+    _one_of(state, SUBSCRIPTION_STATES, "status")
     with db.read() as session:
         query = select(Subscription, Plan.slug).join(Plan, Plan.id == Subscription.plan_id)
         if account:
@@ -439,6 +457,8 @@ def get_subscription(db: Database, ref: str, *, now: datetime) -> SubscriptionVi
 def list_orders(db: Database, *, account: str | None = None, kind: str | None = None, status: str | None = None,
                 subscription: str | None = None, since: datetime | None = None, until: datetime | None = None,
                 limit: int = 100) -> list[Order]:
+    _one_of(kind, ORDER_KINDS, "order kind")
+    _one_of(status, ORDER_STATUSES, "order status")
     with db.read() as session:
         query = select(Order)
         if account:
