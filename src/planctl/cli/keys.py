@@ -97,31 +97,39 @@ def create(
 
     st = state(ctx)
     fmt = output_format(st, json_=json_)
-    if secrets_file is not None and secrets_file.exists():
-        from planctl.domain.errors import Conflict
-
-        raise Conflict(f"{secrets_file} already exists; secrets are only written to a new file")
     spec = keys.KeySpec(
         name=name, from_plan=from_plan, account=account, payg=payg, quantity=quantity,
         credit_cap=_credit(credit, "--credit"), expires_at=_when(st, expires, "--expires"), group=group,
         daily_limit=_credit(daily_limit, "--daily-limit"), rpd=rpd,
     )
-    with _progress(st, quantity) as progress:
-        created = keys.create(st.db(), spec, caller=st.caller(), now=st.now(), progress=progress)
+    # The secrets file is created (private, new) before any key exists, and removed if creation fails,
+    # so no key can be left behind whose secret nobody has.
+    handle = _open_private(secrets_file) if secrets_file is not None else None
+    try:
+        with _progress(st, quantity) as progress:
+            created = keys.create(st.db(), spec, caller=st.caller(), now=st.now(), progress=progress)
+    except BaseException:
+        if handle is not None:
+            handle.close()
+            secrets_file.unlink(missing_ok=True)  # type: ignore[union-attr]
+        raise
     rows = [key_json(c.key, c.secret) for c in created]
-    if secrets_file is not None:
-        _write_private(secrets_file, json.dumps(rows, indent=2) + "\n")
+    if handle is not None:
+        with handle:
+            handle.write(json.dumps(rows, indent=2) + "\n")
         say(st, f"created {len(rows)} key(s); secrets written to {secrets_file} (mode 0600)")
-        rows = [{k: v for k, v in r.items() if k != "secret"} for r in rows]
+        if fmt == "json":
+            emit_json(st, [{k: v for k, v in r.items() if k != "secret"} for r in rows])
+        return
     if fmt == "json":
         emit_json(st, rows)
         return
-    emit_rows(st, rows, (Column("id"), Column("name"), Column("group"), Column("key", "Key"))
-              + (() if secrets_file else (Column("secret", "Secret (shown once)"),)), fmt)
+    emit_rows(st, rows, (Column("id"), Column("name"), Column("group"), Column("key", "Key"),
+                         Column("secret", "Secret (shown once)")), fmt)
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Create `path` with mode 0600; refuse if it appeared meanwhile."""
+def _open_private(path: Path) -> Any:
+    """Create `path` with mode 0600 for writing; refuse an existing file."""
     from planctl.domain.errors import Conflict, InvalidInput
 
     try:
@@ -130,8 +138,7 @@ def _write_private(path: Path, text: str) -> None:
         raise Conflict(f"{path} already exists; secrets are only written to a new file") from None
     except OSError as exc:
         raise InvalidInput(f"cannot write {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
+    return os.fdopen(fd, "w")
 
 
 class _progress:

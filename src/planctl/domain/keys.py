@@ -36,6 +36,9 @@ def batch_names(base: str, quantity: int, taken: Iterable[str]) -> list[str]:
     used = set(taken)
     if quantity == 1:
         return [base]
+    if len(base) > 100 - SUFFIX_LENGTH - 1:
+        raise InvalidInput(f"key name {base[:20]!r}… is too long for a batch: at most {100 - SUFFIX_LENGTH - 1} "
+                           "characters leave room for the suffix")
     names: list[str] = []
     while len(names) < quantity:
         name = f"{base}-" + "".join(secrets.choice(SUFFIX_ALPHABET) for _ in range(SUFFIX_LENGTH))

@@ -152,8 +152,10 @@ def resolve(session: Session, ref: str, *, account: str | None = None) -> ApiKey
             return found[0]
         if len(found) > 1:
             listed = ", ".join(f"{k.id} ({k.name})" for k in found[:5])
-            raise InvalidInput(f"{ref!r} matches several keys: {listed}; use the key id (or --account)")
-    raise NotFound(f"unknown key {ref!r}; see 'planctl keys list'")
+            shown = ref[:7] + "…" if ref.startswith("sk-") and len(ref) > 7 else ref
+            raise InvalidInput(f"{shown!r} matches several keys: {listed}; use the key id (or --account)")
+    shown = ref[:7] + "…" if ref.startswith("sk-") and len(ref) > 7 else ref  # never echo a pasted secret
+    raise NotFound(f"unknown key {shown!r}; see 'planctl keys list'")
 
 
 def by_secret(session: Session, secret: str, now: datetime) -> ApiKey | None:
@@ -182,6 +184,9 @@ class KeyFilter:
 
 
 def list_keys(db: Database, flt: KeyFilter) -> list[ApiKey]:
+    for value, choices, what in ((flt.status, rules.STATUSES, "status"), (flt.kind, rules.KINDS, "kind")):
+        if value is not None and value not in choices:
+            raise InvalidInput(f"unknown key {what} {value!r}: use {', '.join(choices)}")
     with db.read() as session:
         query = select(ApiKey)
         if flt.account:
