@@ -19,11 +19,12 @@ the same rules.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 from zoneinfo import ZoneInfo
@@ -39,8 +40,9 @@ from planctl.services.audit import Caller
 from planctl.store.engine import Database
 from planctl.store.tables import (
     Account, ApiKey, ExtraPack, Group, LedgerEntry, Model, ModelAlias, PlanVersion, Reservation, Subscription,
-    UsageCounter, UsageRecord,
+    UsageCounter, UsageDaily, UsageRecord,
 )
+from planctl.store.tables import LATENCY_BUCKETS_MS
 
 HOLD_FOR = timedelta(minutes=10)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # window of a sub-user's running total
@@ -663,9 +665,53 @@ class _Batch:
         self.session.flush()
         if self.records:
             self.session.execute(insert(UsageRecord), self.records)
+            _roll_up(self.session, self.records)
         if self.ledger:
             self.session.execute(insert(LedgerEntry), self.ledger)
         self.records, self.ledger = [], []
+
+
+_ROLLUP_SUMS = ("requests", "input_tokens", "cached_tokens", "output_tokens", "cost", "charged_plan",
+                "charged_extra", "charged_payg", "latency_sum", "latency_count",
+                *(f"lat_{i}" for i in range(len(LATENCY_BUCKETS_MS) + 1)))
+
+
+def latency_bucket(ms: int) -> int:
+    return bisect_left(LATENCY_BUCKETS_MS, ms)
+
+
+def status_class(code: int) -> str:
+    return f"{code // 100}xx"
+
+
+def _roll_up(session: Session, records: list[dict[str, Any]]) -> None:
+    """Add a batch of usage records to the daily rollups (one upsert per rollup row)."""
+    rows: dict[tuple[str, ...], dict[str, Any]] = {}
+    for r in records:
+        dims = (r["local_day"], r["key_id"], r["group_name"], r["billed_model"], r["api"], status_class(r["status_code"]))
+        row = rows.get(dims)
+        if row is None:
+            row = rows[dims] = dict(zip(("local_day", "key_id", "group_name", "billed_model", "api", "status_class"), dims),
+                                    account_id=r["account_id"], subscription_id=r["subscription_id"], last_at=r["at"],
+                                    **{name: 0 for name in _ROLLUP_SUMS})
+        row["requests"] += 1
+        for name in ("input_tokens", "cached_tokens", "output_tokens", "cost", "charged_plan", "charged_extra",
+                     "charged_payg"):
+            row[name] += r[name]
+        if r["latency_ms"] is not None:
+            row["latency_sum"] += r["latency_ms"]
+            row["latency_count"] += 1
+            row[f"lat_{latency_bucket(r['latency_ms'])}"] += 1
+        row["last_at"] = max(row["last_at"], r["at"])
+    dialect = session.get_bind().dialect.name
+    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(UsageDaily)
+    table = UsageDaily.__table__  # type: ignore[attr-defined]
+    last_at = func.max(table.c.last_at, ins.excluded.last_at) if dialect == "sqlite" else \
+        func.greatest(table.c.last_at, ins.excluded.last_at)
+    stmt = ins.on_conflict_do_update(
+        index_elements=["local_day", "key_id", "group_name", "billed_model", "api", "status_class"],
+        set_={**{name: table.c[name] + ins.excluded[name] for name in _ROLLUP_SUMS}, "last_at": last_at})
+    session.execute(stmt, list(rows.values()))
 
 
 # ---------------------------------------------------------------- import

@@ -45,7 +45,7 @@ def m002_sales_and_metering(conn: Connection) -> None:
     """Subscriptions, keys, discount codes, orders, extra packs, refunds, invoices, the ledger,
     usage records, counters and reservations; accounts gain their PAYG holds."""
     names = ("counters", "subscriptions", "api_keys", "discount_codes", "orders", "extra_packs",
-             "refunds", "invoices", "ledger", "usage_counters", "reservations", "usage_records")
+             "refunds", "invoices", "ledger", "usage_counters", "reservations", "usage_records", "usage_daily")
     SQLModel.metadata.create_all(conn, tables=[SQLModel.metadata.tables[n] for n in names])
     conn.execute(text("ALTER TABLE accounts ADD COLUMN payg_reserved BIGINT DEFAULT 0 NOT NULL"))
 

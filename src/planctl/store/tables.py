@@ -442,3 +442,54 @@ class UsageRecord(SQLModel, table=True):
     stream: bool = False
     error: Optional[str] = None
     reservation_id: Optional[str] = None
+
+
+LATENCY_BUCKETS_MS = (100, 250, 500, 1_000, 2_000, 4_000, 8_000, 15_000, 30_000, 60_000, 120_000)
+"""Upper bounds of the latency histogram kept in daily rollups (the last bucket is open)."""
+
+
+class UsageDaily(SQLModel, table=True):
+    """Daily rollup of usage per key, group, model, API and status class, kept at record time.
+
+    Long-range reports read these instead of raw records; `local_day` is the
+    natural day in the reset zone. Latency is kept as a sum and a histogram.
+    """
+
+    __tablename__ = "usage_daily"
+    __table_args__ = (
+        UniqueConstraint("local_day", "key_id", "group_name", "billed_model", "api", "status_class"),
+        Index("ix_usage_daily_day", "local_day"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    local_day: str
+    key_id: str = Field(foreign_key="api_keys.id")
+    account_id: str = Field(foreign_key="accounts.id")
+    subscription_id: Optional[str] = None
+    group_name: str
+    billed_model: str
+    api: str
+    status_class: str  # 2xx | 3xx | 4xx | 5xx | 1xx
+    requests: int = _int(default=0)
+    input_tokens: int = _int(default=0)
+    cached_tokens: int = _int(default=0)
+    output_tokens: int = _int(default=0)
+    cost: int = _int(default=0)
+    charged_plan: int = _int(default=0)
+    charged_extra: int = _int(default=0)
+    charged_payg: int = _int(default=0)
+    latency_sum: int = _int(default=0)
+    latency_count: int = _int(default=0)
+    lat_0: int = _int(default=0)
+    lat_1: int = _int(default=0)
+    lat_2: int = _int(default=0)
+    lat_3: int = _int(default=0)
+    lat_4: int = _int(default=0)
+    lat_5: int = _int(default=0)
+    lat_6: int = _int(default=0)
+    lat_7: int = _int(default=0)
+    lat_8: int = _int(default=0)
+    lat_9: int = _int(default=0)
+    lat_10: int = _int(default=0)
+    lat_11: int = _int(default=0)
+    last_at: Optional[datetime] = _utc(default=None, nullable=True)
