@@ -110,7 +110,7 @@ def root(
 
 
 def _register() -> None:
-    from planctl.cli import accounts, admin, catalog, discounts, invoices, keys, metering, plans, sales
+    from planctl.cli import accounts, admin, catalog, discounts, invoices, keys, metering, plans, reporting, sales
 
     app.add_typer(plans.app, name="plans")
     app.add_typer(plans.products_app, name="products")
@@ -127,7 +127,10 @@ def _register() -> None:
     app.add_typer(invoices.app, name="invoices")
     app.add_typer(keys.app, name="keys")
     app.command("authorize")(metering.authorize)
+    metering.usage_app.callback()(reporting.usage)
+    metering.usage_app.command("prune")(reporting.prune)
     app.add_typer(metering.usage_app, name="usage")
+    app.command("health")(reporting.health)
     app.add_typer(metering.limits_app, name="limits")
     app.add_typer(metering.reservations_app, name="reservations")
     app.add_typer(admin.db_app, name="db")

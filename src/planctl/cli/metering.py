@@ -16,8 +16,9 @@ from planctl.cli.context import State, state
 from planctl.cli.output import Column, CsvOpt, JsonlOpt, JsonOpt, emit_json, emit_record, emit_rows, output_format, say
 from planctl.domain.errors import ExitCode
 
-usage_app = typer.Typer(help="Usage: record requests, import logs.", no_args_is_help=True,
-                        epilog="Example: planctl usage import requests.jsonl")
+usage_app = typer.Typer(help="Usage logs: query (planctl usage [filters]), record, import, prune.",
+                        invoke_without_command=True, no_args_is_help=False,
+                        epilog="Example: planctl usage --since today --status 5xx --json")
 limits_app = typer.Typer(help="Why a key can't continue: quotas side by side; the periodic-limit switch.",
                          no_args_is_help=True, epilog="Example: planctl limits show sub_k3x9q2mz")
 reservations_app = typer.Typer(help="Credit held for requests in flight (two-phase admission).",

@@ -57,8 +57,12 @@ def emit_rows(
     state: State, rows: Iterable[Mapping[str, Any]], columns: Sequence[Column], fmt: str, *, title: str | None = None
 ) -> None:
     """Print a listing. Empty listings print `[]` in JSON and a note on stderr for people."""
-    if fmt == "json":
-        _write(json.dumps(list(rows), indent=2, ensure_ascii=False) + "\n")
+    if fmt == "json":  # streamed: flat memory for exports of millions of rows
+        first = True
+        for row in rows:
+            _write(("[\n" if first else ",\n") + json.dumps(row, ensure_ascii=False))
+            first = False
+        _write("[]\n" if first else "\n]\n")
     elif fmt == "jsonl":
         for row in rows:
             _write(json.dumps(row, ensure_ascii=False) + "\n")

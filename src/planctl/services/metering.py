@@ -19,7 +19,6 @@ the same rules.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -42,7 +41,7 @@ from planctl.store.tables import (
     Account, ApiKey, ExtraPack, Group, LedgerEntry, Model, ModelAlias, PlanVersion, Reservation, Subscription,
     UsageCounter, UsageDaily, UsageRecord,
 )
-from planctl.store.tables import LATENCY_BUCKETS_MS
+from planctl.domain.latency import LATENCY_BUCKETS_MS, bucket_of  # noqa: E402
 
 HOLD_FOR = timedelta(minutes=10)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # window of a sub-user's running total
@@ -676,10 +675,6 @@ _ROLLUP_SUMS = ("requests", "input_tokens", "cached_tokens", "output_tokens", "c
                 *(f"lat_{i}" for i in range(len(LATENCY_BUCKETS_MS) + 1)))
 
 
-def latency_bucket(ms: int) -> int:
-    return bisect_left(LATENCY_BUCKETS_MS, ms)
-
-
 def status_class(code: int) -> str:
     return f"{code // 100}xx"
 
@@ -701,7 +696,7 @@ def _roll_up(session: Session, records: list[dict[str, Any]]) -> None:
         if r["latency_ms"] is not None:
             row["latency_sum"] += r["latency_ms"]
             row["latency_count"] += 1
-            row[f"lat_{latency_bucket(r['latency_ms'])}"] += 1
+            row[f"lat_{bucket_of(r['latency_ms'])}"] += 1
         row["last_at"] = max(row["last_at"], r["at"])
     dialect = session.get_bind().dialect.name
     ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(UsageDaily)

@@ -26,6 +26,7 @@ from sqlmodel import Session, SQLModel
 from planctl.domain.errors import Refused
 from planctl.store import tables
 from planctl.store.engine import Database
+from planctl.store.location import SCHEMA_VERSION
 
 OnCreated = Callable[[Session], None]
 
@@ -55,6 +56,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "sales and metering", m002_sales_and_metering),
 )
 LATEST = MIGRATIONS[-1].version
+assert LATEST == SCHEMA_VERSION, "update SCHEMA_VERSION in store/location.py with each migration"
 
 
 @dataclass(frozen=True)

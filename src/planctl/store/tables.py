@@ -444,15 +444,12 @@ class UsageRecord(SQLModel, table=True):
     reservation_id: Optional[str] = None
 
 
-LATENCY_BUCKETS_MS = (100, 250, 500, 1_000, 2_000, 4_000, 8_000, 15_000, 30_000, 60_000, 120_000)
-"""Upper bounds of the latency histogram kept in daily rollups (the last bucket is open)."""
-
-
 class UsageDaily(SQLModel, table=True):
     """Daily rollup of usage per key, group, model, API and status class, kept at record time.
 
     Long-range reports read these instead of raw records; `local_day` is the
-    natural day in the reset zone. Latency is kept as a sum and a histogram.
+    natural day in the reset zone. Latency is kept as a sum and a histogram
+    (`lat_i` counts requests in bucket i of domain/latency.py).
     """
 
     __tablename__ = "usage_daily"

@@ -1,0 +1,417 @@
+"""Usage queries and group health, fast on millions of records.
+
+Reports are read-only SQL that runs unchanged on SQLite and PostgreSQL
+(`:name` parameters). On SQLite they use the standard `sqlite3` module
+directly, so `planctl usage --request-id R` does not pay for importing the ORM.
+Aggregations run in SQL. A time range [since, until) is split into whole
+natural days of the reset zone, read from the daily rollups, and the partial
+days at either end, read from raw records; both give the same sums.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from planctl.domain.clock import local_date, start_of_local_day, zone
+from planctl.domain.errors import InvalidInput, NotFound
+from planctl.domain.latency import LATENCY_BUCKETS_MS, histogram_p95
+from planctl.store.location import SCHEMA_VERSION, DbTarget
+
+RECORD_COLUMNS = (
+    "request_id", "at", "local_day", "account_id", "key_id", "subscription_id", "group_name", "requested_model",
+    "billed_model", "api", "input_tokens", "cached_tokens", "output_tokens", "cost", "charged_plan",
+    "charged_extra", "charged_payg", "pool", "status_code", "latency_ms", "stream", "error", "reservation_id",
+)
+STATUS_FILTERS = ("ok", "error", "1xx", "2xx", "3xx", "4xx", "5xx")
+DIMENSIONS = {"group": "group_name", "user": "account_id", "key": "key_id", "model": "billed_model"}
+
+
+# ---------------------------------------------------------------- reading
+
+
+class Reader:
+    """Portable read-only SQL over sqlite3 (SQLite files) or SQLAlchemy (PostgreSQL)."""
+
+    def __init__(self, target: DbTarget) -> None:
+        self.target = target
+        self.sqlite = target.path is not None
+        if self.sqlite:
+            self.conn: Any = sqlite3.connect(f"file:{target.path}?mode=ro", uri=True, timeout=10)
+            self.conn.execute("PRAGMA query_only = ON")
+        else:
+            from sqlalchemy import create_engine
+
+            self.engine = create_engine(target.url)
+            self.conn = self.engine.connect()
+
+    def rows(self, sql: str, params: dict[str, Any] | None = None) -> Iterator[tuple[Any, ...]]:
+        params = {k: self._param(v) for k, v in (params or {}).items()}
+        if self.sqlite:
+            yield from self.conn.execute(sql, params)
+        else:
+            from sqlalchemy import text
+
+            yield from self.conn.execution_options(stream_results=True, yield_per=5_000).execute(text(sql), params)
+
+    def one(self, sql: str, params: dict[str, Any] | None = None) -> tuple[Any, ...] | None:
+        return next(self.rows(sql, params), None)
+
+    def instant(self, value: Any) -> datetime | None:
+        """A stored timestamp as an aware UTC datetime (SQLite keeps naive UTC text)."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+    def _param(self, value: Any) -> Any:
+        if isinstance(value, datetime) and self.sqlite:
+            return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return value
+
+    def close(self) -> None:
+        self.conn.close()
+        if not self.sqlite:
+            self.engine.dispose()
+
+
+def open_reader(target: DbTarget, *, now: datetime) -> Reader:
+    """A reader on an up-to-date database (created, migrated or refused through the store first)."""
+    if target.path is not None and target.path.exists():
+        reader = Reader(target)
+        try:
+            version = reader.one("SELECT max(version) FROM schema_migrations")
+        except sqlite3.DatabaseError:
+            version = None
+        if version and version[0] == SCHEMA_VERSION:
+            return reader
+        reader.close()
+    from planctl.services.database import open_database
+
+    open_database(target, now=now).dispose()  # creates, migrates, or refuses a newer database
+    return Reader(target)
+
+
+def reset_zone(reader: Reader) -> ZoneInfo:
+    row = reader.one("SELECT value FROM settings WHERE key = 'reset_timezone'")
+    return zone(row[0] if row else "Asia/Shanghai")
+
+
+# ---------------------------------------------------------------- filters
+
+
+@dataclass
+class UsageFilter:
+    since: datetime | None = None
+    until: datetime | None = None
+    model: str | None = None
+    key: str | None = None
+    account: str | None = None
+    group: str | None = None
+    request_id: str | None = None
+    status: str | None = None
+    api: str | None = None
+    subscription: str | None = None
+
+
+@dataclass
+class _Resolved:
+    """A filter with references resolved to ids, ready to become WHERE clauses."""
+
+    since: datetime | None
+    until: datetime | None
+    key_id: str | None = None
+    account_id: str | None = None
+    group: str | None = None
+    billed: str | None = None
+    requested: str | None = None
+    status: str | None = None
+    api: str | None = None
+    subscription: str | None = None
+    request_id: str | None = None
+
+    @property
+    def rollup_ok(self) -> bool:
+        """Rollups serve every filter except an exact status code, a requested alias, a request id."""
+        return self.requested is None and self.request_id is None and (
+            self.status is None or not self.status.isdigit())
+
+
+def resolve(reader: Reader, f: UsageFilter) -> _Resolved:
+    if f.since and f.until and f.until <= f.since:
+        raise InvalidInput("--until must be after --since")
+    if f.status is not None and f.status not in STATUS_FILTERS and not (
+            f.status.isdigit() and 100 <= int(f.status) <= 599):
+        raise InvalidInput(f"invalid --status {f.status!r}: use a code such as 200, or {', '.join(STATUS_FILTERS)}")
+    r = _Resolved(since=f.since, until=f.until, group=f.group, status=f.status, api=f.api,
+                  subscription=f.subscription, request_id=f.request_id)
+    if f.key:
+        r.key_id = _lookup(reader, "api_keys", "key", f.key, ("id", "name", "prefix"))
+    if f.account:
+        r.account_id = _lookup(reader, "accounts", "account", f.account, ("id", "name"))
+    if f.model:
+        known = reader.one("SELECT id FROM models WHERE id = :m", {"m": f.model})
+        if known:
+            r.billed = f.model  # a catalog model always bills as itself
+        else:
+            r.requested = f.model  # an alias name: only raw records know it
+    return r
+
+
+def _lookup(reader: Reader, table: str, what: str, ref: str, columns: Sequence[str]) -> str:
+    """An id by exact id or name, else by unambiguous prefix (never a LIKE pattern)."""
+    for column in columns:
+        exact = [r[0] for r in reader.rows(f"SELECT id FROM {table} WHERE {column} = :v LIMIT 3", {"v": ref})]
+        if len(exact) == 1:
+            return exact[0]
+    for column in columns:
+        found = [r[0] for r in reader.rows(
+            f"SELECT id FROM {table} WHERE substr({column}, 1, :n) = :v LIMIT 3", {"v": ref, "n": len(ref)})]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise InvalidInput(f"{ref[:20]!r} matches several {what}s; give more of it, or the id")
+    shown = ref[:7] + "…" if ref.startswith("sk-") and len(ref) > 7 else ref
+    raise NotFound(f"unknown {what} {shown!r}")
+
+
+def _where(r: _Resolved, alias: str, *, rollup: bool) -> tuple[list[str], dict[str, Any]]:
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    for column, value in (("key_id", r.key_id), ("account_id", r.account_id), ("group_name", r.group),
+                          ("billed_model", r.billed), ("api", r.api), ("subscription_id", r.subscription)):
+        if value is not None:
+            clauses.append(f"{alias}.{column} = :{column}")
+            params[column] = value
+    if not rollup:
+        if r.requested is not None:
+            clauses.append(f"{alias}.requested_model = :requested")
+            params["requested"] = r.requested
+        if r.request_id is not None:
+            clauses.append(f"{alias}.request_id = :request_id")
+            params["request_id"] = r.request_id
+    if r.status is not None:
+        clauses.append(_status_clause(r.status, alias, rollup=rollup))
+    return clauses, params
+
+
+def _status_clause(status: str, alias: str, *, rollup: bool) -> str:
+    classes = {"ok": ("1xx", "2xx", "3xx"), "error": ("4xx", "5xx")}.get(status, (status,))
+    if rollup:
+        return f"{alias}.status_class IN ({', '.join(repr(c) for c in classes)})"
+    if status.isdigit():
+        return f"{alias}.status_code = {int(status)}"
+    return "(" + " OR ".join(f"{alias}.status_code BETWEEN {int(c[0])}00 AND {int(c[0])}99" for c in classes) + ")"
+
+
+def _time(r: _Resolved, alias: str, since: datetime | None, until: datetime | None,
+          clauses: list[str], params: dict[str, Any]) -> None:
+    if since is not None:
+        clauses.append(f"{alias}.at >= :since")
+        params["since"] = since
+    if until is not None:
+        clauses.append(f"{alias}.at < :until")
+        params["until"] = until
+
+
+@dataclass
+class _Plan:
+    """How a range is read: raw [since, until) parts and whole rollup days [first, last)."""
+
+    raw: list[tuple[datetime | None, datetime | None]]
+    days: tuple[date, date] | None
+
+
+def split_range(since: datetime | None, until: datetime | None, tz: ZoneInfo, *, rollups: bool) -> _Plan:
+    """Whole natural days go to rollups; the partial days at the ends stay raw."""
+    if not rollups or since is None:
+        return _Plan([(since, until)], None)
+    first = local_date(since, tz)
+    if start_of_local_day(first, tz) < since:
+        first += timedelta(days=1)
+    end = until or datetime.now(timezone.utc) + timedelta(days=1)
+    last = local_date(end, tz)  # the day containing `until` is partial (or starts exactly at it)
+    if first >= last:
+        return _Plan([(since, until)], None)
+    head_end, tail_start = start_of_local_day(first, tz), start_of_local_day(last, tz)
+    raw = [(since, head_end)] if since < head_end else []
+    if until is None or tail_start < until:
+        raw.append((tail_start, until))
+    return _Plan(raw, (first, last))
+
+
+# ---------------------------------------------------------------- listing
+
+
+def get_record(reader: Reader, request_id: str) -> dict[str, Any]:
+    row = reader.one(f"SELECT {', '.join(RECORD_COLUMNS)} FROM usage_records WHERE request_id = :r",
+                     {"r": request_id})
+    if row is None:
+        raise NotFound(f"no usage record with request id {request_id!r}")
+    return _record(reader, row)
+
+
+def _record(reader: Reader, row: Sequence[Any]) -> dict[str, Any]:
+    record = dict(zip(RECORD_COLUMNS, row))
+    record["at"] = reader.instant(record["at"])
+    record["stream"] = bool(record["stream"])
+    return record
+
+
+def list_records(reader: Reader, f: UsageFilter, *, limit: int | None, after: str | None = None
+                 ) -> Iterator[dict[str, Any]]:
+    """Newest first. `after` is the request id of the last row of the previous page."""
+    r = resolve(reader, f)
+    clauses, params = _where(r, "u", rollup=False)
+    _time(r, "u", r.since, r.until, clauses, params)
+    if after is not None:
+        anchor = reader.one("SELECT at, id FROM usage_records WHERE request_id = :a", {"a": after})
+        if anchor is None:
+            raise NotFound(f"--after: no usage record with request id {after!r}")
+        clauses.append("(u.at < :after_at OR (u.at = :after_at AND u.id < :after_id))")
+        params.update(after_at=reader.instant(anchor[0]), after_id=anchor[1])
+    sql = (f"SELECT {', '.join('u.' + c for c in RECORD_COLUMNS)} FROM usage_records u"
+           + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY u.at DESC, u.id DESC")
+    if limit is not None:
+        sql += " LIMIT :limit"
+        params["limit"] = limit
+    for row in reader.rows(sql, params):
+        yield _record(reader, row)
+
+
+# ---------------------------------------------------------------- aggregates
+
+
+@dataclass
+class Aggregate:
+    requests: int = 0
+    ok: int = 0
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    cost: int = 0
+    charged_plan: int = 0
+    charged_extra: int = 0
+    charged_payg: int = 0
+    latency_sum: int = 0
+    latency_count: int = 0
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
+    last_at: datetime | None = None
+    p95_ms: int | None = None
+    p95_exact: bool = True
+
+    def add(self, other: Aggregate) -> None:
+        for name in ("requests", "ok", "input_tokens", "cached_tokens", "output_tokens", "cost", "charged_plan",
+                     "charged_extra", "charged_payg", "latency_sum", "latency_count"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets)]
+        if other.last_at and (self.last_at is None or other.last_at > self.last_at):
+            self.last_at = other.last_at
+
+    @property
+    def success_rate(self) -> float | None:  # a display ratio, not money
+        return None if not self.requests else self.ok / self.requests
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        return None if not self.input_tokens else self.cached_tokens / self.input_tokens
+
+    @property
+    def avg_latency_ms(self) -> float | None:
+        return None if not self.latency_count else self.latency_sum / self.latency_count
+
+    def histogram_p95(self) -> int | None:
+        return histogram_p95(self.buckets)
+
+
+_BUCKET_SQL = ", ".join(
+    f"SUM(CASE WHEN u.latency_ms {'<=' if i < len(LATENCY_BUCKETS_MS) else '>'} "
+    f"{LATENCY_BUCKETS_MS[min(i, len(LATENCY_BUCKETS_MS) - 1)]}"
+    + (f" AND u.latency_ms > {LATENCY_BUCKETS_MS[i - 1]}" if 0 < i < len(LATENCY_BUCKETS_MS) else "")
+    + " THEN 1 ELSE 0 END)" for i in range(len(LATENCY_BUCKETS_MS) + 1))
+_RAW_SUMS = ("COUNT(*), SUM(CASE WHEN u.status_code < 400 THEN 1 ELSE 0 END), SUM(u.input_tokens), "
+             "SUM(u.cached_tokens), SUM(u.output_tokens), SUM(u.cost), SUM(u.charged_plan), SUM(u.charged_extra), "
+             "SUM(u.charged_payg), SUM(u.latency_ms), COUNT(u.latency_ms), MAX(u.at), " + _BUCKET_SQL)
+_ROLLUP_SUMS = ("SUM(d.requests), SUM(CASE WHEN d.status_class IN ('1xx', '2xx', '3xx') THEN d.requests ELSE 0 END), "
+                "SUM(d.input_tokens), SUM(d.cached_tokens), SUM(d.output_tokens), SUM(d.cost), SUM(d.charged_plan), "
+                "SUM(d.charged_extra), SUM(d.charged_payg), SUM(d.latency_sum), SUM(d.latency_count), "
+                "MAX(d.last_at), " + ", ".join(f"SUM(d.lat_{i})" for i in range(len(LATENCY_BUCKETS_MS) + 1)))
+
+
+def _aggregate(reader: Reader, row: Sequence[Any]) -> Aggregate:
+    n = 12
+    values = [int(v or 0) for v in row[:11]]
+    return Aggregate(*values, buckets=[int(v or 0) for v in row[n:]],  # type: ignore[arg-type]
+                     last_at=reader.instant(row[11]))
+
+
+def aggregate(reader: Reader, f: UsageFilter, *, by: str | None = None, tz: ZoneInfo | None = None,
+              exact_p95: bool = True) -> dict[str | None, Aggregate]:
+    """Sums per dimension value (or one total when `by` is None), rollups and raw combined."""
+    r = resolve(reader, f)
+    tz = tz or reset_zone(reader)
+    dim = DIMENSIONS[by] if by else None
+    plan = split_range(r.since, r.until, tz, rollups=r.rollup_ok)
+    out: dict[str | None, Aggregate] = {}
+
+    def merge(rows: Iterator[tuple[Any, ...]]) -> None:
+        for row in rows:
+            value = row[0] if dim else None
+            agg = _aggregate(reader, row[1:] if dim else row)
+            if agg.requests:
+                out.setdefault(value, Aggregate()).add(agg)
+
+    select_dim = f"u.{dim}, " if dim else ""
+    for since, until in plan.raw:
+        clauses, params = _where(r, "u", rollup=False)
+        _time(r, "u", since, until, clauses, params)
+        sql = (f"SELECT {select_dim}{_RAW_SUMS} FROM usage_records u"
+               + (" WHERE " + " AND ".join(clauses) if clauses else "") + (f" GROUP BY u.{dim}" if dim else ""))
+        merge(reader.rows(sql, params))
+    if plan.days is not None:
+        clauses, params = _where(r, "d", rollup=True)
+        clauses += ["d.local_day >= :day0", "d.local_day < :day1"]
+        params.update(day0=plan.days[0].isoformat(), day1=plan.days[1].isoformat())
+        sql = (f"SELECT {'d.' + dim + ', ' if dim else ''}{_ROLLUP_SUMS} FROM usage_daily d WHERE "
+               + " AND ".join(clauses) + (f" GROUP BY d.{dim}" if dim else ""))
+        merge(reader.rows(sql, params))
+    _p95(reader, r, plan, dim, out, exact=exact_p95 and plan.days is None)
+    return out
+
+
+def _p95(reader: Reader, r: _Resolved, plan: _Plan, dim: str | None, out: dict[str | None, Aggregate],
+         *, exact: bool) -> None:
+    """Exact nearest-rank p95 from raw rows when the range was read raw; else from the histogram."""
+    if not exact:
+        for agg in out.values():
+            agg.p95_ms, agg.p95_exact = agg.histogram_p95(), False
+        return
+    clauses, params = _where(r, "u", rollup=False)
+    _time(r, "u", plan.raw[0][0], plan.raw[0][1], clauses, params)
+    clauses.append("u.latency_ms IS NOT NULL")
+    part = f"PARTITION BY u.{dim} " if dim else ""
+    sql = (f"SELECT v, latency_ms FROM (SELECT {'u.' + dim if dim else 'NULL'} AS v, u.latency_ms, "
+           f"ROW_NUMBER() OVER ({part}ORDER BY u.latency_ms) AS rn, COUNT(*) OVER ({part.strip()}) AS n "
+           f"FROM usage_records u WHERE {' AND '.join(clauses)}) ranked WHERE rn = (95 * n + 99) / 100")
+    for value, latency in reader.rows(sql, params):
+        if value in out:
+            out[value].p95_ms, out[value].p95_exact = int(latency), True
+
+
+def names(reader: Reader, by: str, ids: Sequence[str]) -> dict[str, str]:
+    """Display names for keys and accounts."""
+    table = {"key": "api_keys", "user": "accounts"}.get(by)
+    if table is None or not ids:
+        return {}
+    found: dict[str, str] = {}
+    for i in range(0, len(ids), 500):
+        chunk = list(ids[i:i + 500])
+        marks = ", ".join(f":i{j}" for j in range(len(chunk)))
+        found.update(dict(reader.rows(f"SELECT id, name FROM {table} WHERE id IN ({marks})",
+                                      {f"i{j}": v for j, v in enumerate(chunk)})))
+    return found
