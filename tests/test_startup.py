@@ -23,8 +23,8 @@ import typer.main
 
 from planctl import __version__
 
-HEAVY = ("sqlalchemy", "sqlmodel", "httpx")
-REPORTED = (*HEAVY, "pydantic")  # pydantic is reported for information (Typer itself may load it)
+HEAVY = ("sqlalchemy", "sqlmodel", "httpx", "pydantic")
+REPORTED = HEAVY
 
 _PROBE = """
 import json, sys
@@ -70,6 +70,16 @@ def test_startup_does_not_import_the_database_stack(argv: list[str], expected: s
         f"'planctl {' '.join(argv)}' imported {heavy} (all loaded: {imported}); "
         "import the database stack and httpx inside the commands that use them"
     )
+
+
+def test_usage_lookup_on_a_current_database_skips_the_orm(tmp_path: Any) -> None:
+    """`planctl usage --request-id` is what CI scripts call most: it reads with sqlite3 only."""
+    db = tmp_path / "x.db"
+    subprocess.run([sys.executable, "-m", "planctl", "--db", str(db), "plans", "list", "--json"],
+                   check=True, capture_output=True, timeout=60)
+    code, stdout, imported = _probe(["--db", str(db), "usage", "--request-id", "nope", "--json"])
+    assert code == 3, stdout
+    assert not [m for m in imported if m in HEAVY], imported
 
 
 def _walk(cmd: Any, path: tuple[str, ...], parent: Any = None) -> Iterator[tuple[str, Any, Any]]:
