@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 from zoneinfo import ZoneInfo
@@ -62,6 +62,7 @@ class _Catalog:
         self.aliases = {a.pattern: a.model_id for a in session.execute(select(ModelAlias)).scalars()}
         self.ratios = {g.name: g.ratio_ppm for g in session.execute(select(Group)).scalars()}
         self.tz = settings.reset_zone(session)
+        self._billed: dict[str, str | None] = {}
 
     def terms(self, version_id: int) -> PlanTerms:
         cache_key = (self.db_key, version_id)
@@ -74,7 +75,9 @@ class _Catalog:
         return self._terms_cache[cache_key]
 
     def billed(self, requested: str) -> str | None:
-        return resolve_model(requested, self.models, self.aliases).billed
+        if requested not in self._billed:
+            self._billed[requested] = resolve_model(requested, self.models, self.aliases).billed
+        return self._billed[requested]
 
 
 @dataclass
@@ -100,12 +103,39 @@ def _counter(session: Session, owner: str, scope: str, start: datetime, *, write
     """A window's counter; in a write transaction the row is created if missing and locked."""
     where = (UsageCounter.owner == owner) & (UsageCounter.scope == scope) & (UsageCounter.window_start == start)
     if write:
-        dialect = session.get_bind().dialect.name
-        ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(UsageCounter)
-        session.execute(ins.values(owner=owner, scope=scope, window_start=start, requests=0, tokens=0, credit=0,
-                                   reserved=0).on_conflict_do_nothing(index_elements=["owner", "scope", "window_start"]))
+        session.execute(_statements(session).ensure_counter,
+                        {"owner": owner, "scope": scope, "window_start": start})
     row = session.execute(_lock(select(UsageCounter).where(where), session)).scalars().first()
     return row or UsageCounter(owner=owner, scope=scope, window_start=start)
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """Statements built once per dialect (building them per request costs more than running them)."""
+
+    ensure_counter: Any
+    roll_up: Any
+
+
+_STATEMENTS: dict[str, _Statements] = {}
+
+
+def _statements(session: Session) -> _Statements:
+    dialect = session.get_bind().dialect.name
+    if dialect not in _STATEMENTS:
+        make = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        counter = make(UsageCounter).values(
+            owner=bindparam("owner"), scope=bindparam("scope"), window_start=bindparam("window_start"),
+            requests=0, tokens=0, credit=0, reserved=0,
+        ).on_conflict_do_nothing(index_elements=["owner", "scope", "window_start"])
+        daily = make(UsageDaily)
+        table = UsageDaily.__table__  # type: ignore[attr-defined]
+        latest = (func.max if dialect == "sqlite" else func.greatest)(table.c.last_at, daily.excluded.last_at)
+        roll_up = daily.on_conflict_do_update(
+            index_elements=["local_day", "key_id", "group_name", "billed_model", "api", "status_class"],
+            set_={**{name: table.c[name] + daily.excluded[name] for name in _ROLLUP_SUMS}, "last_at": latest})
+        _STATEMENTS[dialect] = _Statements(counter, roll_up)
+    return _STATEMENTS[dialect]
 
 
 def _packs(session: Session, account_id: str, at: datetime) -> list[ExtraPack]:
@@ -245,8 +275,13 @@ def _answer(state: _State, decision: quota.Decision, requested: str, billed: str
         "extra": c.extra_available,
         "payg": c.payg_available if state.key.kind == "payg" else None,
     }
-    resets = [win.day[1]] + ([win.period[1]] if win.period else [])
-    next_reset = min(resets) if decision.reason not in ("period_limit_reached",) or not win.period else win.period[1]
+    blocking = decision.reason or decision.lifted
+    if blocking == "period_limit_reached" and win.period:
+        next_reset = win.period[1]
+    elif blocking in ("rpd_reached", "tpd_reached", "key_daily_limit_reached", "key_rpd_reached"):
+        next_reset = win.day[1]
+    else:
+        next_reset = min([win.day[1]] + ([win.period[1]] if win.period else []))
     return Authorization(
         allowed=decision.allowed, reason=decision.reason, message=explain(decision, state, next_reset),
         requested_model=requested, billed_model=billed, key_id=state.key.id, account_id=state.key.account_id,
@@ -478,6 +513,7 @@ class Recorded:
     duplicate: bool
     record: UsageRecord | None = None
     note: str | None = None
+    row: dict[str, Any] | None = None  # the values written (a model object is built only when asked)
 
 
 def validate(u: UsageInput) -> None:
@@ -508,6 +544,8 @@ def record(db: Database, u: UsageInput, *, now: datetime) -> Recorded:
         batch = _Batch(session, db, now)
         result = batch.add(u)
         batch.flush()
+        if result.row is not None:
+            result.record = UsageRecord(**result.row)
         return result
 
 
@@ -598,7 +636,7 @@ class _Batch:
         if cost > plan + extra_total + payg:
             note = (f"cost {cost} µcr exceeded what the hold and the balance allowed; "
                     f"{plan + extra_total + payg} µcr charged")
-        return Recorded(u.request_id, False, UsageRecord(**row), note)
+        return Recorded(u.request_id, False, None, note, row)
 
     def _unhold(self, state: _State, res: Reservation) -> None:
         """Settling: the hold is given back first, then the real cost is charged."""
@@ -662,11 +700,12 @@ class _Batch:
 
     def flush(self) -> None:
         self.session.flush()
+        conn = self.session.connection()
         if self.records:
-            self.session.execute(insert(UsageRecord), self.records)
+            conn.execute(UsageRecord.__table__.insert(), self.records)  # type: ignore[attr-defined]
             _roll_up(self.session, self.records)
         if self.ledger:
-            self.session.execute(insert(LedgerEntry), self.ledger)
+            conn.execute(LedgerEntry.__table__.insert(), self.ledger)  # type: ignore[attr-defined]
         self.records, self.ledger = [], []
 
 
@@ -698,15 +737,7 @@ def _roll_up(session: Session, records: list[dict[str, Any]]) -> None:
             row["latency_count"] += 1
             row[f"lat_{bucket_of(r['latency_ms'])}"] += 1
         row["last_at"] = max(row["last_at"], r["at"])
-    dialect = session.get_bind().dialect.name
-    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(UsageDaily)
-    table = UsageDaily.__table__  # type: ignore[attr-defined]
-    last_at = func.max(table.c.last_at, ins.excluded.last_at) if dialect == "sqlite" else \
-        func.greatest(table.c.last_at, ins.excluded.last_at)
-    stmt = ins.on_conflict_do_update(
-        index_elements=["local_day", "key_id", "group_name", "billed_model", "api", "status_class"],
-        set_={**{name: table.c[name] + ins.excluded[name] for name in _ROLLUP_SUMS}, "last_at": last_at})
-    session.execute(stmt, list(rows.values()))
+    session.connection().execute(_statements(session).roll_up, list(rows.values()))
 
 
 # ---------------------------------------------------------------- import
