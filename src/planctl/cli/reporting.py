@@ -197,7 +197,15 @@ def health(
     thresholds = (float(settings.get("health_min_success_rate", "95")),
                   int(settings.get("health_max_p95_latency_ms", "10000")))
     rows = [health_row(k, labels.get(k or "", k or "-"), agg, thresholds) for k, agg in groups.items()]
-    rows.sort(key=lambda r: (r[sort] is not None, r[sort] if r[sort] is not None else 0), reverse=True)
+    from decimal import Decimal
+
+    def order(r: dict[str, Any]) -> tuple[bool, Any]:
+        value = r[sort]
+        if value is None:
+            return (False, 0)
+        return (True, Decimal(value) if sort == "consumption" else value)
+
+    rows.sort(key=order, reverse=True)
     total_row = health_row(None, "TOTAL", totals, thresholds)
     if fmt == "json":
         emit_json(st, {"by": by, "rows": rows, "totals": total_row})
@@ -243,10 +251,15 @@ def prune(
     from planctl.domain.errors import InvalidInput
     from planctl.services import pruning
 
+    from planctl.domain.clock import zone
+    from planctl.services import settings
+
     st = state(ctx)
     fmt = output_format(st, json_=json_)
+    with st.db().read() as session:
+        tz = zone(st.tz_name) if st.tz_name else settings.reset_zone(session)
     try:
-        cutoff = parse_instant(before, now=st.now(), tz=st.display_zone, direction=-1)
+        cutoff = parse_instant(before, now=st.now(), tz=tz, direction=-1)
     except InvalidInput as exc:
         raise InvalidInput(f"--before: {exc.message}") from None
     summary = pruning.summarize(st.db(), cutoff)

@@ -149,7 +149,9 @@ def resolve(reader: Reader, f: UsageFilter) -> _Resolved:
             f.status.isdigit() and 100 <= int(f.status) <= 599):
         raise InvalidInput(f"invalid --status {f.status!r}: use a code such as 200, or {', '.join(STATUS_FILTERS)}")
     r = _Resolved(since=f.since, until=f.until, group=f.group, status=f.status, api=f.api,
-                  subscription=f.subscription, request_id=f.request_id)
+                  request_id=f.request_id)
+    if f.subscription:
+        r.subscription = _lookup(reader, "subscriptions", "subscription", f.subscription, ("id",))
     if f.key:
         r.key_id = _lookup(reader, "api_keys", "key", f.key, ("id", "name", "prefix"))
     if f.account:

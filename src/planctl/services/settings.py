@@ -13,7 +13,7 @@ from planctl.domain.clock import zone
 from planctl.domain.errors import Refused
 from planctl.services import audit
 from planctl.store.engine import Database
-from planctl.store.tables import Group, Model, Setting
+from planctl.store.tables import Group, Model, Setting, UsageDaily
 
 
 def load(session: Session) -> dict[str, str]:
@@ -55,6 +55,12 @@ def set_value(db: Database, key: str, value: str, *, caller: audit.Caller, now: 
             _change_currency(session, old, stored, now)
         if stored == old:
             return stored
+        if key == "reset_timezone" and session.exec(select(UsageDaily.id).limit(1)).first() is not None:
+            raise Refused(
+                f"usage is already rolled up by natural days of {old}; the reset zone cannot change "
+                "once usage has been recorded (start a new database to use another zone)",
+                reason="reset_zone_in_use",
+            )
         row = session.get(Setting, key)
         if row is None:
             session.add(Setting(key=key, value=stored))
