@@ -240,6 +240,8 @@ def authorize(db: Database, secret: str, *, model: str, api: str = "responses", 
         raise InvalidInput(f"unknown API type {api!r}: use {', '.join(quota.API_TYPES)}")
     if reserve is not None and reserve <= 0:
         raise InvalidInput("--reserve must be greater than zero")
+    if not reserve:
+        _release_stale(db, now)
     with (db.write() if reserve else db.read()) as session:
         if reserve:
             release_expired(session, now)
@@ -424,15 +426,20 @@ def _hold_ledger(session: Session, res: Reservation, holds: dict[str, Any], now:
         session.execute(insert(LedgerEntry), rows)
 
 
-def _release(session: Session, res: Reservation, now: datetime, status: str) -> None:
-    """Give a hold back (settled by its record, released by hand, or expired)."""
+def _release(session: Session, res: Reservation, now: datetime, status: str) -> bool:
+    """Give a hold back (settled by its record, released by hand, or expired), exactly once:
+    the status change is conditional, so of two transactions closing the same hold one wins."""
+    if not _cond(session, update(Reservation).where(Reservation.id == res.id, Reservation.status == "held")
+                 .values(status=status, closed_at=now).execution_options(synchronize_session=False)):
+        session.refresh(res)
+        return False
     holds = res.holds
+    if "key" in holds:  # the order rows are locked in everywhere else: key, account, subscription
+        session.execute(update(ApiKey).where(ApiKey.id == res.key_id)
+                        .values(credit_reserved=ApiKey.credit_reserved - holds["key"]))
     if "plan" in holds:
         session.execute(update(Subscription).where(Subscription.id == res.subscription_id)
                         .values(credit_reserved=Subscription.credit_reserved - holds["plan"]))
-    if "key" in holds:
-        session.execute(update(ApiKey).where(ApiKey.id == res.key_id)
-                        .values(credit_reserved=ApiKey.credit_reserved - holds["key"]))
     if "period" in holds:
         start = datetime.fromisoformat(holds["period"][0])
         session.execute(update(UsageCounter).where(
@@ -449,16 +456,24 @@ def _release(session: Session, res: Reservation, now: datetime, status: str) -> 
         session.execute(update(Account).where(Account.id == res.account_id)
                         .values(payg_reserved=Account.payg_reserved - holds["payg"]))
     _hold_ledger(session, res, holds, now, sign=+1, kind="release")
-    res.status, res.closed_at = status, now
-    session.add(res)
+    session.refresh(res)
+    return True
+
+
+def _release_stale(db: Database, now: datetime) -> None:
+    """Release expired holds first when there are any (a cheap read when there are none)."""
+    with db.read() as session:
+        stale = session.execute(select(Reservation.id).where(
+            Reservation.status == "held", Reservation.expires_at <= now).limit(1)).first()
+    if stale is not None:
+        with db.write() as session:
+            release_expired(session, now)
 
 
 def release_expired(session: Session, now: datetime) -> int:
     stale = session.execute(select(Reservation).where(Reservation.status == "held", Reservation.expires_at <= now)
                          ).scalars().all()
-    for res in stale:
-        _release(session, res, now, "expired")
-    return len(stale)
+    return sum(_release(session, res, now, "expired") for res in stale)
 
 
 def list_reservations(db: Database, *, now: datetime, status: str | None = "held", key: str | None = None,
@@ -479,9 +494,8 @@ def release(db: Database, reservation_id: str, *, caller: Caller, now: datetime)
         res = session.get(Reservation, reservation_id)
         if res is None:
             raise NotFound(f"unknown reservation {reservation_id!r}; see 'planctl reservations list'")
-        if res.status != "held":
+        if res.status != "held" or not _release(session, res, now, "released"):
             raise Refused(f"reservation {res.id} is already {res.status}", reason="reservation_closed")
-        _release(session, res, now, "released")
         audit.record(session, caller, now, f"reservation:{res.id}", f"released {res.amount} µcr by hand")
         return res
 
@@ -612,10 +626,10 @@ class _Batch:
             res = self.session.get(Reservation, u.reservation)
             if res is None or res.key_id != state.key.id:
                 raise InvalidInput(f"reservation {u.reservation!r} does not belong to this key")
-            if res.status != "held":
+            if res.status != "held" or not self._unhold(state, res):
                 note, res = f"reservation {u.reservation} was already {res.status}; charged without it", None
-            else:
-                self._unhold(state, res)
+            elif state.sub is not None:  # packs this hold emptied were not loaded: load them again
+                state.packs = _packs(self.session, state.extra_owner.id, at)
         pool = res.pool if res is not None else self._pool(state)
         plan, extra, payg = self._split(state, pool, cost, capped=res is not None)
         extra_total = sum(t for _, t in extra)
@@ -638,13 +652,15 @@ class _Batch:
                     f"{plan + extra_total + payg} µcr charged")
         return Recorded(u.request_id, False, None, note, row)
 
-    def _unhold(self, state: _State, res: Reservation) -> None:
+    def _unhold(self, state: _State, res: Reservation) -> bool:
         """Settling: the hold is given back first, then the real cost is charged."""
         self.session.flush()
-        _release(self.session, res, self.now, "settled")
+        if not _release(self.session, res, self.now, "settled"):
+            return False
         for obj in (state.key, state.account, state.sub, state.period, state.subuser, *state.packs):
             if obj is not None:
                 self.session.refresh(obj)
+        return True
 
     def _pool(self, state: _State) -> str:
         if state.key.kind == "payg":
@@ -798,6 +814,7 @@ def _import_chunk(db: Database, chunk: list[tuple[int, Any]], now: datetime, rep
             batch.charge(u)
             report.new += 1
         batch.flush()
+    report.rejected.sort(key=lambda r: r[0])
 
 
 def _check_chargeable(batch: _Batch, u: UsageInput) -> None:
@@ -836,6 +853,7 @@ def limits_view(db: Database, ref: str, *, now: datetime) -> LimitsView:
     """The limits of a subscription (its subscription key) or of one key, side by side."""
     from planctl.services.sales import resolve_subscription
 
+    _release_stale(db, now)
     with db.read() as session:
         key = None
         try:
