@@ -110,7 +110,7 @@ def root(
 
 
 def _register() -> None:
-    from planctl.cli import accounts, admin, catalog, discounts, invoices, keys, metering, plans, reporting, sales
+    from planctl.cli import accounts, admin, catalog, demo, discounts, invoices, keys, metering, plans, reporting, sales
 
     app.add_typer(plans.app, name="plans")
     app.add_typer(plans.products_app, name="products")
@@ -136,6 +136,7 @@ def _register() -> None:
     app.add_typer(admin.db_app, name="db")
     app.add_typer(admin.config_app, name="config")
     app.command("audit")(admin.audit)
+    app.command("demo")(demo.demo)
 
 
 _register()
