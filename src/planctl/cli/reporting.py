@@ -189,7 +189,7 @@ def health(
         flt = _filter(st, reader, since, until, model=model, key=key, account=account, group=group,
                       status=status, api=api, subscription=subscription)
         groups = reporting.aggregate(reader, flt, by=by)
-        totals = reporting.aggregate(reader, flt).get(None) or reporting.Aggregate()
+        totals = reporting.total(reader, flt, groups)
         labels = reporting.names(reader, by, [k for k in groups if k])
         settings = dict(reader.rows("SELECT key, value FROM settings"))
     finally:
