@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import cpu_model, find_planctl, usable_cores  # benchmarks/common.py
+
 QUANTITY = 1_000
 TARGET_S = 2.0
 PLAN = "codex-pro-monthly"
@@ -80,35 +82,6 @@ assert conn.execute("SELECT count(*) FROM api_keys").fetchone()[0] == 1000
 conn.close()
 print(f"{elapsed * 1000:.3f}")
 """
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Hardware", "cpu model", "Processor"):
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def usable_cores() -> str:
-    total = os.cpu_count() or 0
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return str(total)
-    return str(total) if usable == total else f"{usable} usable of {total}"
-
-
-def find_planctl() -> Path:
-    bindir = Path(sys.executable).parent
-    for name in ("planctl", "planctl.exe"):
-        if (bindir / name).is_file():
-            return bindir / name
-    sys.exit(f"error: no 'planctl' executable next to {sys.executable}; "
-             "run this with the interpreter of the environment where planctl is installed")
 
 
 def run(argv: list[str], env: dict[str, str], label: str = "") -> tuple[float, str]:

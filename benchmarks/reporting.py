@@ -59,6 +59,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from common import cpu_model, find_planctl, usable_cores  # benchmarks/common.py
+
 LOOKUP_OVER_START_MS = 100.0
 LOOKUP_SQL_MS = 5.0
 HEALTH_MS = 1_000.0
@@ -91,35 +93,6 @@ with open(sys.argv[4], "w", newline="") as out:
 
 
 # ---------------------------------------------------------------- machine
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Hardware", "cpu model", "Processor"):
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def usable_cores() -> str:
-    total = os.cpu_count() or 0
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return str(total)
-    return str(total) if usable == total else f"{usable} usable of {total}"
-
-
-def find_planctl() -> Path:
-    bindir = Path(sys.executable).parent
-    for name in ("planctl", "planctl.exe"):
-        if (bindir / name).is_file():
-            return bindir / name
-    sys.exit(f"error: no 'planctl' executable next to {sys.executable}; "
-             "run this with the interpreter of the environment where planctl is installed")
 
 
 def say(text: str) -> None:
@@ -410,7 +383,7 @@ def main() -> int:
               f"cpu     : {cpu_model()} ({usable_cores()} cores)",
               f"python  : {platform.python_implementation()} {platform.python_version()}, "
               f"SQLite {sqlite3.sqlite_version}",
-              f"data    : planctl demo --fast --days 30 (bulk insert + INSERT … SELECT rollups, not charged)"]
+              "data    : planctl demo --fast --days 30 (bulk insert + INSERT … SELECT rollups, not charged)"]
     try:
         say(f"calibrating: {CALIBRATION:,} records …")
         calibration = generate(planctl, tmp / "calibration.db", CALIBRATION, env)

@@ -138,3 +138,18 @@ def sqlite_dump(path: str | Path) -> list[str]:
         return [f"{t}:{row!r}" for t in tables for row in conn.execute(f'SELECT * FROM "{t}" ORDER BY 1')]
     finally:
         conn.close()
+
+def db_dump(db_url: str) -> list[str]:
+    """Every row of every table (SQLite via sqlite_dump, PostgreSQL via SQLAlchemy)."""
+    if "://" not in db_url:
+        return sqlite_dump(db_url)
+    from sqlalchemy import create_engine, inspect, text
+
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            tables = sorted(inspect(conn).get_table_names())
+            return [f"{t}:{tuple(row)!r}" for t in tables
+                    for row in conn.execute(text(f'SELECT * FROM "{t}" ORDER BY 1'))]
+    finally:
+        engine.dispose()

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from conftest import sqlite_dump
+from tests.conftest import db_dump as dump
+
 
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?[+-]\d{2}:\d{2}$")
 ACCOUNT_ID = re.compile(r"^acc_[a-z0-9]{8}$")
@@ -47,20 +48,6 @@ SECRET = re.compile(r"sk-[A-Za-z0-9_-]{16,}|-----BEGIN|password|secret=", re.IGN
 
 
 
-
-def dump(db_url: str) -> list[str]:
-    """Every row of every table (SQLite via sqlite_dump, PostgreSQL via SQLAlchemy)."""
-    if "://" not in db_url:
-        return sqlite_dump(db_url)
-    from sqlalchemy import create_engine, inspect, text
-
-    engine = create_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            tables = sorted(inspect(conn).get_table_names())
-            return [f"{t}:{tuple(row)!r}" for t in tables for row in conn.execute(text(f'SELECT * FROM "{t}" ORDER BY 1'))]
-    finally:
-        engine.dispose()
 
 
 def refusals(cli: Any, db_url: str, cases: list[tuple[tuple[str, ...], int, str]]) -> None:

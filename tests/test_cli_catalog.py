@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from conftest import sqlite_dump
+from tests.conftest import db_dump as dump
+
 
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?[+-]\d{2}:\d{2}$")
 SAMPLE_PLANS = [  # (family, tier, slug) order
@@ -39,20 +40,6 @@ PLAN_KEYS = {
 
 
 
-
-def dump(db_url: str) -> list[str]:
-    """Every row of every table (SQLite via sqlite_dump, PostgreSQL via SQLAlchemy)."""
-    if "://" not in db_url:
-        return sqlite_dump(db_url)
-    from sqlalchemy import create_engine, inspect, text
-
-    engine = create_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            tables = sorted(inspect(conn).get_table_names())
-            return [f"{t}:{tuple(row)!r}" for t in tables for row in conn.execute(text(f'SELECT * FROM "{t}" ORDER BY 1'))]
-    finally:
-        engine.dispose()
 
 
 def refused(cli: Any, db_url: str, *args: str, code: int, message: str = "", input: str | None = None) -> str:

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from conftest import db_dump as dump
 import typer
 from freezegun import freeze_time
 from typer.testing import CliRunner
 
-from conftest import NOW, sqlite_dump
+from conftest import NOW
 
 DOC_KEYS = {"number", "kind", "issued_at", "seller", "buyer", "order", "lines", "subtotal", "discount", "total",
             "currency", "references", "reason"}
@@ -77,21 +79,6 @@ class InvoiceCli:
 def inv(db_url: str) -> InvoiceCli:
     return InvoiceCli(db_url)
 
-
-def dump(db_url: str) -> list[str]:
-    """Every row of every table (SQLite via sqlite_dump, PostgreSQL via SQLAlchemy)."""
-    if "://" not in db_url:
-        return sqlite_dump(db_url)
-    from sqlalchemy import create_engine, inspect, text
-
-    engine = create_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            tables = sorted(inspect(conn).get_table_names())
-            return [f"{t}:{tuple(row)!r}" for t in tables
-                    for row in conn.execute(text(f'SELECT * FROM "{t}" ORDER BY 1'))]
-    finally:
-        engine.dispose()
 
 
 def account(db: Any, caller: Any, name: str = "acme", **fields: str) -> str:

@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from conftest import db_dump as dump
 from freezegun import freeze_time
 
-from conftest import NOW, sqlite_dump
+from conftest import NOW
 
 US = timedelta(microseconds=1)
 ENDS = datetime(2026, 12, 21, 4, 0, tzinfo=timezone.utc)  # end of a monthly plan bought at NOW
@@ -49,21 +51,6 @@ def z(instant: datetime) -> str:
 
 # ---------------------------------------------------------------- helpers
 
-
-def dump(db_url: str) -> list[str]:
-    """Every row of every table (SQLite via sqlite_dump, PostgreSQL via SQLAlchemy)."""
-    if "://" not in db_url:
-        return sqlite_dump(db_url)
-    from sqlalchemy import create_engine, inspect, text
-
-    engine = create_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            tables = sorted(inspect(conn).get_table_names())
-            return [f"{t}:{tuple(row)!r}" for t in tables
-                    for row in conn.execute(text(f'SELECT * FROM "{t}" ORDER BY 1'))]
-    finally:
-        engine.dispose()
 
 
 def run(cli: Any, *args: str, when: datetime = NOW) -> Any:

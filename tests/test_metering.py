@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from conftest import db_dump as dump
 from freezegun import freeze_time
 
-from conftest import NOW, sqlite_dump
+from conftest import NOW
 
 US = timedelta(microseconds=1)
 CR = 1_000_000  # µcr per credit
@@ -182,21 +184,6 @@ def checks_ok(db: Any) -> None:
     assert [r.name for r in results if not r.ok] == [], [(r.name, r.detail) for r in results]
     assert {"ledger_plan_credit", "ledger_extra_usage", "ledger_payg", "holds"} <= {r.name for r in results}
 
-
-def dump(db_url: str) -> list[str]:
-    """Every row of every table (SQLite via sqlite_dump, PostgreSQL via SQLAlchemy)."""
-    if "://" not in db_url:
-        return sqlite_dump(db_url)
-    from sqlalchemy import create_engine, inspect, text
-
-    engine = create_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            tables = sorted(inspect(conn).get_table_names())
-            return [f"{t}:{tuple(row)!r}" for t in tables
-                    for row in conn.execute(text(f'SELECT * FROM "{t}" ORDER BY 1'))]
-    finally:
-        engine.dispose()
 
 
 def run(cli: Any, *args: str, when: datetime = NOW, input: str | None = None) -> Any:

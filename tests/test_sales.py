@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from conftest import NOW, sqlite_dump
+from conftest import db_dump as dump
+
+from conftest import NOW
 
 ENDS = datetime(2026, 12, 21, 4, 0, tzinfo=timezone.utc)  # NOW + 1mo (a 30-day term)
 OPENS = ENDS - timedelta(days=3)  # default renewal window
@@ -32,21 +34,6 @@ def utc(*args: int) -> datetime:
 
 # ---------------------------------------------------------------- helpers
 
-
-def dump(db_url: str) -> list[str]:
-    """Every row of every table (SQLite via sqlite_dump, PostgreSQL via SQLAlchemy)."""
-    if "://" not in db_url:
-        return sqlite_dump(db_url)
-    from sqlalchemy import create_engine, inspect, text
-
-    engine = create_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            tables = sorted(inspect(conn).get_table_names())
-            return [f"{t}:{tuple(row)!r}" for t in tables
-                    for row in conn.execute(text(f'SELECT * FROM "{t}" ORDER BY 1'))]
-    finally:
-        engine.dispose()
 
 
 def account(db: Any, caller: Any, name: str = "acme") -> str:
