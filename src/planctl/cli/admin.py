@@ -9,7 +9,7 @@ import typer
 
 from planctl.cli.context import state
 from planctl.cli.output import (
-    Column, CsvOpt, JsonlOpt, JsonOpt, emit_json, emit_record, emit_rows, output_format, say,
+    Column, CsvOpt, JsonlOpt, JsonOpt, emit_json, emit_rows, output_format, say,
 )
 
 db_app = typer.Typer(help="The database: where it is, check, back up, migrate.",
