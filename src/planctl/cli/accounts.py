@@ -1,6 +1,5 @@
 """`planctl accounts …`: buyers, their default group and billing details."""
 
-from __future__ import annotations
 
 from typing import Annotated, Any, Optional
 

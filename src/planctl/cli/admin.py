@@ -1,6 +1,5 @@
 """`planctl db …`, `planctl config …` and `planctl audit`."""
 
-from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Optional

@@ -1,6 +1,5 @@
 """`planctl models …`, `planctl aliases …` and `planctl groups …`."""
 
-from __future__ import annotations
 
 from typing import Annotated, Optional
 

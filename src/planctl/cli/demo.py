@@ -1,6 +1,5 @@
 """`planctl demo`: fill a database with realistic synthetic traffic (services.demo)."""
 
-from __future__ import annotations
 
 import sys
 import time

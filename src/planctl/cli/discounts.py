@@ -1,6 +1,5 @@
 """`planctl discounts …`: discount codes."""
 
-from __future__ import annotations
 
 from typing import Annotated, Any, Optional
 

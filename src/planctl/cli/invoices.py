@@ -4,7 +4,6 @@ Credit notes are issued by `planctl refund` when the refunded order has an
 invoice; they are listed and shown here like invoices.
 """
 
-from __future__ import annotations
 
 import sys
 from enum import Enum

@@ -1,6 +1,5 @@
 """`planctl keys …`: team keys from a plan, pay-as-you-go keys, rotation and limits."""
 
-from __future__ import annotations
 
 import json
 import os

@@ -1,6 +1,5 @@
 """Metering commands: authorize, usage record/import, limits, reservations."""
 
-from __future__ import annotations
 
 import csv
 import json

@@ -1,6 +1,5 @@
 """`planctl plans …` and `planctl products …`: the catalog of things for sale."""
 
-from __future__ import annotations
 
 import sys
 from pathlib import Path

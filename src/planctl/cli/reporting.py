@@ -4,7 +4,6 @@ These read through `services.reporting`, which uses the standard sqlite3
 module on SQLite files, so a lookup does not pay for importing the ORM.
 """
 
-from __future__ import annotations
 
 from typing import Annotated, Any, Optional
 

@@ -1,6 +1,5 @@
 """Sales commands: buy, renew, upgrade, extra buy, topup, refund; subscriptions and orders."""
 
-from __future__ import annotations
 
 from typing import Annotated, Any, Optional
 
