@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm.attributes import set_attribute
 from sqlmodel import Session, col
 from zoneinfo import ZoneInfo
 
@@ -118,6 +119,13 @@ class _Statements:
 
 
 _STATEMENTS: dict[str, _Statements] = {}
+
+
+def _add(row: Any, name: str, amount: int) -> None:
+    """row.name += amount, through SQLAlchemy's change tracking only (SQLModel's __setattr__
+    runs pydantic on every assignment, which dominated imports)."""
+    if amount:
+        set_attribute(row, name, getattr(row, name) + amount)
 
 
 def _statements(session: Session) -> _Statements:
@@ -690,29 +698,30 @@ class _Batch:
         base = dict(at=at, key_id=state.key.id, kind="debit", request_id=u.request_id, order_id=None,
                     reason=f"usage {u.model}")
         if state.sub is not None:
-            state.sub.credit_used += plan
+            _add(state.sub, "credit_used", plan)
             if state.day is not None:
-                state.day.requests += 1
-                state.day.tokens += u.input_tokens + u.output_tokens
+                _add(state.day, "requests", 1)
+                _add(state.day, "tokens", u.input_tokens + u.output_tokens)
             for counter in (state.period, state.subuser):
-                if counter is not None:
-                    counter.credit += plan
+                if counter is not None and plan:
+                    _add(counter, "credit", plan)
             if plan:
                 self.ledger.append({**base, "account_id": state.sub.account_id, "pool": "plan",
                                     "subscription_id": state.sub.id, "pack_id": None, "amount": -plan})
         packs = {p.id: p for p in state.packs}
         for pack_id, take in extra:
-            packs[pack_id].used += take
+            _add(packs[pack_id], "used", take)
             self.ledger.append({**base, "account_id": state.extra_owner.id, "pool": "extra",
                                 "subscription_id": None, "pack_id": pack_id, "amount": -take})
         if payg:
-            state.account.payg_balance -= payg
+            _add(state.account, "payg_balance", -payg)
             self.ledger.append({**base, "account_id": state.account.id, "pool": "payg", "subscription_id": None,
                                 "pack_id": None, "amount": -payg})
-        state.key_day.requests += 1
-        state.key_day.credit += plan + sum(t for _, t in extra) + payg
-        state.key.credit_used += plan
-        state.key.last_used_at = max(state.key.last_used_at or at, at)
+        _add(state.key_day, "requests", 1)
+        _add(state.key_day, "credit", plan + sum(t for _, t in extra) + payg)
+        _add(state.key, "credit_used", plan)
+        if state.key.last_used_at is None or at > state.key.last_used_at:
+            set_attribute(state.key, "last_used_at", at)
 
     def flush(self) -> None:
         self.session.flush()
