@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm.attributes import set_attribute
-from sqlmodel import Session, col
+from sqlmodel import Session, col, or_
 from zoneinfo import ZoneInfo
 
 from planctl.domain import keys as key_rules
@@ -100,14 +100,20 @@ def _lock(query: Any, session: Session) -> Any:
     return query.with_for_update() if session.get_bind().dialect.name == "postgresql" else query
 
 
-def _counter(session: Session, owner: str, scope: str, start: datetime, *, write: bool) -> UsageCounter:
-    """A window's counter; in a write transaction the row is created if missing and locked."""
-    where = (UsageCounter.owner == owner) & (UsageCounter.scope == scope) & (UsageCounter.window_start == start)
+Window = tuple[str, str, datetime]  # (owner, scope, window start)
+
+
+def _counters(session: Session, windows: list[Window], *, write: bool) -> dict[Window, UsageCounter]:
+    """The counters of several windows in two statements; in a write transaction missing rows
+    are created first and all of them are locked."""
     if write:
         session.execute(_statements(session).ensure_counter,
-                        {"owner": owner, "scope": scope, "window_start": start})
-    row = session.execute(_lock(select(UsageCounter).where(where), session)).scalars().first()
-    return row or UsageCounter(owner=owner, scope=scope, window_start=start)
+                        [{"owner": o, "scope": sc, "window_start": st} for o, sc, st in windows])
+    match = or_(*((UsageCounter.owner == o) & (UsageCounter.scope == sc) & (UsageCounter.window_start == st)
+                  for o, sc, st in windows))
+    found = {(r.owner, r.scope, r.window_start): r
+             for r in session.execute(_lock(select(UsageCounter).where(match), session)).scalars()}
+    return {w: found.get(w) or UsageCounter(owner=w[0], scope=w[1], window_start=w[2]) for w in windows}
 
 
 @dataclass(frozen=True)
@@ -210,12 +216,18 @@ def _state(session: Session, cat: _Catalog, key: ApiKey, at: datetime, *, write:
         terms = cat.terms(sub.plan_version_id)
     win = _windows(terms, sub, at, cat.tz)
     extra_owner = account if sub is None else (session.get(Account, sub.account_id) or account)
+    wanted: dict[str, Window] = {"key_day": (key.id, "key-day", win.day[0])}
+    if sub is not None:
+        wanted["day"] = (sub.id, "sub-day", win.day[0])
+        if win.period:
+            wanted["period"] = (sub.id, "sub-period", win.period[0])
+    if account.parent_id:
+        wanted["subuser"] = (account.id, "subuser", EPOCH)
+    rows = _counters(session, list(wanted.values()), write=write)
+    found = {name: rows[window] for name, window in wanted.items()}
     return _State(
         key=key, account=account, sub=sub, terms=terms, windows=win,
-        period=_counter(session, sub.id, "sub-period", win.period[0], write=write) if sub and win.period else None,
-        day=_counter(session, sub.id, "sub-day", win.day[0], write=write) if sub else None,
-        key_day=_counter(session, key.id, "key-day", win.day[0], write=write),
-        subuser=_counter(session, account.id, "subuser", EPOCH, write=write) if account.parent_id else None,
+        period=found.get("period"), day=found.get("day"), key_day=found["key_day"], subuser=found.get("subuser"),
         packs=_packs(session, extra_owner.id, at) if sub else [], extra_owner=extra_owner,
     )
 
