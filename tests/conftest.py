@@ -153,3 +153,38 @@ def db_dump(db_url: str) -> list[str]:
                     for row in conn.execute(text(f'SELECT * FROM "{t}" ORDER BY 1'))]
     finally:
         engine.dispose()
+
+
+def assert_refused(cli: Cli, db_url: str, cases: list[tuple[Any, ...]], when: Any = None) -> None:
+    """Each case is refused and changes nothing: (arguments, exit code, part of the message), or
+    (arguments, exit code, reason code or None, part of the message).
+
+    Each runs twice: plainly (exactly one `error: …` line, nothing on stdout) and with the global
+    --json (one JSON line carrying the reason). With `when`, both run with time frozen there.
+    """
+    import json
+    from contextlib import nullcontext
+
+    from freezegun import freeze_time
+
+    cli.ok("plans", "list", "--json")  # the database exists before the snapshot
+    before = db_dump(db_url)
+    problems = []
+    for args, code, *rest in cases:
+        reason, message = rest if len(rest) == 2 else (None, rest[0])
+        with freeze_time(when) if when is not None else nullcontext():
+            plain, as_json = cli(*args), cli("--json", *args)
+        lines = plain.stderr.splitlines()
+        if plain.exit_code != code:
+            problems.append(f"{args}: exit {plain.exit_code}, expected {code}: {plain.stderr.strip()}")
+        elif len(lines) != 1 or not lines[0].startswith("error: ") or message not in lines[0]:
+            problems.append(f"{args}: stderr {plain.stderr!r}, expected one 'error: ...{message}...' line")
+        elif plain.stdout != "" or as_json.stdout != "":
+            problems.append(f"{args}: stdout {plain.stdout!r} / {as_json.stdout!r}")
+        elif reason is not None and (as_json.exit_code != code or len(as_json.stderr.splitlines()) != 1
+                                     or json.loads(as_json.stderr)["error"] != reason):
+            problems.append(f"{args}: --json stderr {as_json.stderr!r}, expected reason {reason}")
+        if db_dump(db_url) != before:
+            problems.append(f"{args}: the database changed")
+            before = db_dump(db_url)
+    assert not problems, "\n".join(problems)

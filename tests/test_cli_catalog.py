@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import db_dump as dump
+from tests.conftest import db_dump as dump, assert_refused
 
 
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?[+-]\d{2}:\d{2}$")
@@ -58,27 +58,8 @@ def refused(cli: Any, db_url: str, *args: str, code: int, message: str = "", inp
     return lines[0]
 
 
-def refusals(cli: Any, db_url: str, cases: list[tuple[tuple[str, ...], int, str]]) -> None:
-    """Several refusals against one database (cheaper than one database each).
 
-    Each case: (arguments, exit code, part of the message). Every failing case is reported.
-    """
-    cli.ok("plans", "list", "--json")
-    before = dump(db_url)
-    problems = []
-    for args, code, message in cases:
-        result = cli(*args)
-        lines = result.stderr.splitlines()
-        if result.exit_code != code:
-            problems.append(f"{args}: exit {result.exit_code}, expected {code}: {result.stderr.strip()}")
-        elif len(lines) != 1 or not lines[0].startswith("error: ") or message not in lines[0]:
-            problems.append(f"{args}: stderr {result.stderr!r}, expected one 'error: ...{message}...' line")
-        elif result.stdout != "":
-            problems.append(f"{args}: stdout {result.stdout!r}")
-        elif dump(db_url) != before:
-            problems.append(f"{args}: the database changed")
-            before = dump(db_url)
-    assert not problems, "\n".join(problems)
+refusals = assert_refused
 
 
 def csv_rows(text: str) -> list[list[str]]:

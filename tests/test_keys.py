@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from conftest import db_dump as dump
+from conftest import db_dump as dump, assert_refused
 from freezegun import freeze_time
 
 from conftest import NOW
@@ -109,30 +109,7 @@ Case = tuple[tuple[str, ...], int, "str | None", str]
 
 
 def refusals(cli: Any, db_url: str, cases: list[Case], when: datetime = NOW) -> None:
-    """Each case (arguments, exit code, reason code or None, part of the message) is refused and changes nothing.
-
-    Each runs twice: plainly (one `error: …` line) and with the global --json (one JSON line with the reason).
-    """
-    before = dump(db_url)
-    problems = []
-    for args, code, reason, message in cases:
-        with freeze_time(when):
-            plain, as_json = cli(*args), cli("--json", *args)
-        lines = plain.stderr.splitlines()
-        if plain.exit_code != code:
-            problems.append(f"{args}: exit {plain.exit_code}, expected {code}: {plain.stderr.strip()}")
-        elif len(lines) != 1 or not lines[0].startswith("error: ") or message not in lines[0]:
-            problems.append(f"{args}: stderr {plain.stderr!r}, expected one 'error: ...{message}...' line")
-        elif plain.stdout != "" or as_json.stdout != "":
-            problems.append(f"{args}: stdout {plain.stdout!r} / {as_json.stdout!r}")
-        elif reason is not None and (as_json.exit_code != code or len(as_json.stderr.splitlines()) != 1
-                                     or json.loads(as_json.stderr)["error"] != reason):
-            problems.append(f"{args}: --json stderr {as_json.stderr!r}, expected reason {reason}")
-        if dump(db_url) != before:
-            problems.append(f"{args}: the database changed")
-            before = dump(db_url)
-    assert not problems, "\n".join(problems)
-
+    assert_refused(cli, db_url, cases, when)
 
 def usable(db: Any, secret: str, now: datetime) -> str | None:
     """Why `secret` cannot be used at `now` (None: it can): unknown, the key itself, then its subscription."""
