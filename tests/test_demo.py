@@ -140,7 +140,10 @@ def test_fast_mode_rollups_agree_with_raw_records_and_nothing_is_charged(tmp_pat
             records = [{c: getattr(r, c) for c in UsageRecord.model_fields if c != "id"}
                        for r in session.execute(select(UsageRecord)).scalars()]
             session.execute(text("DELETE FROM usage_daily"))
-            metering._roll_up(session, records)
+            from planctl.store import meter
+            from planctl.store.sql import Tx
+
+            meter.roll_up(Tx.within(session), metering.rollups(records))
             again = [tuple(row) for row in session.execute(text(ordered))]
     finally:
         db.dispose()

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from planctl.services.audit import Caller
     from planctl.store.engine import Database
     from planctl.store.location import DbTarget
+    from planctl.store.sql import SqliteFile
 
 
 @dataclass
@@ -32,6 +33,7 @@ class State:
     tz_name: str | None = None
     command: str = "planctl"
     _db: Database | None = field(default=None, repr=False)
+    _sqlite_file: SqliteFile | None = field(default=None, repr=False)
 
     @property
     def target(self) -> DbTarget:
@@ -47,7 +49,22 @@ class State:
             self._db = open_database(self.target, now=self.now(), migrate=migrate)
         return self._db
 
+    def meter_db(self) -> Database | SqliteFile:
+        """For commands that only meter: an up-to-date SQLite file opened with `sqlite3` alone
+        (no SQLAlchemy import, so `authorize` starts fast); otherwise the full database."""
+        if self._db is None and self._sqlite_file is None:
+            from planctl.store.location import SCHEMA_VERSION
+            from planctl.store.sql import SqliteFile, schema_version
+
+            target = self.target
+            if target.path is not None and schema_version(target.path) == SCHEMA_VERSION:
+                self._sqlite_file = SqliteFile(target.path, target.display)
+        return self._sqlite_file or self.db()
+
     def close(self) -> None:
+        if self._sqlite_file is not None:
+            self._sqlite_file.dispose()
+            self._sqlite_file = None
         if self._db is not None:
             self._db.dispose()
             self._db = None

@@ -89,7 +89,7 @@ def authorize(
     st = state(ctx)
     fmt = output_format(st, json_=json_)
     secret = read_secret(key_file, key_env)
-    auth = metering.authorize(st.db(), secret, model=model, api=api, reserve=parse_credit(reserve, "--reserve"),
+    auth = metering.authorize(st.meter_db(), secret, model=model, api=api, reserve=parse_credit(reserve, "--reserve"),
                               now=st.now())
     data = authorization_json(auth)
     if fmt == "json":
@@ -163,7 +163,7 @@ def usage_record(
         input_tokens=input_tokens, cached_tokens=cached, output_tokens=output_tokens, status_code=status,
         latency_ms=latency_ms, api=api, stream=stream, at=_when(st, time, "--time"), reservation=reservation,
         error=error)
-    result = metering.record(st.db(), u, now=st.now())
+    result = metering.record(st.meter_db(), u, now=st.now())
     emit_record(st, record_json(result), RECORD_COLUMNS, fmt)
     if result.duplicate:
         say(st, f"note: {result.note}")
@@ -263,7 +263,7 @@ def usage_import(
     except OSError as exc:
         raise InvalidInput(f"cannot read {file}: {exc.strerror}") from None
     with handle, _Progress(st) as progress:
-        report = metering.import_usage(st.db(), read_rows(handle, kind), now=st.now(), batch_size=batch_size,
+        report = metering.import_usage(st.meter_db(), read_rows(handle, kind), now=st.now(), batch_size=batch_size,
                                        progress=progress)
     data = {"new": report.new, "duplicate": report.duplicate, "rejected": len(report.rejected),
             "rejected_lines": [{"line": n, "error": e} for n, e in report.rejected[:1000]]}
@@ -441,7 +441,7 @@ def reservations_list(
 
     st = state(ctx)
     fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
-    rows = metering.list_reservations(st.db(), now=st.now(), status=None if status == "all" else status, key=key)
+    rows = metering.list_reservations(st.meter_db(), now=st.now(), status=None if status == "all" else status, key=key)
     emit_rows(st, (reservation_json(r) for r in rows), RES_COLUMNS, fmt)
 
 

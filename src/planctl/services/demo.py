@@ -25,7 +25,7 @@ Two ways of recording the usage:
   rollups and the ledger agree and `planctl db check` is clean;
 - `fast` (benchmarks, millions of records): records are bulk-inserted one
   local day per transaction and each day's rollups are built from them with one
-  `INSERT … SELECT … GROUP BY` (the same rows `metering._roll_up` would make,
+  `INSERT … SELECT … GROUP BY` (the same rows `metering.rollups` would make,
   latency histogram included). Nothing is charged: records carry their cost
   but `pool` is `none`, no `charged_*` amount is set, and balances, counters
   and the ledger are left untouched.
@@ -603,7 +603,7 @@ _SUMS = ("input_tokens", "cached_tokens", "output_tokens", "cost", "charged_plan
 
 
 def rollup_sql(mark: str) -> str:
-    """Daily rollups of the usage records with id > the parameter, as `metering._roll_up` makes them.
+    """Daily rollups of the usage records with id > the parameter, as `metering.rollups` makes them.
 
     Per (local day, key, group, billed model, API type, status class): request count, sums of tokens, cost
     and charges, latency sum and count (non-null latencies), the latency histogram (bucket i holds

@@ -21,7 +21,9 @@ from planctl.domain.secrets import digest, new_secret
 from planctl.services import accounts, audit, sales
 from planctl.services.audit import Caller
 from planctl.store.engine import Database
+from planctl.store import meter
 from planctl.store.queries import starts_with
+from planctl.store.sql import Tx
 from planctl.store.tables import Account, ApiKey, Group, Plan, Subscription
 
 Progress = Callable[[int], None]  # called with how many keys were made so far
@@ -141,33 +143,18 @@ def _payg_target(session: Session, spec: KeySpec) -> tuple[Account, None, str]:
 
 def resolve(session: Session, ref: str, *, account: str | None = None) -> ApiKey:
     """A key by id, unique name, or visible prefix (`sk-AbCd`), or an unambiguous id prefix."""
-    ref = ref.strip()
-    query = select(ApiKey)
-    if account:
-        query = query.where(ApiKey.account_id == accounts.resolve(session, account).id)
-    for condition in (ApiKey.id == ref, ApiKey.name == ref, starts_with(ApiKey.prefix, ref)
-                      if ref.startswith("sk-") else starts_with(ApiKey.id, ref)):
-        found = session.exec(query.where(condition).limit(6)).all()
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:
-            listed = ", ".join(f"{k.id} ({k.name})" for k in found[:5])
-            shown = ref[:7] + "…" if ref.startswith("sk-") and len(ref) > 7 else ref
-            raise InvalidInput(f"{shown!r} matches several keys: {listed}; use the key id (or --account)")
-    shown = ref[:7] + "…" if ref.startswith("sk-") and len(ref) > 7 else ref  # never echo a pasted secret
-    raise NotFound(f"unknown key {shown!r}; see 'planctl keys list'")
+    account_id = accounts.resolve(session, account).id if account else None
+    key = session.get(ApiKey, meter.resolve_key(Tx.within(session), ref, account_id))
+    assert key is not None
+    return key
 
 
 def by_secret(session: Session, secret: str, now: datetime) -> ApiKey | None:
     """The key a secret belongs to: its current secret, or its previous one within the rotation grace."""
-    hashed = digest(secret)
-    key = session.exec(select(ApiKey).where(ApiKey.secret_sha256 == hashed)).first()
-    if key is not None:
-        return key
-    key = session.exec(select(ApiKey).where(ApiKey.previous_sha256 == hashed)).first()
-    if key is not None and key.previous_valid_until is not None and now < key.previous_valid_until:
-        return key
-    return None
+    from planctl.services.metering import key_by_secret
+
+    found = key_by_secret(Tx.within(session), secret, now, write=False)
+    return None if found is None else session.get(ApiKey, found[0].id)
 
 
 @dataclass(frozen=True)

@@ -7,78 +7,113 @@ This is the in-process API the CLI and the gateway call for every request:
     record(db, UsageInput(request_id=..., key=auth.key_id, model=..., input_tokens=...,
                           reservation=auth.reservation_id), now=now)
 
-Every write is one short transaction (`BEGIN IMMEDIATE` on SQLite; rows locked
-with `FOR UPDATE` on PostgreSQL). Holds are taken with conditional UPDATEs
-whose affected-row count decides, so concurrent admissions can never all pass
-on the last credit, and a balance net of holds never goes below zero. Usage is
-recorded in full, idempotently by request id, with its counters, consumption
-and ledger entries in the same transaction. `record` and `import` share one
-batch writer (`_Batch`), so a single record and a million imported ones follow
-the same rules.
+`db` is a `store.engine.Database` or a `store.sql.SqliteFile`: metering runs
+on plain driver transactions (`db.tx()`, see store/sql.py and store/meter.py),
+not the ORM, because it runs for every request. Every write is one short
+transaction (`BEGIN IMMEDIATE` on SQLite; rows locked with `FOR UPDATE` on
+PostgreSQL). Holds are taken with conditional UPDATEs whose affected-row count
+decides, so concurrent admissions can never all pass on the last credit, and a
+balance net of holds never goes below zero. Usage is recorded in full,
+idempotently by request id, with its counters, consumption and ledger entries
+in the same transaction. `record` and `import` share one batch writer
+(`_Batch`), so a single record and a million imported ones follow the same rules.
+
+The catalog (models, aliases, groups, settings, plan terms) is cached per
+database and reloaded when its stamp changes (every ORM write to those tables
+sets a new one: see store/engine.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any
+from datetime import date, datetime, timedelta, timezone
+from types import SimpleNamespace
+from typing import Any, Protocol
 
-from sqlalchemy import bindparam, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm.attributes import set_attribute
-from sqlmodel import Session, col, or_
 from zoneinfo import ZoneInfo
 
+from planctl.domain import config, lifecycle, quota
 from planctl.domain import keys as key_rules
-from planctl.domain import lifecycle, quota
-from planctl.domain.catalog import ModelPrices, PlanTerms, resolve_model
-from planctl.domain.clock import iso, local_date, period_bounds, start_of_local_day
+from planctl.domain.catalog import Context, ModelPrices, PlanTerms, currency_decimals, parse_plan, resolve_model
+from planctl.domain.clock import iso, local_date, period_bounds, start_of_local_day, zone
 from planctl.domain.errors import InvalidInput, NotFound, Refused
 from planctl.domain.ids import short_id
-from planctl.services import audit, keys, settings
-from planctl.services.audit import Caller
-from planctl.store.engine import Database
-from planctl.store.tables import (
-    Account, ApiKey, ExtraPack, Group, LedgerEntry, Model, ModelAlias, PlanVersion, Reservation, Subscription,
-    UsageCounter, UsageDaily, UsageRecord,
-)
-from planctl.domain.latency import LATENCY_BUCKETS_MS, bucket_of  # noqa: E402
+from planctl.domain.latency import bucket_of
+from planctl.domain.secrets import digest
+from planctl.store import meter
+from planctl.store.meter import AccountRow, CounterRow, HoldRow, KeyRow, PackRow, SubRow, Window
+from planctl.store.sql import Tx
 
 HOLD_FOR = timedelta(minutes=10)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # window of a sub-user's running total
 
 
-# ---------------------------------------------------------------- loading what a decision needs
+class MeterDb(Protocol):
+    """What metering needs of a database: its identity and plain transactions."""
+
+    url: str
+
+    def tx(self, *, write: bool) -> Any: ...
+
+
+# ---------------------------------------------------------------- the catalog, cached per stamp
 
 
 class _Catalog:
-    """Models, aliases, groups and plan terms, read once per transaction (terms are immutable)."""
+    """Models, aliases, groups, settings and plan terms as of one catalog stamp."""
 
-    _terms_cache: dict[tuple[str, int], PlanTerms] = {}
-
-    def __init__(self, session: Session, db: Database) -> None:
-        self.session, self.db_key = session, db.target.url
-        self.models = {m.id: ModelPrices(m.id, m.input_price, m.cached_price, m.output_price)
-                       for m in session.execute(select(Model)).scalars()}
-        self.aliases = {a.pattern: a.model_id for a in session.execute(select(ModelAlias)).scalars()}
-        self.ratios = {g.name: g.ratio_ppm for g in session.execute(select(Group)).scalars()}
-        self.tz = settings.reset_zone(session)
+    def __init__(self, rows: meter.CatalogRows) -> None:
+        self.models = {m[0]: ModelPrices(*m) for m in rows.models}
+        self.aliases = dict(rows.aliases)
+        self.ratios = dict(rows.groups)
+        settings = config.effective(rows.settings)
+        self.tz = zone(settings["reset_timezone"])
+        currency = settings["currency"]
+        self.context = Context(currency=currency, currency_decimals=currency_decimals(currency),
+                               models=frozenset(self.models), groups=frozenset(self.ratios))
+        self._terms: dict[int, PlanTerms] = {}
         self._billed: dict[str, str | None] = {}
+        self._days: dict[date, tuple[datetime, datetime]] = {}
 
-    def terms(self, version_id: int) -> PlanTerms:
-        cache_key = (self.db_key, version_id)
-        if cache_key not in self._terms_cache:
-            from planctl.domain.catalog import parse_plan
-
-            row = self.session.get(PlanVersion, version_id)
-            assert row is not None
-            self._terms_cache[cache_key] = parse_plan(row.terms, settings.catalog_context(self.session))
-        return self._terms_cache[cache_key]
+    def terms(self, tx: Tx, version_id: int) -> PlanTerms:
+        terms = self._terms.get(version_id)
+        if terms is None:  # plan versions are immutable
+            terms = self._terms[version_id] = parse_plan(meter.plan_version_terms(tx, version_id), self.context)
+        return terms
 
     def billed(self, requested: str) -> str | None:
         if requested not in self._billed:
             self._billed[requested] = resolve_model(requested, self.models, self.aliases).billed
         return self._billed[requested]
+
+    def day(self, at: datetime) -> tuple[datetime, datetime]:
+        """[start, end) in UTC of the natural day in the reset zone that contains `at`."""
+        local = local_date(at, self.tz)
+        bounds = self._days.get(local)
+        if bounds is None:
+            bounds = self._days[local] = (start_of_local_day(local, self.tz),
+                                          start_of_local_day(local + timedelta(days=1), self.tz))
+        return bounds
+
+
+_CATALOGS: dict[str, tuple[int, _Catalog]] = {}
+
+
+def _catalog(tx: Tx, db: MeterDb, *, write: bool) -> _Catalog:
+    """The cached catalog when its stamp is current (one indexed read), else loaded afresh."""
+    stamp = meter.catalog_stamp(tx)
+    if stamp is None and write:  # a database from before stamps: give it one
+        stamp = meter.new_catalog_stamp(tx)
+    cached = _CATALOGS.get(db.url)
+    if stamp is not None and cached is not None and cached[0] == stamp:
+        return cached[1]
+    cat = _Catalog(meter.catalog_rows(tx))
+    if stamp is not None:
+        _CATALOGS[db.url] = (stamp, cat)
+    return cat
+
+
+# ---------------------------------------------------------------- a key's state
 
 
 @dataclass
@@ -87,97 +122,39 @@ class _Windows:
     day: tuple[datetime, datetime]
 
 
-def _windows(terms: PlanTerms | None, sub: Subscription | None, at: datetime, tz: ZoneInfo) -> _Windows:
-    day = start_of_local_day(local_date(at, tz), tz)
-    next_day = start_of_local_day(local_date(at, tz) + timedelta(days=1), tz)
+def _windows(cat: _Catalog, terms: PlanTerms | None, sub: SubRow | None, at: datetime) -> _Windows:
     period = None
     if terms is not None and terms.period is not None and sub is not None:
-        period = period_bounds(max(at, sub.starts_at), terms.period, tz, anchor=sub.starts_at)
-    return _Windows(period, (day, next_day))
-
-
-def _lock(query: Any, session: Session) -> Any:
-    return query.with_for_update() if session.get_bind().dialect.name == "postgresql" else query
-
-
-Window = tuple[str, str, datetime]  # (owner, scope, window start)
-
-
-def _counters(session: Session, windows: list[Window], *, write: bool) -> dict[Window, UsageCounter]:
-    """The counters of several windows in two statements; in a write transaction missing rows
-    are created first and all of them are locked."""
-    if write:
-        session.execute(_statements(session).ensure_counter,
-                        [{"owner": o, "scope": sc, "window_start": st} for o, sc, st in windows])
-    match = or_(*((UsageCounter.owner == o) & (UsageCounter.scope == sc) & (UsageCounter.window_start == st)
-                  for o, sc, st in windows))
-    found = {(r.owner, r.scope, r.window_start): r
-             for r in session.execute(_lock(select(UsageCounter).where(match), session)).scalars()}
-    return {w: found.get(w) or UsageCounter(owner=w[0], scope=w[1], window_start=w[2]) for w in windows}
-
-
-@dataclass(frozen=True)
-class _Statements:
-    """Statements built once per dialect (building them per request costs more than running them)."""
-
-    ensure_counter: Any
-    roll_up: Any
-
-
-_STATEMENTS: dict[str, _Statements] = {}
-
-
-def _add(row: Any, name: str, amount: int) -> None:
-    """row.name += amount, through SQLAlchemy's change tracking only (SQLModel's __setattr__
-    runs pydantic on every assignment, which dominated imports)."""
-    if amount:
-        set_attribute(row, name, getattr(row, name) + amount)
-
-
-def _statements(session: Session) -> _Statements:
-    dialect = session.get_bind().dialect.name
-    if dialect not in _STATEMENTS:
-        make = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        counter = make(UsageCounter).values(
-            owner=bindparam("owner"), scope=bindparam("scope"), window_start=bindparam("window_start"),
-            requests=0, tokens=0, credit=0, reserved=0,
-        ).on_conflict_do_nothing(index_elements=["owner", "scope", "window_start"])
-        daily = make(UsageDaily)
-        table = UsageDaily.__table__  # type: ignore[attr-defined]
-        latest = (func.max if dialect == "sqlite" else func.greatest)(table.c.last_at, daily.excluded.last_at)
-        roll_up = daily.on_conflict_do_update(
-            index_elements=["local_day", "key_id", "group_name", "billed_model", "api", "status_class"],
-            set_={**{name: table.c[name] + daily.excluded[name] for name in _ROLLUP_SUMS}, "last_at": latest})
-        _STATEMENTS[dialect] = _Statements(counter, roll_up)
-    return _STATEMENTS[dialect]
-
-
-def _packs(session: Session, account_id: str, at: datetime) -> list[ExtraPack]:
-    """Live extra-usage packs, those expiring first first."""
-    rows = session.execute(_lock(select(ExtraPack).where(
-        ExtraPack.account_id == account_id,
-        (col(ExtraPack.expires_at).is_(None)) | (ExtraPack.expires_at > at),
-        ExtraPack.credit > ExtraPack.used + ExtraPack.reserved), session)).scalars().all()
-    return sorted(rows, key=lambda p: quota.pack_order(p.expires_at, p.id or 0))
+        period = period_bounds(max(at, sub.starts_at), terms.period, cat.tz, anchor=sub.starts_at)
+    return _Windows(period, cat.day(at))
 
 
 @dataclass
 class _State:
     """Everything about one key at one instant that admission and charging read."""
 
-    key: ApiKey
-    account: Account
-    sub: Subscription | None
+    key: KeyRow
+    account: AccountRow
+    sub: SubRow | None
     terms: PlanTerms | None
     windows: _Windows
-    period: UsageCounter | None
-    day: UsageCounter | None
-    key_day: UsageCounter
-    subuser: UsageCounter | None
-    packs: list[ExtraPack]
-    extra_owner: Account
+    window: dict[str, Window]  # period | day | key_day | subuser -> its counter's window
+    count: dict[str, CounterRow]
+    packs: list[PackRow]  # live extra-usage packs of the subscription's account, expiring first first
+    at: datetime
 
-    def limits(self, sub_period_enabled: bool | None = None) -> quota.Limits:
+    @property
+    def period(self) -> CounterRow | None:
+        return self.count.get("period")
+
+    @property
+    def extra_owner_id(self) -> str:
+        return self.sub.account_id if self.sub is not None else self.account.id
+
+    def live_packs(self) -> list[PackRow]:
+        return [p for p in self.packs if p.expires_at is None or p.expires_at > self.at]
+
+    def limits(self) -> quota.Limits:
         t, k = self.terms, self.key
         return quota.Limits(
             models=t.models if t else (), groups=t.groups if t else (),
@@ -190,7 +167,8 @@ class _State:
         )
 
     def counters(self) -> quota.Counters:
-        s, p, d, kd, su = self.sub, self.period, self.day, self.key_day, self.subuser
+        s, c = self.sub, self.count
+        p, d, kd, su = c.get("period"), c.get("day"), c["key_day"], c.get("subuser")
         return quota.Counters(
             plan_granted=s.credit_granted if s else None, plan_used=s.credit_used if s else 0,
             plan_reserved=s.credit_reserved if s else 0,
@@ -199,37 +177,54 @@ class _State:
             key_used=self.key.credit_used, key_reserved=self.key.credit_reserved,
             key_day_requests=kd.requests, key_day_credit=kd.credit,
             subuser_used=su.credit if su else 0, subuser_reserved=su.reserved if su else 0,
-            extra_available=sum(x.credit - x.used - x.reserved for x in self.packs),
+            extra_available=sum(p.available for p in self.live_packs()),
             payg_available=self.account.payg_balance - self.account.payg_reserved,
         )
 
 
-def _state(session: Session, cat: _Catalog, key: ApiKey, at: datetime, *, write: bool) -> _State:
-    """Load (and, in a write transaction, lock) every row the key's admission and charging touch."""
-    if write:
-        key = session.execute(_lock(select(ApiKey).where(ApiKey.id == key.id), session)).scalars().one()
-    account = session.execute(_lock(select(Account).where(Account.id == key.account_id), session)).scalars().one()
-    sub = terms = None
-    if key.subscription_id:
-        sub = session.execute(_lock(select(Subscription).where(Subscription.id == key.subscription_id),
-                                 session)).scalars().one()
-        terms = cat.terms(sub.plan_version_id)
-    win = _windows(terms, sub, at, cat.tz)
-    extra_owner = account if sub is None else (session.get(Account, sub.account_id) or account)
-    wanted: dict[str, Window] = {"key_day": (key.id, "key-day", win.day[0])}
+Found = tuple[KeyRow, AccountRow, SubRow | None]
+
+
+def _load(tx: Tx, cat: _Catalog, found: Found, at: datetime, *, write: bool) -> _State:
+    """The counters and packs of a key loaded with its account and subscription (locked in a write)."""
+    key, account, sub = found
+    terms = cat.terms(tx, sub.plan_version_id) if sub is not None else None
+    win = _windows(cat, terms, sub, at)
+    window: dict[str, Window] = {"key_day": (key.id, "key-day", win.day[0])}
     if sub is not None:
-        wanted["day"] = (sub.id, "sub-day", win.day[0])
+        window["day"] = (sub.id, "sub-day", win.day[0])
         if win.period:
-            wanted["period"] = (sub.id, "sub-period", win.period[0])
+            window["period"] = (sub.id, "sub-period", win.period[0])
     if account.parent_id:
-        wanted["subuser"] = (account.id, "subuser", EPOCH)
-    rows = _counters(session, list(wanted.values()), write=write)
-    found = {name: rows[window] for name, window in wanted.items()}
-    return _State(
-        key=key, account=account, sub=sub, terms=terms, windows=win,
-        period=found.get("period"), day=found.get("day"), key_day=found["key_day"], subuser=found.get("subuser"),
-        packs=_packs(session, extra_owner.id, at) if sub else [], extra_owner=extra_owner,
-    )
+        window["subuser"] = (account.id, "subuser", EPOCH)
+    rows = meter.counters(tx, list(window.values()))
+    packs = meter.packs_of(tx, sub.account_id, lock=write) if sub is not None else []
+    return _State(key, account, sub, terms, win, window, {name: rows[w] for name, w in window.items()}, packs, at)
+
+
+def key_by_secret(tx: Tx, secret: str, now: datetime, *, write: bool) -> Found | None:
+    """The key a secret belongs to: its current secret, or its previous one within the rotation grace."""
+    hashed = digest(secret)
+    found = meter.key_by(tx, "secret_sha256", hashed, write=write)
+    if found is None:
+        found = meter.key_by(tx, "previous_sha256", hashed, write=write)
+        if found is not None and not (found[0].previous_valid_until is not None
+                                      and now < found[0].previous_valid_until):
+            return None
+    return found
+
+
+def _sub_state(sub: SubRow) -> lifecycle.SubscriptionState:
+    return lifecycle.SubscriptionState(sub.status, sub.starts_at, sub.ends_at, sub.anchor_day,
+                                       sub.credit_granted, sub.credit_used)
+
+
+def _request(state: _State, billed: str | None, api: str, need: int, now: datetime) -> quota.Request:
+    key, sub = state.key, state.sub
+    return quota.Request(
+        key_kind=key.kind, key_refusal=key_rules.key_refusal(key_rules.KeyState(key.status, key.expires_at), now),
+        subscription_refusal=None if sub is None else lifecycle.availability(_sub_state(sub), now),
+        billed_model=billed, group=key.group_name, api=api, need=need)
 
 
 # ---------------------------------------------------------------- authorize
@@ -253,39 +248,34 @@ class Authorization:
     reservation_expires_at: datetime | None = None
 
 
-def authorize(db: Database, secret: str, *, model: str, api: str = "responses", reserve: int | None = None,
+def authorize(db: MeterDb, secret: str, *, model: str, api: str = "responses", reserve: int | None = None,
               now: datetime, hold_for: timedelta = HOLD_FOR) -> Authorization:
     """Decide whether a request may run; with `reserve`, hold that much credit until it is recorded."""
     if api not in quota.API_TYPES:
         raise InvalidInput(f"unknown API type {api!r}: use {', '.join(quota.API_TYPES)}")
     if reserve is not None and reserve <= 0:
         raise InvalidInput("--reserve must be greater than zero")
-    if not reserve:
+    write = bool(reserve)
+    if not write:
         _release_stale(db, now)
-    with (db.write() if reserve else db.read()) as session:
-        if reserve:
-            release_expired(session, now)
-        key = keys.by_secret(session, secret, now)
-        if key is None:
+    with db.tx(write=write) as tx:
+        if write:
+            _expire(tx, now)
+        found = key_by_secret(tx, secret, now, write=write)
+        if found is None:
             return Authorization(False, "key_unknown", "no key has this secret", model)
-        cat = _Catalog(session, db)
-        state = _state(session, cat, key, now, write=bool(reserve))
+        cat = _catalog(tx, db, write=write)
+        state = _load(tx, cat, found, now, write=write)
         billed = cat.billed(model)
-        request = quota.Request(
-            key_kind=key.kind,
-            key_refusal=key_rules.key_refusal(key_rules.KeyState(key.status, key.expires_at), now),
-            subscription_refusal=None if state.sub is None else lifecycle.availability(_sub_state(state.sub), now),
-            billed_model=billed, group=key.group_name, api=api, need=reserve or 0)
-        decision = quota.decide(request, state.limits(), state.counters())
-        auth = _answer(state, decision, model, billed, now, cat.tz)
+        decision = quota.decide(_request(state, billed, api, reserve or 0, now), state.limits(), state.counters())
+        auth = _answer(state, decision, model, billed)
         if decision.allowed and reserve:
-            res = _hold(session, state, decision, reserve, now, hold_for)
+            res = _hold(tx, state, decision, reserve, now, hold_for)
             auth.reservation_id, auth.reservation_expires_at = res.id, res.expires_at
         return auth
 
 
-def _answer(state: _State, decision: quota.Decision, requested: str, billed: str | None, now: datetime,
-            tz: ZoneInfo) -> Authorization:
+def _answer(state: _State, decision: quota.Decision, requested: str, billed: str | None) -> Authorization:
     c, limits = state.counters(), state.limits()
     win = state.windows
     remaining: dict[str, Any] = {
@@ -305,7 +295,7 @@ def _answer(state: _State, decision: quota.Decision, requested: str, billed: str
     else:
         next_reset = min([win.day[1]] + ([win.period[1]] if win.period else []))
     return Authorization(
-        allowed=decision.allowed, reason=decision.reason, message=explain(decision, state, next_reset),
+        allowed=decision.allowed, reason=decision.reason, message=explain(decision, next_reset),
         requested_model=requested, billed_model=billed, key_id=state.key.id, account_id=state.key.account_id,
         subscription_id=state.sub.id if state.sub else None, pool=decision.pool, lifted=decision.lifted,
         remaining=remaining, next_reset=next_reset,
@@ -334,7 +324,7 @@ MESSAGES = {
 }
 
 
-def explain(decision: quota.Decision, state: _State, next_reset: datetime) -> str:
+def explain(decision: quota.Decision, next_reset: datetime) -> str:
     if decision.allowed:
         if decision.lifted:
             return f"allowed on extra usage ({MESSAGES[decision.lifted]})"
@@ -345,177 +335,192 @@ def explain(decision: quota.Decision, state: _State, next_reset: datetime) -> st
     return text
 
 
-def _sub_state(sub: Subscription) -> lifecycle.SubscriptionState:
-    return lifecycle.SubscriptionState(sub.status, sub.starts_at, sub.ends_at, sub.anchor_day,
-                                       sub.credit_granted, sub.credit_used)
+# ---------------------------------------------------------------- balance changes
+
+
+class _Changes:
+    """Increments to balances and counters, and ledger entries, written together at the end of a
+    transaction: one statement per table, however many requests a batch charges."""
+
+    def __init__(self) -> None:
+        self.subs: dict[str, dict[str, Any]] = {}
+        self.keys: dict[str, dict[str, Any]] = {}
+        self.packs: dict[int, dict[str, Any]] = {}
+        self.payg: dict[str, dict[str, Any]] = {}
+        self.counters: dict[Window, list[int]] = {}
+        self.ledger: list[dict[str, Any]] = []
+
+    def sub(self, sub_id: str, *, used: int = 0, reserved: int = 0) -> None:
+        row = self.subs.setdefault(sub_id, {"id": sub_id, "used": 0, "reserved": 0})
+        row["used"] += used
+        row["reserved"] += reserved
+
+    def key(self, key_id: str, *, used: int = 0, reserved: int = 0, last: datetime | None = None) -> None:
+        row = self.keys.setdefault(key_id, {"id": key_id, "used": 0, "reserved": 0, "last": None})
+        row["used"] += used
+        row["reserved"] += reserved
+        if last is not None and (row["last"] is None or last > row["last"]):
+            row["last"] = last
+
+    def pack(self, pack_id: int, *, used: int = 0, reserved: int = 0) -> None:
+        row = self.packs.setdefault(pack_id, {"id": pack_id, "used": 0, "reserved": 0})
+        row["used"] += used
+        row["reserved"] += reserved
+
+    def account(self, account_id: str, *, balance: int = 0, reserved: int = 0) -> None:
+        row = self.payg.setdefault(account_id, {"id": account_id, "balance": 0, "reserved": 0})
+        row["balance"] += balance
+        row["reserved"] += reserved
+
+    def counter(self, window: Window, requests: int = 0, tokens: int = 0, credit: int = 0, reserved: int = 0) -> None:
+        row = self.counters.setdefault(window, [0, 0, 0, 0])
+        row[0] += requests
+        row[1] += tokens
+        row[2] += credit
+        row[3] += reserved
+
+    def entry(self, *, at: datetime, account_id: str, pool: str, amount: int, kind: str, key_id: str | None,
+              reason: str, subscription_id: str | None = None, pack_id: int | None = None,
+              request_id: str | None = None) -> None:
+        self.ledger.append({"at": at, "account_id": account_id, "pool": pool, "subscription_id": subscription_id,
+                            "pack_id": pack_id, "key_id": key_id, "kind": kind, "amount": amount, "order_id": None,
+                            "request_id": request_id, "reason": reason})
+
+    def apply(self, tx: Tx) -> None:
+        """Keys, accounts and subscriptions in the order they are locked everywhere else."""
+        meter.charge_keys(tx, list(self.keys.values()))
+        meter.charge_payg(tx, list(self.payg.values()))
+        meter.charge_subscriptions(tx, list(self.subs.values()))
+        meter.charge_packs(tx, list(self.packs.values()))
+        meter.add_to_counters(tx, self.counters)
+        meter.insert_ledger(tx, self.ledger)
 
 
 # ---------------------------------------------------------------- holds
 
 
-def _cond(session: Session, statement: Any) -> bool:
-    return session.execute(statement).rowcount == 1
-
-
-def _counter_where(row: UsageCounter) -> Any:
-    return ((UsageCounter.owner == row.owner) & (UsageCounter.scope == row.scope)
-            & (UsageCounter.window_start == row.window_start))
-
-
-def _hold(session: Session, state: _State, decision: quota.Decision, amount: int, now: datetime,
-          hold_for: timedelta) -> Reservation:
+def _hold(tx: Tx, state: _State, decision: quota.Decision, amount: int, now: datetime,
+          hold_for: timedelta) -> HoldRow:
     """Hold `amount` against every pool and limit the request would draw from, or refuse."""
     holds: dict[str, Any] = {}
-    res_id = short_id("res", 10)
 
     def refuse(reason: str) -> Refused:
         return Refused(f"{MESSAGES[reason]} (taken by a concurrent request)", reason=reason)
 
     limits = state.limits()
     if decision.pool == "payg":
-        if not _cond(session, update(Account).where(
-                Account.id == state.account.id, Account.payg_balance - Account.payg_reserved >= amount)
-                .values(payg_reserved=Account.payg_reserved + amount)):
+        if not meter.hold_payg(tx, state.account.id, amount):
             raise refuse("payg_balance_empty")
         holds["payg"] = amount
     elif decision.pool == "extra":
-        draws, left = quota.split_extra(amount, [(p.id, p.credit - p.used - p.reserved) for p in state.packs])
-        for pack_id, take in draws:
-            if not _cond(session, update(ExtraPack).where(
-                    ExtraPack.id == pack_id, ExtraPack.credit - ExtraPack.used - ExtraPack.reserved >= take)
-                    .values(reserved=ExtraPack.reserved + take)):
-                raise refuse(decision.lifted or "credit_exhausted")
-        if left:
+        draws, left = quota.split_extra(amount, [(p.id, p.available) for p in state.live_packs()])
+        if left or not all(meter.hold_pack(tx, pack_id, take) for pack_id, take in draws):
             raise refuse(decision.lifted or "credit_exhausted")
         holds["packs"] = {str(pack_id): take for pack_id, take in draws}
-    if state.sub is not None:
-        sub = state.sub
-        if decision.pool == "plan":
-            if not _cond(session, update(Subscription).where(
-                    Subscription.id == sub.id,
-                    col(Subscription.credit_granted).is_(None)
-                    | (Subscription.credit_granted - Subscription.credit_used - Subscription.credit_reserved >= amount))
-                    .values(credit_reserved=Subscription.credit_reserved + amount)):
-                raise refuse("credit_exhausted")
-            holds["plan"] = amount
-            if state.period is not None:
-                capped = limits.period_credit is not None and limits.period_limit_enabled
-                stmt = update(UsageCounter).where(_counter_where(state.period))
-                if capped:
-                    stmt = stmt.where(UsageCounter.credit + UsageCounter.reserved + amount <= limits.period_credit)
-                if not _cond(session, stmt.values(reserved=UsageCounter.reserved + amount)):
-                    raise refuse("period_limit_reached")
-                holds["period"] = [iso(state.period.window_start), amount]
-            if not _cond(session, update(ApiKey).where(
-                    ApiKey.id == state.key.id,
-                    col(ApiKey.credit_cap).is_(None)
-                    | (ApiKey.credit_used + ApiKey.credit_reserved + amount <= ApiKey.credit_cap))
-                    .values(credit_reserved=ApiKey.credit_reserved + amount)):
-                raise refuse("key_credit_cap_reached")
-            holds["key"] = amount
-            if state.subuser is not None:
-                stmt = update(UsageCounter).where(_counter_where(state.subuser))
-                if limits.subuser_quota is not None:
-                    stmt = stmt.where(UsageCounter.credit + UsageCounter.reserved + amount <= limits.subuser_quota)
-                if not _cond(session, stmt.values(reserved=UsageCounter.reserved + amount)):
-                    raise refuse("subuser_quota_reached")
-                holds["subuser"] = amount
-    res = Reservation(id=res_id, key_id=state.key.id, account_id=state.key.account_id,
-                      subscription_id=state.sub.id if state.sub else None, pool=decision.pool or "plan",
-                      amount=amount, holds=holds, status="held", created_at=now, expires_at=now + hold_for)
-    session.add(res)
-    session.flush()
-    _hold_ledger(session, res, holds, now, sign=-1, kind="reserve")
+    sub = state.sub
+    if sub is not None and decision.pool == "plan":
+        if not meter.hold_subscription(tx, sub.id, amount):
+            raise refuse("credit_exhausted")
+        holds["plan"] = amount
+        if "period" in state.window:
+            capped = limits.period_credit is not None and limits.period_limit_enabled
+            if not meter.hold_counter(tx, state.window["period"], amount, limits.period_credit if capped else None):
+                raise refuse("period_limit_reached")
+            holds["period"] = [iso(state.window["period"][2]), amount]
+        if not meter.hold_key(tx, state.key.id, amount):
+            raise refuse("key_credit_cap_reached")
+        holds["key"] = amount
+        if "subuser" in state.window:
+            if not meter.hold_counter(tx, state.window["subuser"], amount, limits.subuser_quota):
+                raise refuse("subuser_quota_reached")
+            holds["subuser"] = amount
+    res = HoldRow(id=short_id("res", 10), key_id=state.key.id, account_id=state.key.account_id,
+                  subscription_id=sub.id if sub else None, pool=decision.pool or "plan", amount=amount, holds=holds,
+                  status="held", created_at=now, expires_at=now + hold_for)
+    meter.insert_hold(tx, res)
+    changes = _Changes()
+    _hold_ledger(changes, res, now, sign=-1, kind="reserve")
+    meter.insert_ledger(tx, changes.ledger)
     return res
 
 
-def _hold_ledger(session: Session, res: Reservation, holds: dict[str, Any], now: datetime, *, sign: int,
-                 kind: str) -> None:
+def _hold_ledger(changes: _Changes, res: HoldRow, now: datetime, *, sign: int, kind: str) -> None:
     """Holds take from the available balance: a `reserve` entry, and a `release` when they end."""
-    rows = []
     base = dict(at=now, account_id=res.account_id, key_id=res.key_id, kind=kind, request_id=res.request_id,
-                reason=f"{kind} {res.id}", order_id=None)
+                reason=f"{kind} {res.id}")
+    holds = res.holds
     if "plan" in holds:
-        rows.append({**base, "pool": "plan", "subscription_id": res.subscription_id, "pack_id": None,
-                     "amount": sign * holds["plan"]})
+        changes.entry(**base, pool="plan", subscription_id=res.subscription_id, amount=sign * holds["plan"])
     for pack_id, take in holds.get("packs", {}).items():
-        rows.append({**base, "pool": "extra", "subscription_id": None, "pack_id": int(pack_id), "amount": sign * take})
+        changes.entry(**base, pool="extra", pack_id=int(pack_id), amount=sign * take)
     if "payg" in holds:
-        rows.append({**base, "pool": "payg", "subscription_id": None, "pack_id": None, "amount": sign * holds["payg"]})
-    if rows:
-        session.execute(insert(LedgerEntry), rows)
+        changes.entry(**base, pool="payg", amount=sign * holds["payg"])
 
 
-def _release(session: Session, res: Reservation, now: datetime, status: str) -> bool:
+def _release(tx: Tx, res: HoldRow, now: datetime, status: str, changes: _Changes,
+             request_id: str | None = None) -> bool:
     """Give a hold back (settled by its record, released by hand, or expired), exactly once:
     the status change is conditional, so of two transactions closing the same hold one wins."""
-    if not _cond(session, update(Reservation).where(Reservation.id == res.id, Reservation.status == "held")
-                 .values(status=status, closed_at=now).execution_options(synchronize_session=False)):
-        session.refresh(res)
+    if not meter.close_hold(tx, res.id, status, now, request_id):
         return False
+    _hold_ledger(changes, res, now, sign=+1, kind="release")
+    res.status, res.closed_at, res.request_id = status, now, request_id or res.request_id
     holds = res.holds
-    if "key" in holds:  # the order rows are locked in everywhere else: key, account, subscription
-        session.execute(update(ApiKey).where(ApiKey.id == res.key_id)
-                        .values(credit_reserved=ApiKey.credit_reserved - holds["key"]))
+    if "key" in holds:
+        changes.key(res.key_id, reserved=-holds["key"])
     if "plan" in holds:
-        session.execute(update(Subscription).where(Subscription.id == res.subscription_id)
-                        .values(credit_reserved=Subscription.credit_reserved - holds["plan"]))
+        changes.sub(res.subscription_id or "", reserved=-holds["plan"])
     if "period" in holds:
         start = datetime.fromisoformat(holds["period"][0])
-        session.execute(update(UsageCounter).where(
-            UsageCounter.owner == res.subscription_id, UsageCounter.scope == "sub-period",
-            UsageCounter.window_start == start).values(reserved=UsageCounter.reserved - holds["period"][1]))
+        changes.counter((res.subscription_id or "", "sub-period", start), reserved=-holds["period"][1])
     if "subuser" in holds:
-        session.execute(update(UsageCounter).where(
-            UsageCounter.owner == res.account_id, UsageCounter.scope == "subuser",
-            UsageCounter.window_start == EPOCH).values(reserved=UsageCounter.reserved - holds["subuser"]))
+        changes.counter((res.account_id, "subuser", EPOCH), reserved=-holds["subuser"])
     for pack_id, take in holds.get("packs", {}).items():
-        session.execute(update(ExtraPack).where(ExtraPack.id == int(pack_id))
-                        .values(reserved=ExtraPack.reserved - take))
+        changes.pack(int(pack_id), reserved=-take)
     if "payg" in holds:
-        session.execute(update(Account).where(Account.id == res.account_id)
-                        .values(payg_reserved=Account.payg_reserved - holds["payg"]))
-    _hold_ledger(session, res, holds, now, sign=+1, kind="release")
-    session.refresh(res)
+        changes.account(res.account_id, reserved=-holds["payg"])
     return True
 
 
-def _release_stale(db: Database, now: datetime) -> None:
+def _expire(tx: Tx, now: datetime) -> int:
+    """Release every hold past its expiry."""
+    changes = _Changes()
+    released = sum(_release(tx, res, now, "expired", changes) for res in meter.stale_holds(tx, now))
+    changes.apply(tx)
+    return released
+
+
+def _release_stale(db: MeterDb, now: datetime) -> None:
     """Release expired holds first when there are any (a cheap read when there are none)."""
-    with db.read() as session:
-        stale = session.execute(select(Reservation.id).where(
-            Reservation.status == "held", Reservation.expires_at <= now).limit(1)).first()
-    if stale is not None:
-        with db.write() as session:
-            release_expired(session, now)
+    with db.tx(write=False) as tx:
+        stale = meter.any_stale(tx, now)
+    if stale:
+        with db.tx(write=True) as tx:
+            _expire(tx, now)
 
 
-def release_expired(session: Session, now: datetime) -> int:
-    stale = session.execute(select(Reservation).where(Reservation.status == "held", Reservation.expires_at <= now)
-                         ).scalars().all()
-    return sum(_release(session, res, now, "expired") for res in stale)
+def list_reservations(db: MeterDb, *, now: datetime, status: str | None = "held", key: str | None = None,
+                      limit: int = 1000) -> list[HoldRow]:
+    with db.tx(write=True) as tx:
+        _expire(tx, now)
+        key_id = meter.resolve_key(tx, key) if key else None
+        return meter.list_holds(tx, status=status, key_id=key_id, limit=limit)
 
 
-def list_reservations(db: Database, *, now: datetime, status: str | None = "held", key: str | None = None,
-                      limit: int = 1000) -> list[Reservation]:
+def release(db: Any, reservation_id: str, *, caller: Any, now: datetime) -> HoldRow:
+    """Release a hold by hand (audited)."""
+    from planctl.services import audit
+
     with db.write() as session:
-        release_expired(session, now)
-        query = select(Reservation)
-        if status:
-            query = query.where(Reservation.status == status)
-        if key:
-            query = query.where(Reservation.key_id == keys.resolve(session, key).id)
-        return list(session.execute(query.order_by(col(Reservation.created_at).desc()).limit(limit)).scalars())
-
-
-def release(db: Database, reservation_id: str, *, caller: Caller, now: datetime) -> Reservation:
-    with db.write() as session:
-        release_expired(session, now)
-        res = session.get(Reservation, reservation_id)
+        tx = Tx.within(session)
+        _expire(tx, now)
+        res = meter.get_hold(tx, reservation_id)
         if res is None:
             raise NotFound(f"unknown reservation {reservation_id!r}; see 'planctl reservations list'")
-        if res.status != "held" or not _release(session, res, now, "released"):
+        changes = _Changes()
+        if res.status != "held" or not _release(tx, res, now, "released", changes):
             raise Refused(f"reservation {res.id} is already {res.status}", reason="reservation_closed")
+        changes.apply(tx)
         audit.record(session, caller, now, f"reservation:{res.id}", f"released {res.amount} µcr by hand")
         return res
 
@@ -545,9 +550,13 @@ class UsageInput:
 class Recorded:
     request_id: str
     duplicate: bool
-    record: UsageRecord | None = None
     note: str | None = None
-    row: dict[str, Any] | None = None  # the values written (a model object is built only when asked)
+    row: dict[str, Any] | None = None  # the usage record's values as written
+
+    @property
+    def record(self) -> SimpleNamespace | None:
+        """The usage record's values by attribute (`r.record.cost`)."""
+        return None if self.row is None else SimpleNamespace(**self.row)
 
 
 def validate(u: UsageInput) -> None:
@@ -571,93 +580,108 @@ def validate(u: UsageInput) -> None:
         raise InvalidInput("the request time needs a UTC offset")
 
 
-def record(db: Database, u: UsageInput, *, now: datetime) -> Recorded:
+def record(db: MeterDb, u: UsageInput, *, now: datetime) -> Recorded:
     """Record one request; a request id seen before changes nothing (`duplicate`)."""
     validate(u)
-    with db.write() as session:
-        batch = _Batch(session, db, now)
-        result = batch.add(u)
+    with db.tx(write=True) as tx:
+        batch = _Batch(tx, db, now)
+        if batch.known_ids([u.request_id]):
+            return Recorded(u.request_id, True, note="request id already recorded: nothing changed")
+        result = batch.charge(u)
         batch.flush()
-        if result.row is not None:
-            result.record = UsageRecord(**result.row)
         return result
 
 
 class _Batch:
-    """Charges usage records in one transaction, keeping its rows in the session between them.
+    """Charges usage records in one write transaction.
 
-    Every row it changes was loaded locked (`FOR UPDATE` on PostgreSQL; the
-    write lock covers SQLite), so the balances it reads stay true until the
-    transaction commits. Usage records and ledger entries are inserted in bulk.
+    Rows read once stay in memory for the whole batch (one object per key,
+    account, subscription, counter and pack, so every request sees the ones
+    before it); their increments collect in `_Changes` and are written, with
+    the usage records and rollups, by `flush`. On PostgreSQL every row read
+    was locked, so the balances in memory stay true until the commit.
     """
 
-    def __init__(self, session: Session, db: Database, now: datetime) -> None:
-        self.session, self.now = session, now
-        self.cat = _Catalog(session, db)
+    def __init__(self, tx: Tx, db: MeterDb, now: datetime) -> None:
+        self.tx, self.now = tx, now
+        self.cat = _catalog(tx, db, write=True)
+        self.changes = _Changes()
         self.states: dict[tuple[str, datetime], _State] = {}
-        self.keys: dict[str, ApiKey] = {}
+        self.key_ids: dict[str, str] = {}  # key reference -> key id
+        self.found: dict[str, Found] = {}  # key id -> its rows
+        self.accounts: dict[str, AccountRow] = {}
+        self.subs: dict[str, SubRow] = {}
+        self.packs: dict[str, list[PackRow]] = {}
+        self.counters: dict[Window, CounterRow] = {}
         self.seen: set[str] = set()
         self.records: list[dict[str, Any]] = []
-        self.ledger: list[dict[str, Any]] = []
 
     def known_ids(self, request_ids: list[str]) -> set[str]:
-        found: set[str] = set()
-        for i in range(0, len(request_ids), 500):
-            chunk = request_ids[i:i + 500]
-            found |= set(self.session.execute(select(UsageRecord.request_id)
-                                              .where(col(UsageRecord.request_id).in_(chunk))).scalars())
-        return found | (self.seen & set(request_ids))
+        return meter.known_request_ids(self.tx, request_ids) | (self.seen & set(request_ids))
 
-    def add(self, u: UsageInput) -> Recorded:
-        """Charge one request (already validated); a known request id is reported, not charged."""
-        if u.request_id in self.known_ids([u.request_id]):
-            return Recorded(u.request_id, True, note="request id already recorded: nothing changed")
-        return self.charge(u)
-
-    def _key(self, u: UsageInput) -> ApiKey:
+    def key(self, u: UsageInput) -> Found:
         ref = u.key if u.key is not None else "secret:" + (u.secret or "")
-        if ref not in self.keys:
-            key = (keys.resolve(self.session, u.key) if u.key is not None
-                   else keys.by_secret(self.session, u.secret or "", self.now))
-            if key is None:
-                raise NotFound("no key has this secret")
-            self.keys[ref] = key
-        return self.keys[ref]
+        key_id = self.key_ids.get(ref)
+        if key_id is None:
+            if u.key is not None:
+                key_id = meter.resolve_key(self.tx, u.key)
+            else:
+                hit = key_by_secret(self.tx, u.secret or "", self.now, write=True)
+                if hit is None:
+                    raise NotFound("no key has this secret")
+                key_id = hit[0].id
+            self.key_ids[ref] = key_id
+        found = self.found.get(key_id)
+        if found is None:
+            hit = meter.key_by(self.tx, "id", key_id, write=True)
+            assert hit is not None
+            key, account, sub = hit
+            account = self.accounts.setdefault(account.id, account)
+            if sub is not None:
+                sub = self.subs.setdefault(sub.id, sub)
+            found = self.found[key_id] = (key, account, sub)
+        return found
 
-    def _state(self, key: ApiKey, at: datetime) -> _State:
-        day = start_of_local_day(local_date(at, self.cat.tz), self.cat.tz)
+    def state(self, found: Found, at: datetime) -> _State:
+        key = found[0]
+        day = self.cat.day(at)[0]
         state = self.states.get((key.id, day))
-        if state is None or (state.windows.period and not state.windows.period[0] <= at < state.windows.period[1]):
-            state = self.states[(key.id, day)] = _state(self.session, self.cat, key, at, write=True)
+        if state is not None and (not state.windows.period or state.windows.period[0] <= at < state.windows.period[1]):
+            state.at = at
+            return state
+        state = _load(self.tx, self.cat, found, at, write=True)
+        state.count = {name: self.counters.setdefault(state.window[name], row) for name, row in state.count.items()}
+        if state.sub is not None:
+            state.packs = self.packs.setdefault(state.sub.account_id, state.packs)
+        self.states[(key.id, day)] = state
         return state
 
     def charge(self, u: UsageInput) -> Recorded:
         at = u.at or self.now
-        key = self._key(u)
+        found = self.key(u)
         billed = self.cat.billed(u.model)
         if billed is None:
             raise InvalidInput(f"unknown model {u.model!r}: no model or alias matches it")
-        state = self._state(key, at)
+        state = self.state(found, at)
+        key = state.key
         ratio = self.cat.ratios.get(key.group_name, 1_000_000)
         cost = quota.request_cost(self.cat.models[billed], input_tokens=u.input_tokens,
                                   cached_tokens=u.cached_tokens, output_tokens=u.output_tokens, ratio_ppm=ratio)
         note, res = None, None
         if u.reservation:
-            res = self.session.get(Reservation, u.reservation)
-            if res is None or res.key_id != state.key.id:
+            res = meter.get_hold(self.tx, u.reservation)
+            if res is None or res.key_id != key.id:
                 raise InvalidInput(f"reservation {u.reservation!r} does not belong to this key")
-            if res.status != "held" or not self._unhold(state, res):
+            if res.status != "held" or not self._settle(state, res, u.request_id):
                 note, res = f"reservation {u.reservation} was already {res.status}; charged without it", None
-            elif state.sub is not None:  # packs this hold emptied were not loaded: load them again
-                state.packs = _packs(self.session, state.extra_owner.id, at)
         pool = res.pool if res is not None else self._pool(state)
         plan, extra, payg = self._split(state, pool, cost, capped=res is not None)
         extra_total = sum(t for _, t in extra)
         self._apply(state, u, at, plan, extra, payg)
         parts = [name for name, amount in (("plan", plan), ("extra", extra_total), ("payg", payg)) if amount]
         row = dict(request_id=u.request_id, at=at, local_day=local_date(at, self.cat.tz).isoformat(),
-                   account_id=state.key.account_id, key_id=state.key.id, subscription_id=state.key.subscription_id,
-                   group_name=state.key.group_name, requested_model=u.model, billed_model=billed, api=u.api,
+                   account_id=key.account_id, key_id=key.id, subscription_id=key.subscription_id,
+                   group_name=key.group_name, requested_model=u.model, billed_model=billed, api=u.api,
                    input_tokens=u.input_tokens, cached_tokens=u.cached_tokens, output_tokens=u.output_tokens,
                    cost=cost, charged_plan=plan, charged_extra=extra_total, charged_payg=payg,
                    pool=parts[0] if len(parts) == 1 else "mixed" if parts else "none",
@@ -665,21 +689,28 @@ class _Batch:
                    error=u.error[:2000] if u.error else None, reservation_id=u.reservation)
         self.records.append(row)
         self.seen.add(u.request_id)
-        if res is not None:
-            res.status, res.closed_at, res.request_id = "settled", self.now, u.request_id
         if cost > plan + extra_total + payg:
             note = (f"cost {cost} µcr exceeded what the hold and the balance allowed; "
                     f"{plan + extra_total + payg} µcr charged")
-        return Recorded(u.request_id, False, None, note, row)
+        return Recorded(u.request_id, False, note, row)
 
-    def _unhold(self, state: _State, res: Reservation) -> bool:
-        """Settling: the hold is given back first, then the real cost is charged."""
-        self.session.flush()
-        if not _release(self.session, res, self.now, "settled"):
+    def _settle(self, state: _State, res: HoldRow, request_id: str) -> bool:
+        """Settling: the hold is given back first (in memory too), then the real cost is charged."""
+        if not _release(self.tx, res, self.now, "settled", self.changes, request_id):
             return False
-        for obj in (state.key, state.account, state.sub, state.period, state.subuser, *state.packs):
-            if obj is not None:
-                self.session.refresh(obj)
+        holds = res.holds
+        state.key.credit_reserved -= holds.get("key", 0)
+        if state.sub is not None:
+            state.sub.credit_reserved -= holds.get("plan", 0)
+        if "period" in holds and "period" in state.window \
+                and iso(state.window["period"][2]) == holds["period"][0]:
+            state.count["period"].reserved -= holds["period"][1]
+        if "subuser" in state.count:
+            state.count["subuser"].reserved -= holds.get("subuser", 0)
+        taken = holds.get("packs", {})
+        for pack in state.packs:
+            pack.reserved -= taken.get(str(pack.id), 0)
+        state.account.payg_reserved -= holds.get("payg", 0)
         return True
 
     def _pool(self, state: _State) -> str:
@@ -697,74 +728,75 @@ class _Batch:
             return 0, [], min(cost, max(available, 0)) if capped else cost
         plan_cost, draws = cost, []
         if pool == "extra":
-            found, plan_cost = quota.split_extra(
-                cost, [(p.id or 0, p.credit - p.used - p.reserved) for p in state.packs])
+            found, plan_cost = quota.split_extra(cost, [(p.id, p.available) for p in state.live_packs()])
             draws = list(found)
-        if capped and state.sub is not None and state.sub.credit_granted is not None:
-            available = state.sub.credit_granted - state.sub.credit_used - state.sub.credit_reserved
+        sub = state.sub
+        if capped and sub is not None and sub.credit_granted is not None:
+            available = sub.credit_granted - sub.credit_used - sub.credit_reserved
             plan_cost = min(plan_cost, max(available, 0))
         return plan_cost, draws, 0
 
     def _apply(self, state: _State, u: UsageInput, at: datetime, plan: int, extra: list[tuple[int, int]],
                payg: int) -> None:
-        base = dict(at=at, key_id=state.key.id, kind="debit", request_id=u.request_id, order_id=None,
-                    reason=f"usage {u.model}")
-        if state.sub is not None:
-            _add(state.sub, "credit_used", plan)
-            if state.day is not None:
-                _add(state.day, "requests", 1)
-                _add(state.day, "tokens", u.input_tokens + u.output_tokens)
-            for counter in (state.period, state.subuser):
-                if counter is not None and plan:
-                    _add(counter, "credit", plan)
+        """Charge in memory and in the pending changes alike."""
+        changes, key, sub = self.changes, state.key, state.sub
+        base = dict(at=at, key_id=key.id, kind="debit", request_id=u.request_id, reason=f"usage {u.model}")
+        if sub is not None:
+            sub.credit_used += plan
+            changes.sub(sub.id, used=plan)
+            day = state.count["day"]
+            tokens = u.input_tokens + u.output_tokens
+            day.requests += 1
+            day.tokens += tokens
+            changes.counter(state.window["day"], requests=1, tokens=tokens)
+            for name in ("period", "subuser"):
+                if name in state.count and plan:
+                    state.count[name].credit += plan
+                    changes.counter(state.window[name], credit=plan)
             if plan:
-                self.ledger.append({**base, "account_id": state.sub.account_id, "pool": "plan",
-                                    "subscription_id": state.sub.id, "pack_id": None, "amount": -plan})
+                changes.entry(**base, account_id=sub.account_id, pool="plan", subscription_id=sub.id, amount=-plan)
         packs = {p.id: p for p in state.packs}
         for pack_id, take in extra:
-            _add(packs[pack_id], "used", take)
-            self.ledger.append({**base, "account_id": state.extra_owner.id, "pool": "extra",
-                                "subscription_id": None, "pack_id": pack_id, "amount": -take})
+            packs[pack_id].used += take
+            changes.pack(pack_id, used=take)
+            changes.entry(**base, account_id=state.extra_owner_id, pool="extra", pack_id=pack_id, amount=-take)
         if payg:
-            _add(state.account, "payg_balance", -payg)
-            self.ledger.append({**base, "account_id": state.account.id, "pool": "payg", "subscription_id": None,
-                                "pack_id": None, "amount": -payg})
-        _add(state.key_day, "requests", 1)
-        _add(state.key_day, "credit", plan + sum(t for _, t in extra) + payg)
-        _add(state.key, "credit_used", plan)
-        if state.key.last_used_at is None or at > state.key.last_used_at:
-            set_attribute(state.key, "last_used_at", at)
+            state.account.payg_balance -= payg
+            changes.account(state.account.id, balance=-payg)
+            changes.entry(**base, account_id=state.account.id, pool="payg", amount=-payg)
+        spent = plan + sum(t for _, t in extra) + payg
+        key_day = state.count["key_day"]
+        key_day.requests += 1
+        key_day.credit += spent
+        changes.counter(state.window["key_day"], requests=1, credit=spent)
+        key.credit_used += plan
+        if key.last_used_at is None or at > key.last_used_at:
+            key.last_used_at = at
+        changes.key(key.id, used=plan, last=at)
 
     def flush(self) -> None:
-        self.session.flush()
-        conn = self.session.connection()
+        self.changes.apply(self.tx)
+        self.changes = _Changes()
         if self.records:
-            conn.execute(UsageRecord.__table__.insert(), self.records)  # type: ignore[attr-defined]
-            _roll_up(self.session, self.records)
-        if self.ledger:
-            conn.execute(LedgerEntry.__table__.insert(), self.ledger)  # type: ignore[attr-defined]
-        self.records, self.ledger = [], []
-
-
-_ROLLUP_SUMS = ("requests", "input_tokens", "cached_tokens", "output_tokens", "cost", "charged_plan",
-                "charged_extra", "charged_payg", "latency_sum", "latency_count",
-                *(f"lat_{i}" for i in range(len(LATENCY_BUCKETS_MS) + 1)))
+            meter.insert_usage(self.tx, self.records)
+            meter.roll_up(self.tx, rollups(self.records))
+        self.records = []
 
 
 def status_class(code: int) -> str:
     return f"{code // 100}xx"
 
 
-def _roll_up(session: Session, records: list[dict[str, Any]]) -> None:
-    """Add a batch of usage records to the daily rollups (one upsert per rollup row)."""
+def rollups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Usage records summed into daily rollup rows (one per day, key, group, model, API, status class)."""
     rows: dict[tuple[str, ...], dict[str, Any]] = {}
     for r in records:
         dims = (r["local_day"], r["key_id"], r["group_name"], r["billed_model"], r["api"], status_class(r["status_code"]))
         row = rows.get(dims)
         if row is None:
-            row = rows[dims] = dict(zip(("local_day", "key_id", "group_name", "billed_model", "api", "status_class"), dims),
-                                    account_id=r["account_id"], subscription_id=r["subscription_id"], last_at=r["at"],
-                                    **{name: 0 for name in _ROLLUP_SUMS})
+            row = rows[dims] = dict(zip(meter.ROLLUP_DIMENSIONS, dims), account_id=r["account_id"],
+                                    subscription_id=r["subscription_id"], last_at=r["at"],
+                                    **{name: 0 for name in meter.ROLLUP_SUMS})
         row["requests"] += 1
         for name in ("input_tokens", "cached_tokens", "output_tokens", "cost", "charged_plan", "charged_extra",
                      "charged_payg"):
@@ -773,8 +805,9 @@ def _roll_up(session: Session, records: list[dict[str, Any]]) -> None:
             row["latency_sum"] += r["latency_ms"]
             row["latency_count"] += 1
             row[f"lat_{bucket_of(r['latency_ms'])}"] += 1
-        row["last_at"] = max(row["last_at"], r["at"])
-    session.connection().execute(_statements(session).roll_up, list(rows.values()))
+        if r["at"] > row["last_at"]:
+            row["last_at"] = r["at"]
+    return list(rows.values())
 
 
 # ---------------------------------------------------------------- import
@@ -787,7 +820,7 @@ class ImportReport:
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (line number, why)
 
 
-def import_usage(db: Database, lines: Any, *, now: datetime, batch_size: int = 2_000,
+def import_usage(db: MeterDb, lines: Any, *, now: datetime, batch_size: int = 2_000,
                  progress: Any = None) -> ImportReport:
     """Record (line number, UsageInput | error text) pairs in batches, one transaction each.
 
@@ -809,7 +842,7 @@ def import_usage(db: Database, lines: Any, *, now: datetime, batch_size: int = 2
     return report
 
 
-def _import_chunk(db: Database, chunk: list[tuple[int, Any]], now: datetime, report: ImportReport) -> None:
+def _import_chunk(db: MeterDb, chunk: list[tuple[int, Any]], now: datetime, report: ImportReport) -> None:
     valid: list[tuple[int, UsageInput]] = []
     for number, item in chunk:
         if isinstance(item, str):
@@ -820,8 +853,8 @@ def _import_chunk(db: Database, chunk: list[tuple[int, Any]], now: datetime, rep
             valid.append((number, item))
         except InvalidInput as exc:
             report.rejected.append((number, exc.message))
-    with db.write() as session:
-        batch = _Batch(session, db, now)
+    with db.tx(write=True) as tx:
+        batch = _Batch(tx, db, now)
         known = batch.known_ids([u.request_id for _, u in valid])
         for number, u in valid:
             if u.request_id in known or u.request_id in batch.seen:
@@ -840,11 +873,11 @@ def _import_chunk(db: Database, chunk: list[tuple[int, Any]], now: datetime, rep
 
 def _check_chargeable(batch: _Batch, u: UsageInput) -> None:
     """Everything that could make charging fail, checked before anything is changed."""
-    key = batch._key(u)
+    key = batch.key(u)[0]
     if batch.cat.billed(u.model) is None:
         raise InvalidInput(f"unknown model {u.model!r}")
     if u.reservation:
-        res = batch.session.get(Reservation, u.reservation)
+        res = meter.get_hold(batch.tx, u.reservation)
         if res is None or res.key_id != key.id:
             raise InvalidInput(f"reservation {u.reservation!r} does not belong to this key")
 
@@ -870,34 +903,35 @@ class LimitsView:
     suggestions: list[str]
 
 
-def limits_view(db: Database, ref: str, *, now: datetime) -> LimitsView:
+def limits_view(db: Any, ref: str, *, now: datetime) -> LimitsView:
     """The limits of a subscription (its subscription key) or of one key, side by side."""
     from planctl.services.sales import resolve_subscription
+    from planctl.store.tables import ApiKey
+    from sqlmodel import col, select
 
     _release_stale(db, now)
     with db.read() as session:
-        key = None
+        tx = Tx.within(session)
         try:
             sub = resolve_subscription(session, ref)
-            key = session.execute(select(ApiKey).where(ApiKey.subscription_id == sub.id)
-                                  .order_by(col(ApiKey.kind) != "subscription", ApiKey.created_at)).scalars().first()
         except NotFound:
-            key = keys.resolve(session, ref)
-        if key is None:
-            raise NotFound(f"subscription {ref!r} has no key")
-        cat = _Catalog(session, db)
-        state = _state(session, cat, key, now, write=False)
-        limits, counters = state.limits(), state.counters()
-        key_refusal = key_rules.key_refusal(key_rules.KeyState(key.status, key.expires_at), now)
-        sub_refusal = lifecycle.availability(_sub_state(state.sub), now) if state.sub else None
-        request = quota.Request(key_kind=key.kind, key_refusal=key_refusal, subscription_refusal=sub_refusal,
-                                billed_model=(state.terms.models[0] if state.terms else next(iter(cat.models), None)),
-                                group=key.group_name, api=(state.terms.api_types[0] if state.terms else "responses"))
+            key_id = meter.resolve_key(tx, ref)
+        else:
+            key_id = session.execute(select(ApiKey.id).where(ApiKey.subscription_id == sub.id).order_by(
+                col(ApiKey.kind) != "subscription", ApiKey.created_at)).scalars().first()
+            if key_id is None:
+                raise NotFound(f"subscription {ref!r} has no key")
+        found = meter.key_by(tx, "id", key_id, write=False)
+        assert found is not None
+        cat = _catalog(tx, db, write=False)
+        state = _load(tx, cat, found, now, write=False)
+        limits, counters, terms = state.limits(), state.counters(), state.terms
+        request = _request(state, terms.models[0] if terms else next(iter(cat.models), None),
+                           terms.api_types[0] if terms else "responses", 0, now)
         decision = quota.decide(request, limits, counters)
         boundary = quota.plan_boundary(limits, counters) if state.sub else None
-        terms = state.terms
         return LimitsView(
-            subscription_id=state.sub.id if state.sub else None, key_id=key.id,
+            subscription_id=state.sub.id if state.sub else None, key_id=key_id,
             plan=terms.slug if terms else None, counters=counters, limits=limits,
             blocking=decision.reason or boundary, lifted_by_extra=bool(decision.allowed and decision.lifted),
             period=state.windows.period, day=state.windows.day, reset_zone=cat.tz.key,
@@ -922,8 +956,9 @@ def _suggestions(decision: quota.Decision, boundary: str | None, state: _State, 
     return out
 
 
-def set_period_limit(db: Database, ref: str, enabled: bool, *, caller: Caller, now: datetime) -> Subscription:
+def set_period_limit(db: Any, ref: str, enabled: bool, *, caller: Any, now: datetime) -> Any:
     """Turn a subscription's periodic limit off or on, where its plan allows it."""
+    from planctl.services import audit
     from planctl.services.sales import resolve_subscription, subscription_terms
 
     with db.write() as session:

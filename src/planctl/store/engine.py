@@ -21,8 +21,7 @@ from sqlmodel import Session, create_engine
 
 from planctl.domain.errors import Conflict, InvalidInput, PlanctlError
 from planctl.store.location import DbTarget
-
-BUSY_TIMEOUT_MS = 10_000
+from planctl.store.sql import BUSY_TIMEOUT_MS, PRAGMAS, Tx, transaction
 _WRITE = "planctl_write"
 
 
@@ -61,8 +60,38 @@ class Database:
             with session.begin():
                 yield session
 
+    @contextmanager
+    def tx(self, *, write: bool) -> Iterator[Tx]:
+        """A plain driver transaction on a pooled connection (the metering hot path: no ORM)."""
+        pooled = self.engine.raw_connection()
+        try:
+            with transaction(pooled.driver_connection, sqlite=self.dialect == "sqlite", write=write,
+                             display=self.target.display, errors=self.engine.dialect.dbapi) as tx:
+                yield tx
+        finally:
+            pooled.close()
+
+    @property
+    def url(self) -> str:
+        return self.target.url
+
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+_CATALOG_TABLES = ("models", "model_aliases", "groups", "settings")
+
+
+@event.listens_for(Session, "after_flush")
+def _stamp_catalog_changes(session: Session, _context: Any) -> None:
+    """Any ORM write to the catalog gives it a new stamp, so metering's cached copy is reloaded
+    (store/meter.py `catalog_stamp`)."""
+    for obj in (*session.new, *session.dirty, *session.deleted):
+        if getattr(obj, "__tablename__", None) in _CATALOG_TABLES:
+            from planctl.store.meter import new_catalog_stamp
+
+            new_catalog_stamp(Tx.within(session))
+            return
 
 
 def open_engine(target: DbTarget) -> Database:
@@ -106,10 +135,8 @@ def _configure_sqlite(engine: Engine) -> None:
         # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite would defer it).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.execute("PRAGMA foreign_keys = ON")
+        for pragma in PRAGMAS:
+            cursor.execute(pragma)
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -1,0 +1,415 @@
+"""The metering tables, read and written with plain SQL (see store/sql.py for why).
+
+Query functions return plain rows; writers take plain values. Every debit or
+hold is one conditional UPDATE whose affected-row count decides; balances are
+moved by increments, so two transactions can never overwrite each other's
+change. The decisions themselves live in domain/quota.py and
+services/metering.py.
+
+On PostgreSQL a write transaction locks the rows it reads, always in the
+order key → account → subscription (other owners' counters are covered by
+those locks); SQLite's `BEGIN IMMEDIATE` already excludes other writers.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from planctl.domain.errors import InvalidInput, NotFound
+from planctl.store.sql import Tx
+
+# ---------------------------------------------------------------- rows
+
+
+@dataclass(slots=True)
+class KeyRow:
+    id: str
+    account_id: str
+    subscription_id: str | None
+    kind: str
+    name: str
+    group_name: str
+    status: str
+    expires_at: datetime | None
+    credit_cap: int | None
+    credit_used: int
+    credit_reserved: int
+    daily_limit: int | None
+    rpd: int | None
+    last_used_at: datetime | None
+    previous_valid_until: datetime | None
+
+
+@dataclass(slots=True)
+class AccountRow:
+    id: str
+    parent_id: str | None
+    subuser_quota: int | None
+    payg_balance: int
+    payg_reserved: int
+
+
+@dataclass(slots=True)
+class SubRow:
+    id: str
+    account_id: str
+    plan_version_id: int
+    status: str
+    starts_at: datetime
+    ends_at: datetime
+    anchor_day: int
+    credit_granted: int | None
+    credit_used: int
+    credit_reserved: int
+    period_limit_enabled: bool
+
+
+@dataclass(slots=True)
+class CounterRow:
+    requests: int = 0
+    tokens: int = 0
+    credit: int = 0
+    reserved: int = 0
+
+
+@dataclass(slots=True)
+class PackRow:
+    id: int
+    credit: int
+    used: int
+    reserved: int
+    expires_at: datetime | None
+
+    @property
+    def available(self) -> int:
+        return self.credit - self.used - self.reserved
+
+
+@dataclass(slots=True)
+class HoldRow:
+    """A reservation."""
+
+    id: str
+    key_id: str
+    account_id: str
+    subscription_id: str | None
+    pool: str
+    amount: int
+    holds: dict[str, Any] = field(default_factory=dict)
+    status: str = "held"
+    request_id: str | None = None
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    closed_at: datetime | None = None
+
+
+Window = tuple[str, str, datetime]  # (owner, scope, window start)
+
+# ---------------------------------------------------------------- keys
+
+_KEY = ("k.id, k.account_id, k.subscription_id, k.kind, k.name, k.group_name, k.status, k.expires_at, k.credit_cap, "
+        "k.credit_used, k.credit_reserved, k.daily_limit, k.rpd, k.last_used_at, k.previous_valid_until, "
+        "a.parent_id, a.subuser_quota, a.payg_balance, a.payg_reserved")
+_SUB = ("s.id, s.account_id, s.plan_version_id, s.status, s.starts_at, s.ends_at, s.anchor_day, s.credit_granted, "
+        "s.credit_used, s.credit_reserved, s.period_limit_enabled")
+_KEY_SQL = {column: (f"SELECT {_KEY}, {_SUB} FROM api_keys k JOIN accounts a ON a.id = k.account_id "
+                     f"LEFT JOIN subscriptions s ON s.id = k.subscription_id WHERE k.{column} = :value")
+            for column in ("id", "secret_sha256", "previous_sha256")}
+_KEY_LOCK_SQL = {column: (f"SELECT {_KEY} FROM api_keys k JOIN accounts a ON a.id = k.account_id "
+                          f"WHERE k.{column} = :value FOR UPDATE OF k, a") for column in _KEY_SQL}
+_SUB_LOCK_SQL = f"SELECT {_SUB} FROM subscriptions s WHERE s.id = :value FOR UPDATE"
+
+
+def key_by(tx: Tx, column: str, value: str, *, write: bool) -> tuple[KeyRow, AccountRow, SubRow | None] | None:
+    """A key with its account and subscription, by `id`, `secret_sha256` or `previous_sha256`;
+    locked (PostgreSQL) in a write transaction."""
+    if write and not tx.sqlite:
+        row = tx.one(_KEY_LOCK_SQL[column], {"value": value})
+        if row is None:
+            return None
+        sub = tx.one(_SUB_LOCK_SQL, {"value": row[2]}) if row[2] else None
+    else:
+        row = tx.one(_KEY_SQL[column], {"value": value})
+        if row is None:
+            return None
+        sub = row[19:] if row[19] is not None else None
+    at = tx.instant
+    key = KeyRow(*row[:7], at(row[7]), *row[8:13], at(row[13]), at(row[14]))
+    account = AccountRow(row[1], *row[15:19])
+    if sub is None:
+        return key, account, None
+    return key, account, SubRow(*sub[:4], at(sub[4]), at(sub[5]), *sub[6:10], bool(sub[10]))
+
+
+def keys_matching(tx: Tx, how: str, ref: str, account_id: str | None, *, limit: int = 6) -> list[tuple[str, str]]:
+    """(id, name) of the keys whose id or name is `ref` (`how` = id | name), or whose visible
+    prefix or id starts with it (`how` = prefix | id_prefix), literally and case-sensitively."""
+    condition = {"id": "id = :ref", "name": "name = :ref", "prefix": "substr(prefix, 1, :n) = :ref",
+                 "id_prefix": "substr(id, 1, :n) = :ref"}[how]
+    if account_id is not None:
+        condition += " AND account_id = :account"
+    return [tuple(r) for r in tx.rows(f"SELECT id, name FROM api_keys WHERE {condition} ORDER BY id LIMIT {int(limit)}",
+                                      {"ref": ref, "n": len(ref), "account": account_id})]  # type: ignore[misc]
+
+
+def resolve_key(tx: Tx, ref: str, account_id: str | None = None) -> str:
+    """A key id from its id, unique name, visible prefix (`sk-AbCd`) or an unambiguous id prefix."""
+    ref = ref.strip()
+    shown = ref[:7] + "…" if ref.startswith("sk-") and len(ref) > 7 else ref  # never echo a pasted secret
+    for how in ("id", "name", "prefix" if ref.startswith("sk-") else "id_prefix"):
+        found = keys_matching(tx, how, ref, account_id)
+        if len(found) == 1:
+            return found[0][0]
+        if len(found) > 1:
+            listed = ", ".join(f"{key_id} ({name})" for key_id, name in found[:5])
+            raise InvalidInput(f"{shown!r} matches several keys: {listed}; use the key id (or --account)")
+    raise NotFound(f"unknown key {shown!r}; see 'planctl keys list'")
+
+
+def charge_keys(tx: Tx, rows: list[dict[str, Any]]) -> None:
+    """rows of {id, used, reserved, last}: consumption and holds moved by increments."""
+    tx.many("UPDATE api_keys SET credit_used = credit_used + :used, credit_reserved = credit_reserved + :reserved, "
+            "last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < :last THEN :last ELSE last_used_at END "
+            "WHERE id = :id", [{**r, "last": tx.at(r["last"])} for r in rows])
+
+
+def hold_key(tx: Tx, key_id: str, amount: int) -> bool:
+    return tx.run("UPDATE api_keys SET credit_reserved = credit_reserved + :amount WHERE id = :id AND "
+                  "(credit_cap IS NULL OR credit_used + credit_reserved + :amount <= credit_cap)",
+                  {"id": key_id, "amount": amount}) == 1
+
+
+# ---------------------------------------------------------------- subscriptions, accounts, packs
+
+
+def hold_subscription(tx: Tx, sub_id: str, amount: int) -> bool:
+    return tx.run("UPDATE subscriptions SET credit_reserved = credit_reserved + :amount WHERE id = :id AND "
+                  "(credit_granted IS NULL OR credit_granted - credit_used - credit_reserved >= :amount)",
+                  {"id": sub_id, "amount": amount}) == 1
+
+
+def charge_subscriptions(tx: Tx, rows: list[dict[str, Any]]) -> None:
+    """rows of {id, used, reserved}."""
+    tx.many("UPDATE subscriptions SET credit_used = credit_used + :used, "
+            "credit_reserved = credit_reserved + :reserved WHERE id = :id", rows)
+
+
+def hold_payg(tx: Tx, account_id: str, amount: int) -> bool:
+    return tx.run("UPDATE accounts SET payg_reserved = payg_reserved + :amount WHERE id = :id AND "
+                  "payg_balance - payg_reserved >= :amount", {"id": account_id, "amount": amount}) == 1
+
+
+def charge_payg(tx: Tx, rows: list[dict[str, Any]]) -> None:
+    """rows of {id, balance, reserved}: increments of the PAYG balance and its holds."""
+    tx.many("UPDATE accounts SET payg_balance = payg_balance + :balance, payg_reserved = payg_reserved + :reserved "
+            "WHERE id = :id", rows)
+
+
+def packs_of(tx: Tx, account_id: str, *, lock: bool) -> list[PackRow]:
+    """An account's extra-usage packs not used up (held ones too: a settled hold gives back),
+    those expiring first first, never-expiring last. Callers skip the expired ones."""
+    return [PackRow(r[0], r[1], r[2], r[3], tx.instant(r[4])) for r in tx.rows(
+        "SELECT id, credit, used, reserved, expires_at FROM extra_packs WHERE account_id = :account AND "
+        "credit > used ORDER BY CASE WHEN expires_at IS NULL THEN 1 ELSE 0 END, expires_at, id"
+        + (tx.lock if lock else ""), {"account": account_id})]
+
+
+def hold_pack(tx: Tx, pack_id: int, amount: int) -> bool:
+    return tx.run("UPDATE extra_packs SET reserved = reserved + :amount WHERE id = :id AND "
+                  "credit - used - reserved >= :amount", {"id": pack_id, "amount": amount}) == 1
+
+
+def charge_packs(tx: Tx, rows: list[dict[str, Any]]) -> None:
+    """rows of {id, used, reserved}."""
+    tx.many("UPDATE extra_packs SET used = used + :used, reserved = reserved + :reserved WHERE id = :id", rows)
+
+
+# ---------------------------------------------------------------- counters
+
+
+_COUNTERS_SQL = ("SELECT owner, scope, window_start, requests, tokens, credit, reserved FROM usage_counters WHERE "
+                 + " OR ".join(f"(owner = :o{i} AND scope = :s{i} AND window_start = :w{i})" for i in range(4)))
+
+
+def counters(tx: Tx, windows: list[Window]) -> dict[Window, CounterRow]:
+    """The counters of up to four windows in one statement (a missing row counts zero)."""
+    params: dict[str, Any] = {}
+    for i in range(4):
+        owner, scope, start = windows[i] if i < len(windows) else (None, None, None)
+        params[f"o{i}"], params[f"s{i}"], params[f"w{i}"] = owner, scope, tx.at(start)
+    found = {(r[0], r[1], tx.instant(r[2])): CounterRow(*r[3:]) for r in tx.rows(_COUNTERS_SQL, params)}
+    return {w: found.get(w) or CounterRow() for w in windows}
+
+
+def ensure_counter(tx: Tx, window: Window) -> None:
+    tx.run("INSERT INTO usage_counters (owner, scope, window_start, requests, tokens, credit, reserved) "
+           "VALUES (:owner, :scope, :start, 0, 0, 0, 0) ON CONFLICT (owner, scope, window_start) DO NOTHING",
+           {"owner": window[0], "scope": window[1], "start": tx.at(window[2])})
+
+
+def hold_counter(tx: Tx, window: Window, amount: int, cap: int | None) -> bool:
+    """Hold credit on a counter (created if missing), within `cap` when there is one."""
+    ensure_counter(tx, window)
+    within = "" if cap is None else " AND credit + reserved + :amount <= :cap"
+    return tx.run("UPDATE usage_counters SET reserved = reserved + :amount WHERE owner = :owner AND scope = :scope "
+                  "AND window_start = :start" + within,
+                  {"owner": window[0], "scope": window[1], "start": tx.at(window[2]), "amount": amount,
+                   "cap": cap}) == 1
+
+
+def add_to_counters(tx: Tx, deltas: dict[Window, list[int]]) -> None:
+    """Add [requests, tokens, credit, reserved] to each window's counter, creating it when new."""
+    tx.many("INSERT INTO usage_counters (owner, scope, window_start, requests, tokens, credit, reserved) "
+            "VALUES (:owner, :scope, :start, :requests, :tokens, :credit, :reserved) "
+            "ON CONFLICT (owner, scope, window_start) DO UPDATE SET requests = usage_counters.requests + "
+            "excluded.requests, tokens = usage_counters.tokens + excluded.tokens, "
+            "credit = usage_counters.credit + excluded.credit, reserved = usage_counters.reserved + excluded.reserved",
+            [{"owner": o, "scope": s, "start": tx.at(w), "requests": d[0], "tokens": d[1], "credit": d[2],
+              "reserved": d[3]} for (o, s, w), d in deltas.items()])
+
+
+# ---------------------------------------------------------------- reservations
+
+_HOLD = ("id, key_id, account_id, subscription_id, pool, amount, holds, status, request_id, created_at, expires_at, "
+         "closed_at")
+
+
+def _hold_row(tx: Tx, r: tuple[Any, ...]) -> HoldRow:
+    return HoldRow(*r[:6], tx.json_out(r[6]), r[7], r[8], tx.instant(r[9]), tx.instant(r[10]), tx.instant(r[11]))
+
+
+def insert_hold(tx: Tx, res: HoldRow) -> None:
+    tx.run(f"INSERT INTO reservations ({_HOLD}) VALUES (:id, :key_id, :account_id, :subscription_id, :pool, :amount, "
+           ":holds, :status, NULL, :created_at, :expires_at, NULL)",
+           {"id": res.id, "key_id": res.key_id, "account_id": res.account_id, "subscription_id": res.subscription_id,
+            "pool": res.pool, "amount": res.amount, "holds": tx.json_in(res.holds), "status": res.status,
+            "created_at": tx.at(res.created_at), "expires_at": tx.at(res.expires_at)})
+
+
+def get_hold(tx: Tx, res_id: str) -> HoldRow | None:
+    row = tx.one(f"SELECT {_HOLD} FROM reservations WHERE id = :id", {"id": res_id})
+    return None if row is None else _hold_row(tx, row)
+
+
+def close_hold(tx: Tx, res_id: str, status: str, at: datetime, request_id: str | None = None) -> bool:
+    """held → settled | released | expired, once: of two transactions closing a hold, one wins."""
+    return tx.run("UPDATE reservations SET status = :status, closed_at = :at, "
+                  "request_id = COALESCE(:request, request_id) WHERE id = :id AND status = 'held'",
+                  {"id": res_id, "status": status, "at": tx.at(at), "request": request_id}) == 1
+
+
+def any_stale(tx: Tx, now: datetime) -> bool:
+    return tx.one("SELECT 1 FROM reservations WHERE status = 'held' AND expires_at <= :now LIMIT 1",
+                  {"now": tx.at(now)}) is not None
+
+
+def stale_holds(tx: Tx, now: datetime) -> list[HoldRow]:
+    return [_hold_row(tx, r) for r in tx.rows(
+        f"SELECT {_HOLD} FROM reservations WHERE status = 'held' AND expires_at <= :now ORDER BY id",
+        {"now": tx.at(now)})]
+
+
+def list_holds(tx: Tx, *, status: str | None, key_id: str | None, limit: int) -> list[HoldRow]:
+    where = " AND ".join(w for w, v in (("status = :status", status), ("key_id = :key", key_id)) if v) or "1 = 1"
+    return [_hold_row(tx, r) for r in tx.rows(
+        f"SELECT {_HOLD} FROM reservations WHERE {where} ORDER BY created_at DESC, id LIMIT {int(limit)}",
+        {"status": status, "key": key_id})]
+
+
+# ---------------------------------------------------------------- usage records, ledger, rollups
+
+USAGE_COLUMNS = ("request_id", "at", "local_day", "account_id", "key_id", "subscription_id", "group_name",
+                 "requested_model", "billed_model", "api", "input_tokens", "cached_tokens", "output_tokens", "cost",
+                 "charged_plan", "charged_extra", "charged_payg", "pool", "status_code", "latency_ms", "stream",
+                 "error", "reservation_id")
+_INSERT_USAGE = (f"INSERT INTO usage_records ({', '.join(USAGE_COLUMNS)}) "
+                 f"VALUES ({', '.join(':' + c for c in USAGE_COLUMNS)})")
+LEDGER_COLUMNS = ("at", "account_id", "pool", "subscription_id", "pack_id", "key_id", "kind", "amount", "order_id",
+                  "request_id", "reason")
+_INSERT_LEDGER = (f"INSERT INTO ledger ({', '.join(LEDGER_COLUMNS)}) "
+                  f"VALUES ({', '.join(':' + c for c in LEDGER_COLUMNS)})")
+LATENCY_COLUMNS = tuple(f"lat_{i}" for i in range(12))
+ROLLUP_DIMENSIONS = ("local_day", "key_id", "group_name", "billed_model", "api", "status_class")
+ROLLUP_SUMS = ("requests", "input_tokens", "cached_tokens", "output_tokens", "cost", "charged_plan", "charged_extra",
+               "charged_payg", "latency_sum", "latency_count", *LATENCY_COLUMNS)
+_ROLLUP_COLUMNS = (*ROLLUP_DIMENSIONS, "account_id", "subscription_id", *ROLLUP_SUMS, "last_at")
+_ROLL_UP = (f"INSERT INTO usage_daily ({', '.join(_ROLLUP_COLUMNS)}) VALUES ({', '.join(':' + c for c in _ROLLUP_COLUMNS)}) "
+            f"ON CONFLICT ({', '.join(ROLLUP_DIMENSIONS)}) DO UPDATE SET "
+            + ", ".join(f"{c} = usage_daily.{c} + excluded.{c}" for c in ROLLUP_SUMS)
+            + ", last_at = {latest}(usage_daily.last_at, excluded.last_at)")
+
+
+def known_request_ids(tx: Tx, request_ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for i in range(0, len(request_ids), 500):
+        chunk = request_ids[i:i + 500]
+        marks = ", ".join(f":r{j}" for j in range(len(chunk)))
+        found.update(r[0] for r in tx.rows(f"SELECT request_id FROM usage_records WHERE request_id IN ({marks})",
+                                           {f"r{j}": rid for j, rid in enumerate(chunk)}))
+    return found
+
+
+def insert_usage(tx: Tx, records: list[dict[str, Any]]) -> None:
+    """Usage records (dicts of USAGE_COLUMNS; `at` aware)."""
+    if tx.sqlite:
+        records = [{**r, "at": tx.at(r["at"])} for r in records]
+    tx.many(_INSERT_USAGE, records)
+
+
+def insert_ledger(tx: Tx, entries: list[dict[str, Any]]) -> None:
+    """Ledger entries (dicts of LEDGER_COLUMNS; `at` aware)."""
+    if tx.sqlite:
+        entries = [{**e, "at": tx.at(e["at"])} for e in entries]
+    tx.many(_INSERT_LEDGER, entries)
+
+
+def roll_up(tx: Tx, rows: list[dict[str, Any]]) -> None:
+    """Add rollup rows (dicts of the dimensions, sums, account, subscription and last_at) to usage_daily."""
+    if tx.sqlite:
+        rows = [{**r, "last_at": tx.at(r["last_at"])} for r in rows]
+    tx.many(_ROLL_UP.format(latest="max" if tx.sqlite else "greatest"), rows)
+
+
+# ---------------------------------------------------------------- catalog
+
+
+CATALOG_STAMP = "catalog-stamp"  # a row of `counters`: a new random value whenever the catalog changes
+
+
+def catalog_stamp(tx: Tx) -> int | None:
+    row = tx.one("SELECT value FROM counters WHERE name = :name", {"name": CATALOG_STAMP})
+    return None if row is None else row[0]
+
+
+def new_catalog_stamp(tx: Tx) -> int:
+    """Mark the catalog changed: readers holding another stamp load it again."""
+    value = secrets.randbits(62)
+    tx.run("INSERT INTO counters (name, value) VALUES (:name, :value) "
+           "ON CONFLICT (name) DO UPDATE SET value = excluded.value", {"name": CATALOG_STAMP, "value": value})
+    return value
+
+
+@dataclass(frozen=True)
+class CatalogRows:
+    models: list[tuple[str, int, int, int]]  # id, input, cached, output price (µcr per 10^6 tokens)
+    aliases: list[tuple[str, str]]  # pattern, model id
+    groups: list[tuple[str, int]]  # name, ratio (ppm)
+    settings: dict[str, str]
+
+
+def catalog_rows(tx: Tx) -> CatalogRows:
+    return CatalogRows(
+        models=[tuple(r) for r in tx.rows("SELECT id, input_price, cached_price, output_price FROM models")],  # type: ignore[misc]
+        aliases=[tuple(r) for r in tx.rows("SELECT pattern, model_id FROM model_aliases")],  # type: ignore[misc]
+        groups=[tuple(r) for r in tx.rows("SELECT name, ratio_ppm FROM groups")],  # type: ignore[misc]
+        settings=dict(tx.rows("SELECT key, value FROM settings")),  # type: ignore[arg-type]
+    )
+
+
+def plan_version_terms(tx: Tx, version_id: int) -> dict[str, Any]:
+    row = tx.one("SELECT terms FROM plan_versions WHERE id = :id", {"id": version_id})
+    assert row is not None, f"plan version {version_id} is missing"
+    return tx.json_out(row[0])
