@@ -164,11 +164,12 @@ def test_blank_database_matches_models_and_is_current(db: Any) -> None:
     assert [m.applied_at is not None for m in migrations.status(db)] == [True] * len(migrations.MIGRATIONS)
 
 
-def test_version_1_fixture_migrates_to_the_models(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_old_schema_fixtures_migrate_to_the_models(tmp_path: Path, version: int) -> None:
     """Fails when tables.py changes without a migration (and a new fixture)."""
-    path = tmp_path / "v1.db"
+    path = tmp_path / f"v{version}.db"
     conn = sqlite3.connect(path)
-    conn.executescript((FIXTURES / "schema_v1_sqlite.sql").read_text())
+    conn.executescript((FIXTURES / f"schema_v{version}_sqlite.sql").read_text())
     conn.close()
     db = open_database(resolve_target(str(path)), now=NOW)
     try:

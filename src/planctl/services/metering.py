@@ -139,13 +139,10 @@ class _State:
     terms: PlanTerms | None
     windows: _Windows
     window: dict[str, Window]  # period | day | key_day | subuser -> its counter's window
-    count: dict[str, CounterRow]
-    packs: list[PackRow]  # live extra-usage packs of the subscription's account, expiring first first
     at: datetime
-
-    @property
-    def period(self) -> CounterRow | None:
-        return self.count.get("period")
+    count: dict[str, CounterRow] = field(default_factory=dict)  # loaded by `_load` (or a batch, when needed)
+    packs: list[PackRow] = field(default_factory=list)  # the extra-usage packs of the subscription's account
+    loaded: bool = False  # counters and packs read
 
     @property
     def extra_owner_id(self) -> str:
@@ -185,8 +182,8 @@ class _State:
 Found = tuple[KeyRow, AccountRow, SubRow | None]
 
 
-def _load(tx: Tx, cat: _Catalog, found: Found, at: datetime, *, write: bool) -> _State:
-    """The counters and packs of a key loaded with its account and subscription (locked in a write)."""
+def _frame(tx: Tx, cat: _Catalog, found: Found, at: datetime) -> _State:
+    """A key's state without its counters and packs: the windows it counts in at `at`."""
     key, account, sub = found
     terms = cat.terms(tx, sub.plan_version_id) if sub is not None else None
     win = _windows(cat, terms, sub, at)
@@ -197,9 +194,17 @@ def _load(tx: Tx, cat: _Catalog, found: Found, at: datetime, *, write: bool) -> 
             window["period"] = (sub.id, "sub-period", win.period[0])
     if account.parent_id:
         window["subuser"] = (account.id, "subuser", EPOCH)
-    rows = meter.counters(tx, list(window.values()))
-    packs = meter.packs_of(tx, sub.account_id, lock=write) if sub is not None else []
-    return _State(key, account, sub, terms, win, window, {name: rows[w] for name, w in window.items()}, packs, at)
+    return _State(key, account, sub, terms, win, window, at)
+
+
+def _load(tx: Tx, cat: _Catalog, found: Found, at: datetime, *, write: bool) -> _State:
+    """A key's whole state: with its counters and packs (locked in a write on PostgreSQL)."""
+    state = _frame(tx, cat, found, at)
+    rows = meter.counters(tx, list(state.window.values()))
+    state.count = {name: rows[window] for name, window in state.window.items()}
+    state.packs = meter.packs_of(tx, state.extra_owner_id, lock=write) if state.sub is not None else []
+    state.loaded = True
+    return state
 
 
 def key_by_secret(tx: Tx, secret: str, now: datetime, *, write: bool) -> Found | None:
@@ -267,16 +272,17 @@ def authorize(db: MeterDb, secret: str, *, model: str, api: str = "responses", r
         cat = _catalog(tx, db, write=write)
         state = _load(tx, cat, found, now, write=write)
         billed = cat.billed(model)
-        decision = quota.decide(_request(state, billed, api, reserve or 0, now), state.limits(), state.counters())
-        auth = _answer(state, decision, model, billed)
+        limits, counters = state.limits(), state.counters()
+        decision = quota.decide(_request(state, billed, api, reserve or 0, now), limits, counters)
+        auth = _answer(state, decision, model, billed, limits, counters)
         if decision.allowed and reserve:
-            res = _hold(tx, state, decision, reserve, now, hold_for)
+            res = _hold(tx, state, decision, limits, reserve, now, hold_for)
             auth.reservation_id, auth.reservation_expires_at = res.id, res.expires_at
         return auth
 
 
-def _answer(state: _State, decision: quota.Decision, requested: str, billed: str | None) -> Authorization:
-    c, limits = state.counters(), state.limits()
+def _answer(state: _State, decision: quota.Decision, requested: str, billed: str | None, limits: quota.Limits,
+            c: quota.Counters) -> Authorization:
     win = state.windows
     remaining: dict[str, Any] = {
         "total": c.plan_remaining,
@@ -338,46 +344,64 @@ def explain(decision: quota.Decision, next_reset: datetime) -> str:
 # ---------------------------------------------------------------- balance changes
 
 
+_FIELDS = {  # what an increment of each kind of row changes: (increment name, attribute of the row object)
+    "key": (("used", "credit_used"), ("reserved", "credit_reserved")),
+    "account": (("balance", "payg_balance"), ("reserved", "payg_reserved")),
+    "sub": (("used", "credit_used"), ("reserved", "credit_reserved")),
+    "pack": (("used", "used"), ("reserved", "reserved")),
+    "counter": (("requests", "requests"), ("tokens", "tokens"), ("credit", "credit"), ("reserved", "reserved")),
+}
+
+
 class _Changes:
     """Increments to balances and counters, and ledger entries, written together at the end of a
-    transaction: one statement per table, however many requests a batch charges."""
+    transaction: one statement per table, however many requests a batch charges.
+
+    It also holds the rows a batch has read, one object per row (`adopt`): an increment is
+    applied to the object as well, and a row read later gets the increments already pending,
+    so a batch always sees the database plus its own changes.
+    """
 
     def __init__(self) -> None:
-        self.subs: dict[str, dict[str, Any]] = {}
-        self.keys: dict[str, dict[str, Any]] = {}
-        self.packs: dict[int, dict[str, Any]] = {}
-        self.payg: dict[str, dict[str, Any]] = {}
-        self.counters: dict[Window, list[int]] = {}
+        self.pending: dict[str, dict[Any, dict[str, Any]]] = {kind: {} for kind in _FIELDS}
+        self.rows: dict[tuple[str, Any], Any] = {}
         self.ledger: list[dict[str, Any]] = []
 
-    def sub(self, sub_id: str, *, used: int = 0, reserved: int = 0) -> None:
-        row = self.subs.setdefault(sub_id, {"id": sub_id, "used": 0, "reserved": 0})
-        row["used"] += used
-        row["reserved"] += reserved
+    def add(self, kind: str, ident: Any, **amounts: int) -> None:
+        row = self.pending[kind].get(ident)
+        if row is None:
+            row = self.pending[kind][ident] = {"id": ident, "last": None, **{n: 0 for n, _ in _FIELDS[kind]}}
+        obj = self.rows.get((kind, ident))
+        for name, attribute in _FIELDS[kind]:
+            amount = amounts.get(name)
+            if amount:
+                row[name] += amount
+                if obj is not None:
+                    setattr(obj, attribute, getattr(obj, attribute) + amount)
 
-    def key(self, key_id: str, *, used: int = 0, reserved: int = 0, last: datetime | None = None) -> None:
-        row = self.keys.setdefault(key_id, {"id": key_id, "used": 0, "reserved": 0, "last": None})
-        row["used"] += used
-        row["reserved"] += reserved
-        if last is not None and (row["last"] is None or last > row["last"]):
-            row["last"] = last
+    def touch(self, key_id: str, at: datetime) -> None:
+        """A key was used at `at` (its last use only moves forward)."""
+        self.add("key", key_id)
+        row, obj = self.pending["key"][key_id], self.rows.get(("key", key_id))
+        if row["last"] is None or at > row["last"]:
+            row["last"] = at
+        if obj is not None and (obj.last_used_at is None or at > obj.last_used_at):
+            obj.last_used_at = at
 
-    def pack(self, pack_id: int, *, used: int = 0, reserved: int = 0) -> None:
-        row = self.packs.setdefault(pack_id, {"id": pack_id, "used": 0, "reserved": 0})
-        row["used"] += used
-        row["reserved"] += reserved
-
-    def account(self, account_id: str, *, balance: int = 0, reserved: int = 0) -> None:
-        row = self.payg.setdefault(account_id, {"id": account_id, "balance": 0, "reserved": 0})
-        row["balance"] += balance
-        row["reserved"] += reserved
-
-    def counter(self, window: Window, requests: int = 0, tokens: int = 0, credit: int = 0, reserved: int = 0) -> None:
-        row = self.counters.setdefault(window, [0, 0, 0, 0])
-        row[0] += requests
-        row[1] += tokens
-        row[2] += credit
-        row[3] += reserved
+    def adopt(self, kind: str, ident: Any, obj: Any) -> Any:
+        """The batch's object for a row just read: the one it already has, or this one with the
+        increments pending for it."""
+        known = self.rows.get((kind, ident))
+        if known is not None:
+            return known
+        row = self.pending[kind].get(ident)
+        if row is not None:
+            for name, attribute in _FIELDS[kind]:
+                setattr(obj, attribute, getattr(obj, attribute) + row[name])
+            if kind == "key" and row["last"] is not None and (obj.last_used_at is None or row["last"] > obj.last_used_at):
+                obj.last_used_at = row["last"]
+        self.rows[(kind, ident)] = obj
+        return obj
 
     def entry(self, *, at: datetime, account_id: str, pool: str, amount: int, kind: str, key_id: str | None,
               reason: str, subscription_id: str | None = None, pack_id: int | None = None,
@@ -388,18 +412,21 @@ class _Changes:
 
     def apply(self, tx: Tx) -> None:
         """Keys, accounts and subscriptions in the order they are locked everywhere else."""
-        meter.charge_keys(tx, list(self.keys.values()))
-        meter.charge_payg(tx, list(self.payg.values()))
-        meter.charge_subscriptions(tx, list(self.subs.values()))
-        meter.charge_packs(tx, list(self.packs.values()))
-        meter.add_to_counters(tx, self.counters)
+        pending = self.pending
+        meter.charge_keys(tx, list(pending["key"].values()))
+        meter.charge_payg(tx, list(pending["account"].values()))
+        meter.charge_subscriptions(tx, list(pending["sub"].values()))
+        meter.charge_packs(tx, list(pending["pack"].values()))
+        meter.add_to_counters(tx, list(pending["counter"].values()))
         meter.insert_ledger(tx, self.ledger)
+        self.pending = {kind: {} for kind in _FIELDS}
+        self.ledger = []
 
 
 # ---------------------------------------------------------------- holds
 
 
-def _hold(tx: Tx, state: _State, decision: quota.Decision, amount: int, now: datetime,
+def _hold(tx: Tx, state: _State, decision: quota.Decision, limits: quota.Limits, amount: int, now: datetime,
           hold_for: timedelta) -> HoldRow:
     """Hold `amount` against every pool and limit the request would draw from, or refuse."""
     holds: dict[str, Any] = {}
@@ -407,7 +434,6 @@ def _hold(tx: Tx, state: _State, decision: quota.Decision, amount: int, now: dat
     def refuse(reason: str) -> Refused:
         return Refused(f"{MESSAGES[reason]} (taken by a concurrent request)", reason=reason)
 
-    limits = state.limits()
     if decision.pool == "payg":
         if not meter.hold_payg(tx, state.account.id, amount):
             raise refuse("payg_balance_empty")
@@ -467,25 +493,28 @@ def _release(tx: Tx, res: HoldRow, now: datetime, status: str, changes: _Changes
     res.status, res.closed_at, res.request_id = status, now, request_id or res.request_id
     holds = res.holds
     if "key" in holds:
-        changes.key(res.key_id, reserved=-holds["key"])
+        changes.add("key", res.key_id, reserved=-holds["key"])
     if "plan" in holds:
-        changes.sub(res.subscription_id or "", reserved=-holds["plan"])
+        changes.add("sub", res.subscription_id, reserved=-holds["plan"])
     if "period" in holds:
         start = datetime.fromisoformat(holds["period"][0])
-        changes.counter((res.subscription_id or "", "sub-period", start), reserved=-holds["period"][1])
+        changes.add("counter", (res.subscription_id, "sub-period", start), reserved=-holds["period"][1])
     if "subuser" in holds:
-        changes.counter((res.account_id, "subuser", EPOCH), reserved=-holds["subuser"])
+        changes.add("counter", (res.account_id, "subuser", EPOCH), reserved=-holds["subuser"])
     for pack_id, take in holds.get("packs", {}).items():
-        changes.pack(int(pack_id), reserved=-take)
+        changes.add("pack", int(pack_id), reserved=-take)
     if "payg" in holds:
-        changes.account(res.account_id, reserved=-holds["payg"])
+        changes.add("account", res.account_id, reserved=-holds["payg"])
     return True
 
 
 def _expire(tx: Tx, now: datetime) -> int:
     """Release every hold past its expiry."""
+    stale = meter.stale_holds(tx, now)
+    if not stale:
+        return 0
     changes = _Changes()
-    released = sum(_release(tx, res, now, "expired", changes) for res in meter.stale_holds(tx, now))
+    released = sum(_release(tx, res, now, "expired", changes) for res in stale)
     changes.apply(tx)
     return released
 
@@ -501,6 +530,8 @@ def _release_stale(db: MeterDb, now: datetime) -> None:
 
 def list_reservations(db: MeterDb, *, now: datetime, status: str | None = "held", key: str | None = None,
                       limit: int = 1000) -> list[HoldRow]:
+    if status is not None and status not in meter.HOLD_STATUSES:
+        raise InvalidInput(f"unknown reservation status {status!r}: use {', '.join(meter.HOLD_STATUSES)} or all")
     with db.tx(write=True) as tx:
         _expire(tx, now)
         key_id = meter.resolve_key(tx, key) if key else None
@@ -595,11 +626,11 @@ def record(db: MeterDb, u: UsageInput, *, now: datetime) -> Recorded:
 class _Batch:
     """Charges usage records in one write transaction.
 
-    Rows read once stay in memory for the whole batch (one object per key,
-    account, subscription, counter and pack, so every request sees the ones
-    before it); their increments collect in `_Changes` and are written, with
-    the usage records and rollups, by `flush`. On PostgreSQL every row read
-    was locked, so the balances in memory stay true until the commit.
+    Rows are read when first needed and kept for the whole batch, one object per
+    row (`_Changes.adopt`), so every request sees the ones before it; increments
+    collect in `_Changes` and are written, with the usage records and rollups,
+    by `flush`. On PostgreSQL every row read was locked, so what the batch sees
+    stays true until the commit.
     """
 
     def __init__(self, tx: Tx, db: MeterDb, now: datetime) -> None:
@@ -609,10 +640,7 @@ class _Batch:
         self.states: dict[tuple[str, datetime], _State] = {}
         self.key_ids: dict[str, str] = {}  # key reference -> key id
         self.found: dict[str, Found] = {}  # key id -> its rows
-        self.accounts: dict[str, AccountRow] = {}
-        self.subs: dict[str, SubRow] = {}
-        self.packs: dict[str, list[PackRow]] = {}
-        self.counters: dict[Window, CounterRow] = {}
+        self.packs: dict[str, list[PackRow]] = {}  # account -> its packs
         self.seen: set[str] = set()
         self.records: list[dict[str, Any]] = []
 
@@ -624,36 +652,42 @@ class _Batch:
         key_id = self.key_ids.get(ref)
         if key_id is None:
             if u.key is not None:
-                key_id = meter.resolve_key(self.tx, u.key)
+                hit = meter.key_by(self.tx, "id", u.key, write=True)  # usually the id: one statement
+                if hit is None:
+                    hit = meter.key_by(self.tx, "id", meter.resolve_key(self.tx, u.key), write=True)
             else:
                 hit = key_by_secret(self.tx, u.secret or "", self.now, write=True)
                 if hit is None:
                     raise NotFound("no key has this secret")
-                key_id = hit[0].id
-            self.key_ids[ref] = key_id
-        found = self.found.get(key_id)
-        if found is None:
-            hit = meter.key_by(self.tx, "id", key_id, write=True)
             assert hit is not None
-            key, account, sub = hit
-            account = self.accounts.setdefault(account.id, account)
-            if sub is not None:
-                sub = self.subs.setdefault(sub.id, sub)
-            found = self.found[key_id] = (key, account, sub)
-        return found
+            key_id = self.key_ids[ref] = hit[0].id
+            if key_id not in self.found:
+                key, account, sub = hit
+                adopt = self.changes.adopt
+                self.found[key_id] = (adopt("key", key.id, key), adopt("account", account.id, account),
+                                      None if sub is None else adopt("sub", sub.id, sub))
+        return self.found[key_id]
 
     def state(self, found: Found, at: datetime) -> _State:
-        key = found[0]
+        """The key's windows at `at` (its counters and packs are read only when a decision needs them)."""
         day = self.cat.day(at)[0]
-        state = self.states.get((key.id, day))
-        if state is not None and (not state.windows.period or state.windows.period[0] <= at < state.windows.period[1]):
-            state.at = at
-            return state
-        state = _load(self.tx, self.cat, found, at, write=True)
-        state.count = {name: self.counters.setdefault(state.window[name], row) for name, row in state.count.items()}
-        if state.sub is not None:
-            state.packs = self.packs.setdefault(state.sub.account_id, state.packs)
-        self.states[(key.id, day)] = state
+        state = self.states.get((found[0].id, day))
+        if state is None or (state.windows.period and not state.windows.period[0] <= at < state.windows.period[1]):
+            state = self.states[(found[0].id, day)] = _frame(self.tx, self.cat, found, at)
+        state.at = at
+        return state
+
+    def filled(self, state: _State) -> _State:
+        if not state.loaded:
+            rows = meter.counters(self.tx, list(state.window.values()))
+            state.count = {name: self.changes.adopt("counter", w, rows[w]) for name, w in state.window.items()}
+            if state.sub is not None:
+                owner = state.extra_owner_id
+                if owner not in self.packs:
+                    self.packs[owner] = [self.changes.adopt("pack", p.id, p)
+                                         for p in meter.packs_of(self.tx, owner, lock=True)]
+                state.packs = self.packs[owner]
+            state.loaded = True
         return state
 
     def charge(self, u: UsageInput) -> Recorded:
@@ -672,7 +706,8 @@ class _Batch:
             res = meter.get_hold(self.tx, u.reservation)
             if res is None or res.key_id != key.id:
                 raise InvalidInput(f"reservation {u.reservation!r} does not belong to this key")
-            if res.status != "held" or not self._settle(state, res, u.request_id):
+            # settling: the hold is given back first, then the real cost is charged
+            if res.status != "held" or not _release(self.tx, res, self.now, "settled", self.changes, u.request_id):
                 note, res = f"reservation {u.reservation} was already {res.status}; charged without it", None
         pool = res.pool if res is not None else self._pool(state)
         plan, extra, payg = self._split(state, pool, cost, capped=res is not None)
@@ -694,28 +729,10 @@ class _Batch:
                     f"{plan + extra_total + payg} µcr charged")
         return Recorded(u.request_id, False, note, row)
 
-    def _settle(self, state: _State, res: HoldRow, request_id: str) -> bool:
-        """Settling: the hold is given back first (in memory too), then the real cost is charged."""
-        if not _release(self.tx, res, self.now, "settled", self.changes, request_id):
-            return False
-        holds = res.holds
-        state.key.credit_reserved -= holds.get("key", 0)
-        if state.sub is not None:
-            state.sub.credit_reserved -= holds.get("plan", 0)
-        if "period" in holds and "period" in state.window \
-                and iso(state.window["period"][2]) == holds["period"][0]:
-            state.count["period"].reserved -= holds["period"][1]
-        if "subuser" in state.count:
-            state.count["subuser"].reserved -= holds.get("subuser", 0)
-        taken = holds.get("packs", {})
-        for pack in state.packs:
-            pack.reserved -= taken.get(str(pack.id), 0)
-        state.account.payg_reserved -= holds.get("payg", 0)
-        return True
-
     def _pool(self, state: _State) -> str:
         if state.key.kind == "payg":
             return "payg"
+        self.filled(state)
         counters = state.counters()
         boundary = quota.plan_boundary(state.limits(), counters)
         return "extra" if boundary and counters.extra_available > 0 else "plan"
@@ -728,6 +745,7 @@ class _Batch:
             return 0, [], min(cost, max(available, 0)) if capped else cost
         plan_cost, draws = cost, []
         if pool == "extra":
+            self.filled(state)
             found, plan_cost = quota.split_extra(cost, [(p.id, p.available) for p in state.live_packs()])
             draws = list(found)
         sub = state.sub
@@ -738,45 +756,28 @@ class _Batch:
 
     def _apply(self, state: _State, u: UsageInput, at: datetime, plan: int, extra: list[tuple[int, int]],
                payg: int) -> None:
-        """Charge in memory and in the pending changes alike."""
-        changes, key, sub = self.changes, state.key, state.sub
+        changes, key, sub, window = self.changes, state.key, state.sub, state.window
         base = dict(at=at, key_id=key.id, kind="debit", request_id=u.request_id, reason=f"usage {u.model}")
         if sub is not None:
-            sub.credit_used += plan
-            changes.sub(sub.id, used=plan)
-            day = state.count["day"]
-            tokens = u.input_tokens + u.output_tokens
-            day.requests += 1
-            day.tokens += tokens
-            changes.counter(state.window["day"], requests=1, tokens=tokens)
+            changes.add("sub", sub.id, used=plan)
+            changes.add("counter", window["day"], requests=1, tokens=u.input_tokens + u.output_tokens)
             for name in ("period", "subuser"):
-                if name in state.count and plan:
-                    state.count[name].credit += plan
-                    changes.counter(state.window[name], credit=plan)
+                if name in window and plan:
+                    changes.add("counter", window[name], credit=plan)
             if plan:
                 changes.entry(**base, account_id=sub.account_id, pool="plan", subscription_id=sub.id, amount=-plan)
-        packs = {p.id: p for p in state.packs}
         for pack_id, take in extra:
-            packs[pack_id].used += take
-            changes.pack(pack_id, used=take)
+            changes.add("pack", pack_id, used=take)
             changes.entry(**base, account_id=state.extra_owner_id, pool="extra", pack_id=pack_id, amount=-take)
         if payg:
-            state.account.payg_balance -= payg
-            changes.account(state.account.id, balance=-payg)
+            changes.add("account", state.account.id, balance=-payg)
             changes.entry(**base, account_id=state.account.id, pool="payg", amount=-payg)
-        spent = plan + sum(t for _, t in extra) + payg
-        key_day = state.count["key_day"]
-        key_day.requests += 1
-        key_day.credit += spent
-        changes.counter(state.window["key_day"], requests=1, credit=spent)
-        key.credit_used += plan
-        if key.last_used_at is None or at > key.last_used_at:
-            key.last_used_at = at
-        changes.key(key.id, used=plan, last=at)
+        changes.add("counter", window["key_day"], requests=1, credit=plan + sum(t for _, t in extra) + payg)
+        changes.add("key", key.id, used=plan)
+        changes.touch(key.id, at)
 
     def flush(self) -> None:
         self.changes.apply(self.tx)
-        self.changes = _Changes()
         if self.records:
             meter.insert_usage(self.tx, self.records)
             meter.roll_up(self.tx, rollups(self.records))

@@ -60,16 +60,11 @@ class Database:
             with session.begin():
                 yield session
 
-    @contextmanager
-    def tx(self, *, write: bool) -> Iterator[Tx]:
+    def tx(self, *, write: bool) -> transaction:
         """A plain driver transaction on a pooled connection (the metering hot path: no ORM)."""
         pooled = self.engine.raw_connection()
-        try:
-            with transaction(pooled.driver_connection, sqlite=self.dialect == "sqlite", write=write,
-                             display=self.target.display, errors=self.engine.dialect.dbapi) as tx:
-                yield tx
-        finally:
-            pooled.close()
+        return transaction(pooled.driver_connection, sqlite=self.dialect == "sqlite", write=write,
+                           display=self.target.display, errors=self.engine.dialect.dbapi, on_exit=pooled.close)
 
     @property
     def url(self) -> str:

@@ -237,11 +237,11 @@ _COUNTERS_SQL = ("SELECT owner, scope, window_start, requests, tokens, credit, r
 def counters(tx: Tx, windows: list[Window]) -> dict[Window, CounterRow]:
     """The counters of up to four windows in one statement (a missing row counts zero)."""
     params: dict[str, Any] = {}
+    stored = [(owner, scope, tx.at(start)) for owner, scope, start in windows]  # as the rows hold them
     for i in range(4):
-        owner, scope, start = windows[i] if i < len(windows) else (None, None, None)
-        params[f"o{i}"], params[f"s{i}"], params[f"w{i}"] = owner, scope, tx.at(start)
-    found = {(r[0], r[1], tx.instant(r[2])): CounterRow(*r[3:]) for r in tx.rows(_COUNTERS_SQL, params)}
-    return {w: found.get(w) or CounterRow() for w in windows}
+        params[f"o{i}"], params[f"s{i}"], params[f"w{i}"] = stored[i] if i < len(stored) else (None, None, None)
+    found = {(r[0], r[1], r[2]): CounterRow(*r[3:]) for r in tx.rows(_COUNTERS_SQL, params)}
+    return {w: found.get(s) or CounterRow() for w, s in zip(windows, stored)}
 
 
 def ensure_counter(tx: Tx, window: Window) -> None:
@@ -260,15 +260,16 @@ def hold_counter(tx: Tx, window: Window, amount: int, cap: int | None) -> bool:
                    "cap": cap}) == 1
 
 
-def add_to_counters(tx: Tx, deltas: dict[Window, list[int]]) -> None:
-    """Add [requests, tokens, credit, reserved] to each window's counter, creating it when new."""
+def add_to_counters(tx: Tx, rows: list[dict[str, Any]]) -> None:
+    """rows of {id: window, requests, tokens, credit, reserved}: added to each window's counter,
+    which is created when new."""
     tx.many("INSERT INTO usage_counters (owner, scope, window_start, requests, tokens, credit, reserved) "
             "VALUES (:owner, :scope, :start, :requests, :tokens, :credit, :reserved) "
             "ON CONFLICT (owner, scope, window_start) DO UPDATE SET requests = usage_counters.requests + "
             "excluded.requests, tokens = usage_counters.tokens + excluded.tokens, "
             "credit = usage_counters.credit + excluded.credit, reserved = usage_counters.reserved + excluded.reserved",
-            [{"owner": o, "scope": s, "start": tx.at(w), "requests": d[0], "tokens": d[1], "credit": d[2],
-              "reserved": d[3]} for (o, s, w), d in deltas.items()])
+            [{"owner": r["id"][0], "scope": r["id"][1], "start": tx.at(r["id"][2]), "requests": r["requests"],
+              "tokens": r["tokens"], "credit": r["credit"], "reserved": r["reserved"]} for r in rows])
 
 
 # ---------------------------------------------------------------- reservations
@@ -308,12 +309,17 @@ def any_stale(tx: Tx, now: datetime) -> bool:
 
 def stale_holds(tx: Tx, now: datetime) -> list[HoldRow]:
     return [_hold_row(tx, r) for r in tx.rows(
-        f"SELECT {_HOLD} FROM reservations WHERE status = 'held' AND expires_at <= :now ORDER BY id",
+        f"SELECT {_HOLD} FROM reservations WHERE status = 'held' AND expires_at <= :now ORDER BY expires_at",
         {"now": tx.at(now)})]
 
 
+HOLD_STATUSES = ("held", "settled", "released", "expired")
+
+
 def list_holds(tx: Tx, *, status: str | None, key_id: str | None, limit: int) -> list[HoldRow]:
-    where = " AND ".join(w for w, v in (("status = :status", status), ("key_id = :key", key_id)) if v) or "1 = 1"
+    """Newest first. Open holds are read through their own (partial) index."""
+    assert status is None or status in HOLD_STATUSES
+    where = " AND ".join(w for w, v in ((f"status = '{status}'", status), ("key_id = :key", key_id)) if v) or "1 = 1"
     return [_hold_row(tx, r) for r in tx.rows(
         f"SELECT {_HOLD} FROM reservations WHERE {where} ORDER BY created_at DESC, id LIMIT {int(limit)}",
         {"status": status, "key": key_id})]
@@ -340,6 +346,7 @@ _ROLL_UP = (f"INSERT INTO usage_daily ({', '.join(_ROLLUP_COLUMNS)}) VALUES ({',
             f"ON CONFLICT ({', '.join(ROLLUP_DIMENSIONS)}) DO UPDATE SET "
             + ", ".join(f"{c} = usage_daily.{c} + excluded.{c}" for c in ROLLUP_SUMS)
             + ", last_at = {latest}(usage_daily.last_at, excluded.last_at)")
+_ROLL_UP_SQL = {True: _ROLL_UP.format(latest="max"), False: _ROLL_UP.format(latest="greatest")}  # SQLite: max
 
 
 def known_request_ids(tx: Tx, request_ids: list[str]) -> set[str]:
@@ -370,7 +377,7 @@ def roll_up(tx: Tx, rows: list[dict[str, Any]]) -> None:
     """Add rollup rows (dicts of the dimensions, sums, account, subscription and last_at) to usage_daily."""
     if tx.sqlite:
         rows = [{**r, "last_at": tx.at(r["last_at"])} for r in rows]
-    tx.many(_ROLL_UP.format(latest="max" if tx.sqlite else "greatest"), rows)
+    tx.many(_ROLL_UP_SQL[tx.sqlite], rows)
 
 
 # ---------------------------------------------------------------- catalog

@@ -8,7 +8,7 @@ planctl knows is refused before anything is written.
 
 To change the schema: edit `tables.py`, append `mNNN_…` here that brings the
 previous version to the new one, and add the previous version's schema as a
-fixture under `tests/fixtures/` (the migration test upgrades it and compares).
+fixture under `tests/fixtures/` (the migration tests upgrade each and compare).
 A migration may create new tables from the current models; when a later
 migration alters such a table, first freeze the earlier one (give it the
 table's old definition) so that every step still applies in order.
@@ -16,6 +16,7 @@ table's old definition) so that every step still applies in order.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,6 +28,7 @@ from planctl.domain.errors import Refused
 from planctl.store import tables
 from planctl.store.engine import Database
 from planctl.store.location import SCHEMA_VERSION
+from planctl.store.meter import CATALOG_STAMP
 
 OnCreated = Callable[[Session], None]
 
@@ -51,9 +53,23 @@ def m002_sales_and_metering(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE accounts ADD COLUMN payg_reserved BIGINT DEFAULT 0 NOT NULL"))
 
 
+def m003_leaner_metering_writes(conn: Connection) -> None:
+    """Fewer index pages written per metered request: the ledger loses its two indexes (only
+    `db check` read them, and it now sums the ledger in one scan), reservations index only the
+    open holds; the catalog gets its first stamp (store/meter.py)."""
+    for name in ("ix_ledger_subscription", "ix_ledger_account", "ix_reservations_key_id",
+                 "ix_reservations_status_expiry"):
+        conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_reservations_held ON reservations (expires_at) "
+                      "WHERE status = 'held'"))
+    conn.execute(text("INSERT INTO counters (name, value) VALUES (:name, :value) ON CONFLICT (name) DO NOTHING"),
+                 {"name": CATALOG_STAMP, "value": secrets.randbits(62)})
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", m001_initial),
     Migration(2, "sales and metering", m002_sales_and_metering),
+    Migration(3, "leaner metering writes", m003_leaner_metering_writes),
 )
 LATEST = MIGRATIONS[-1].version
 assert LATEST == SCHEMA_VERSION, "update SCHEMA_VERSION in store/location.py with each migration"

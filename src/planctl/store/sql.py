@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ PRAGMAS = (f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}", "PRAGMA journal_mode = WA
 UTC = timezone.utc
 _PARAM = re.compile(r"(?<![:\w]):(\w+)")
 _PG_SQL: dict[str, str] = {}
+_STORED: dict[datetime, str] = {}  # instants as SQLite text: window starts and `now` repeat within a request
 
 
 def pg_sql(text: str) -> str:
@@ -75,16 +74,19 @@ class Tx:
         """An aware instant as the column stores it."""
         if value is None or not self.sqlite:
             return value
-        if value.tzinfo is not UTC:
-            value = value.astimezone(UTC)
-        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+        text = _STORED.get(value)
+        if text is None:
+            if len(_STORED) > 4096:
+                _STORED.clear()
+            text = _STORED[value] = value.astimezone(UTC).isoformat(" ", "microseconds")[:26]  # no "+00:00"
+        return text
 
     def instant(self, value: Any) -> datetime | None:
         """A stored instant, timezone-aware UTC."""
         if value is None:
             return None
         if isinstance(value, str):
-            return datetime.fromisoformat(value).replace(tzinfo=UTC)
+            return datetime.fromisoformat(value + "+00:00")
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
     def json_in(self, value: Any) -> str:
@@ -100,28 +102,62 @@ class Tx:
         return cls(connection.connection.driver_connection, sqlite=connection.dialect.name == "sqlite")
 
 
-@contextmanager
-def transaction(connection: Any, *, sqlite: bool, write: bool, display: str, errors: Any) -> Iterator[Tx]:
-    """Commit on success, roll back on any error; driver errors with a meaning become domain errors."""
-    try:
-        if sqlite:
-            connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        tx = Tx(connection, sqlite=sqlite)
+class transaction:  # noqa: N801 - used like the contextmanager it replaces, without its overhead per request
+    """`with transaction(...) as tx:` commits on success and rolls back on any error; driver
+    errors with a meaning for the user become domain errors."""
+
+    __slots__ = ("connection", "sqlite", "write", "display", "errors", "on_exit")
+
+    def __init__(self, connection: Any, *, sqlite: bool, write: bool, display: str, errors: Any,
+                 on_exit: Any = None) -> None:
+        self.connection, self.sqlite, self.write, self.display = connection, sqlite, write, display
+        self.errors, self.on_exit = errors, on_exit
+
+    def __enter__(self) -> Tx:
+        if self.sqlite:
+            try:
+                self.connection.execute("BEGIN IMMEDIATE" if self.write else "BEGIN")
+            except BaseException as exc:
+                self._finish()
+                translated = self._translate(exc)
+                if translated is exc:
+                    raise
+                raise translated from None
+        return Tx(self.connection, sqlite=self.sqlite)
+
+    def __exit__(self, kind: Any, exc: BaseException | None, _tb: Any) -> None:
         try:
-            yield tx
-        except BaseException:
-            connection.rollback()
-            raise
-        connection.commit()
-    except errors.IntegrityError as exc:
-        raise Conflict(f"the change conflicts with existing data ({_first_line(exc)})") from None
-    except errors.OperationalError as exc:
-        text = str(exc).lower()
-        if "locked" in text or "busy" in text or "could not obtain lock" in text:
-            raise Conflict(f"database {display} is busy (another planctl is writing); try again") from None
-        if "readonly" in text or "read-only" in text:
-            raise InvalidInput(f"database {display} is read-only; check its permissions") from None
-        raise
+            if exc is None:
+                try:
+                    self.connection.commit()
+                    return
+                except BaseException as failed:
+                    exc = failed
+                    self.connection.rollback()
+            else:
+                self.connection.rollback()
+        finally:
+            self._finish()
+        translated = self._translate(exc)
+        if translated is not exc:
+            raise translated from None
+        if kind is None:  # the commit failed
+            raise exc
+
+    def _finish(self) -> None:
+        if self.on_exit is not None:
+            self.on_exit()
+
+    def _translate(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, self.errors.IntegrityError):
+            return Conflict(f"the change conflicts with existing data ({_first_line(exc)})")
+        if isinstance(exc, self.errors.OperationalError):
+            text = str(exc).lower()
+            if "locked" in text or "busy" in text or "could not obtain lock" in text:
+                return Conflict(f"database {self.display} is busy (another planctl is writing); try again")
+            if "readonly" in text or "read-only" in text:
+                return InvalidInput(f"database {self.display} is read-only; check its permissions")
+        return exc
 
 
 def _first_line(exc: Exception) -> str:
@@ -148,10 +184,8 @@ class SqliteFile:
         self.url, self.display = f"sqlite:///{path}", display
         self.connection = connect_sqlite(path)
 
-    @contextmanager
-    def tx(self, *, write: bool) -> Iterator[Tx]:
-        with transaction(self.connection, sqlite=True, write=write, display=self.display, errors=sqlite3) as tx:
-            yield tx
+    def tx(self, *, write: bool) -> transaction:
+        return transaction(self.connection, sqlite=True, write=write, display=self.display, errors=sqlite3)
 
     def dispose(self) -> None:
         self.connection.close()

@@ -343,11 +343,7 @@ class Invoice(SQLModel, table=True):
 class LedgerEntry(SQLModel, table=True):
     """Append-only record of every change of credit; balances must equal its sums."""
 
-    __tablename__ = "ledger"
-    __table_args__ = (
-        Index("ix_ledger_subscription", "subscription_id"),
-        Index("ix_ledger_account", "account_id", "pool"),
-    )
+    __tablename__ = "ledger"  # append-only and unindexed: `db check` sums it in one scan (schema version 3)
 
     id: Optional[int] = Field(default=None, primary_key=True)
     at: datetime = _utc()
@@ -390,10 +386,13 @@ class Reservation(SQLModel, table=True):
     """A hold (two-phase admission): settled by the request's record, or released when stale."""
 
     __tablename__ = "reservations"
-    __table_args__ = (Index("ix_reservations_status_expiry", "status", "expires_at"),)
+    __table_args__ = (  # only open holds are indexed, so the index stays as small as the holds in flight
+        Index("ix_reservations_held", "expires_at",
+              sqlite_where=text("status = 'held'"), postgresql_where=text("status = 'held'")),
+    )
 
     id: str = Field(primary_key=True)
-    key_id: str = Field(foreign_key="api_keys.id", index=True)
+    key_id: str = Field(foreign_key="api_keys.id")
     account_id: str = Field(foreign_key="accounts.id")
     subscription_id: Optional[str] = Field(default=None, foreign_key="subscriptions.id")
     pool: str  # plan | extra | payg
