@@ -179,6 +179,9 @@ FIELDS = {  # accepted names in import files -> UsageInput fields
 _INTS = ("input_tokens", "cached_tokens", "output_tokens", "status_code", "latency_ms")
 
 
+_REQUIRED = ("request_id", "key", "model", "input_tokens", "output_tokens", "status_code")
+
+
 def parse_line(raw: dict[str, Any]) -> Any:
     """One import row -> UsageInput, or an error text (the line is then rejected)."""
     from datetime import datetime
@@ -187,16 +190,17 @@ def parse_line(raw: dict[str, Any]) -> Any:
 
     fields: dict[str, Any] = {}
     for name, value in raw.items():
-        if name not in FIELDS:
+        target = FIELDS.get(name)
+        if target is None:
             return f"unknown field {name!r}"
-        if value in (None, ""):
+        if value is None or value == "":
             continue
-        target = FIELDS[name]
         if target in _INTS:
-            if isinstance(value, str) and value.strip().isdigit():
-                value = int(value)
-            if not isinstance(value, int) or isinstance(value, bool):
-                return f"{name} must be a whole number, got {value!r}"
+            if type(value) is not int:  # JSON gives ints; CSV gives digits
+                if isinstance(value, str) and value.strip().isdigit():
+                    value = int(value)
+                else:
+                    return f"{name} must be a whole number, got {value!r}"
         elif target == "stream":
             value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
         elif target == "at":
@@ -206,13 +210,11 @@ def parse_line(raw: dict[str, Any]) -> Any:
                 return f"time must be ISO 8601 with an offset, got {value!r}"
             if value.tzinfo is None:
                 return f"time {raw[name]!r} needs a UTC offset"
-        else:
+        elif type(value) is not str:
             value = str(value)
         fields[target] = value
-    missing = [f for f in ("request_id", "key", "model", "input_tokens", "output_tokens", "status_code")
-               if f not in fields]
-    if missing:
-        return f"missing field {missing[0]!r}"
+    if len(fields) < len(_REQUIRED) or any(f not in fields for f in _REQUIRED):
+        return f"missing field {next(f for f in _REQUIRED if f not in fields)!r}"
     return UsageInput(**fields)
 
 

@@ -138,6 +138,12 @@ def decide(req: Request, limits: Limits, c: Counters) -> Decision:
     return _key_limits(limits, c, need) or Decision(True, pool="extra" if boundary else "plan", lifted=boundary)
 
 
+def has_boundary(limits: Limits) -> bool:
+    """Can a natural-period boundary block at all (a periodic limit in force, RPD or TPD)?"""
+    return ((limits.period_credit is not None and limits.period_limit_enabled)
+            or limits.rpd is not None or limits.tpd is not None)
+
+
 def plan_boundary(limits: Limits, c: Counters, need: int = 1) -> str | None:
     """The first natural-period boundary that blocks now, if any."""
     if (limits.period_credit is not None and limits.period_limit_enabled

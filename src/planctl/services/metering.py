@@ -73,7 +73,7 @@ class _Catalog:
                                models=frozenset(self.models), groups=frozenset(self.ratios))
         self._terms: dict[int, PlanTerms] = {}
         self._billed: dict[str, str | None] = {}
-        self._days: dict[date, tuple[datetime, datetime]] = {}
+        self._days: dict[date, tuple[tuple[datetime, datetime], str]] = {}
 
     def terms(self, tx: Tx, version_id: int) -> PlanTerms:
         terms = self._terms.get(version_id)
@@ -88,12 +88,16 @@ class _Catalog:
 
     def day(self, at: datetime) -> tuple[datetime, datetime]:
         """[start, end) in UTC of the natural day in the reset zone that contains `at`."""
+        return self.local_day(at)[0]
+
+    def local_day(self, at: datetime) -> tuple[tuple[datetime, datetime], str]:
+        """That day's bounds and its date (YYYY-MM-DD), which usage records are filed under."""
         local = local_date(at, self.tz)
-        bounds = self._days.get(local)
-        if bounds is None:
-            bounds = self._days[local] = (start_of_local_day(local, self.tz),
-                                          start_of_local_day(local + timedelta(days=1), self.tz))
-        return bounds
+        hit = self._days.get(local)
+        if hit is None:
+            hit = self._days[local] = ((start_of_local_day(local, self.tz),
+                                        start_of_local_day(local + timedelta(days=1), self.tz)), local.isoformat())
+        return hit
 
 
 _CATALOGS: dict[str, tuple[int, _Catalog]] = {}
@@ -143,6 +147,7 @@ class _State:
     count: dict[str, CounterRow] = field(default_factory=dict)  # loaded by `_load` (or a batch, when needed)
     packs: list[PackRow] = field(default_factory=list)  # the extra-usage packs of the subscription's account
     loaded: bool = False  # counters and packs read
+    _limits: quota.Limits | None = None
 
     @property
     def extra_owner_id(self) -> str:
@@ -152,6 +157,12 @@ class _State:
         return [p for p in self.packs if p.expires_at is None or p.expires_at > self.at]
 
     def limits(self) -> quota.Limits:
+        """The terms and settings admission enforces (fixed for the life of a transaction)."""
+        if self._limits is None:
+            self._limits = self._make_limits()
+        return self._limits
+
+    def _make_limits(self) -> quota.Limits:
         t, k = self.terms, self.key
         return quota.Limits(
             models=t.models if t else (), groups=t.groups if t else (),
@@ -352,6 +363,8 @@ _FIELDS = {  # what an increment of each kind of row changes: (increment name, a
     "counter": (("requests", "requests"), ("tokens", "tokens"), ("credit", "credit"), ("reserved", "reserved")),
 }
 
+_ATTRIBUTES = {kind: dict(fields) for kind, fields in _FIELDS.items()}
+
 
 class _Changes:
     """Increments to balances and counters, and ledger entries, written together at the end of a
@@ -372,11 +385,11 @@ class _Changes:
         if row is None:
             row = self.pending[kind][ident] = {"id": ident, "last": None, **{n: 0 for n, _ in _FIELDS[kind]}}
         obj = self.rows.get((kind, ident))
-        for name, attribute in _FIELDS[kind]:
-            amount = amounts.get(name)
+        for name, amount in amounts.items():
             if amount:
                 row[name] += amount
                 if obj is not None:
+                    attribute = _ATTRIBUTES[kind][name]
                     setattr(obj, attribute, getattr(obj, attribute) + amount)
 
     def touch(self, key_id: str, at: datetime) -> None:
@@ -714,7 +727,7 @@ class _Batch:
         extra_total = sum(t for _, t in extra)
         self._apply(state, u, at, plan, extra, payg)
         parts = [name for name, amount in (("plan", plan), ("extra", extra_total), ("payg", payg)) if amount]
-        row = dict(request_id=u.request_id, at=at, local_day=local_date(at, self.cat.tz).isoformat(),
+        row = dict(request_id=u.request_id, at=at, local_day=self.cat.local_day(at)[1],
                    account_id=key.account_id, key_id=key.id, subscription_id=key.subscription_id,
                    group_name=key.group_name, requested_model=u.model, billed_model=billed, api=u.api,
                    input_tokens=u.input_tokens, cached_tokens=u.cached_tokens, output_tokens=u.output_tokens,
@@ -732,6 +745,8 @@ class _Batch:
     def _pool(self, state: _State) -> str:
         if state.key.kind == "payg":
             return "payg"
+        if not quota.has_boundary(state.limits()):
+            return "plan"
         self.filled(state)
         counters = state.counters()
         boundary = quota.plan_boundary(state.limits(), counters)
