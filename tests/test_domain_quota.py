@@ -369,3 +369,14 @@ def test_denials_carry_exactly_one_reason_and_no_pool() -> None:
     for i in range(len(ORDER)):
         d = with_failures(ORDER[i:])
         assert d.reason in quota.REASONS and d.pool is None and d.lifted is None
+
+
+def test_a_plan_without_boundaries_is_never_blocked_by_one() -> None:
+    """`has_boundary` lets recording skip the counters; it must never hide a boundary."""
+    from planctl.domain.quota import has_boundary, plan_boundary
+
+    full = Counters(period_used=10**12, day_requests=10**9, day_tokens=10**12)
+    for limits in (Limits(), Limits(period_credit=5, period_limit_enabled=False)):
+        assert not has_boundary(limits) and plan_boundary(limits, full) is None
+    for limits in (Limits(period_credit=5), Limits(rpd=1), Limits(tpd=1)):
+        assert has_boundary(limits) and plan_boundary(limits, full) is not None
