@@ -870,7 +870,7 @@ def test_a_hold_reduces_what_the_next_authorize_sees_and_recording_settles_it(db
     assert second.allowed
     assert auth(db, b.secret, reserve=1).reason == "credit_exhausted"
     assert auth(db, b.secret).reason == "credit_exhausted"
-    assert (sub_row(db, b.sub).credit_reserved, key_row(db, b.key).credit_reserved) == (1000, 1000)
+    assert (sub_row(db, b.sub).credit_reserved, key_row(db, b.key).credit_reserved) == (1000, 0)  # no key cap
     assert {r.name: r.detail for r in check(db)}["holds"].startswith("1000 µcr held")
     r = use(db, b.key, "r1", 250, reservation=first.reservation_id)
     assert (r.record.cost, r.record.charged_plan, r.record.reservation_id) == (250, 250, first.reservation_id)
@@ -911,6 +911,21 @@ def test_an_unsettled_hold_expires_after_its_timeout(db: Any, caller: Any) -> No
     assert r.record.charged_plan == 200 and "expired" in r.note
     s = sub_row(db, b.sub)
     assert (s.credit_used, s.credit_reserved) == (200, 1)
+    checks_ok(db)
+
+
+def test_a_capped_key_holds_against_its_cap_and_settling_gives_the_hold_back(db: Any, caller: Any) -> None:
+    from planctl.services import keys
+
+    _, b = _setup(db, caller, total_credit="0.01")
+    keys.edit(db, b.key, {"credit_cap": 1000}, caller=caller, now=NOW)
+    first = auth(db, b.secret, reserve=600)
+    assert first.allowed and key_row(db, b.key).credit_reserved == 600
+    assert auth(db, b.secret, reserve=401).reason == "key_credit_cap_reached"
+    assert auth(db, b.secret, reserve=400).allowed
+    use(db, b.key, "r1", 250, reservation=first.reservation_id)
+    k = key_row(db, b.key)
+    assert (k.credit_used, k.credit_reserved) == (250, 400)
     checks_ok(db)
 
 

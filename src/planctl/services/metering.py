@@ -208,11 +208,21 @@ def _frame(tx: Tx, cat: _Catalog, found: Found, at: datetime) -> _State:
     return _State(key, account, sub, terms, win, window, at)
 
 
-def _load(tx: Tx, cat: _Catalog, found: Found, at: datetime, *, write: bool) -> _State:
-    """A key's whole state: with its counters and packs (locked in a write on PostgreSQL)."""
+def _counted(limits: quota.Limits) -> bool:
+    """Does any counter matter to a decision or an answer under these limits?"""
+    return any(v is not None for v in (limits.period_credit, limits.rpd, limits.tpd, limits.key_daily_limit,
+                                       limits.key_rpd, limits.subuser_quota))
+
+
+def _load(tx: Tx, cat: _Catalog, found: Found, at: datetime, *, write: bool, always: bool = False) -> _State:
+    """A key's whole state: its counters (when they matter, or `always`) and packs, locked in a
+    write on PostgreSQL."""
     state = _frame(tx, cat, found, at)
-    rows = meter.counters(tx, list(state.window.values()))
-    state.count = {name: rows[window] for name, window in state.window.items()}
+    if always or _counted(state.limits()):
+        rows = meter.counters(tx, list(state.window.values()))
+        state.count = {name: rows[window] for name, window in state.window.items()}
+    else:
+        state.count = {name: CounterRow() for name in state.window}  # nothing limits or shows them
     state.packs = meter.packs_of(tx, state.extra_owner_id, lock=write) if state.sub is not None else []
     state.loaded = True
     return state
@@ -466,9 +476,10 @@ def _hold(tx: Tx, state: _State, decision: quota.Decision, limits: quota.Limits,
             if not meter.hold_counter(tx, state.window["period"], amount, limits.period_credit if capped else None):
                 raise refuse("period_limit_reached")
             holds["period"] = [iso(state.window["period"][2]), amount]
-        if not meter.hold_key(tx, state.key.id, amount):
-            raise refuse("key_credit_cap_reached")
-        holds["key"] = amount
+        if state.key.credit_cap is not None:  # a key's holds only matter to its cap
+            if not meter.hold_key(tx, state.key.id, amount):
+                raise refuse("key_credit_cap_reached")
+            holds["key"] = amount
         if "subuser" in state.window:
             if not meter.hold_counter(tx, state.window["subuser"], amount, limits.subuser_quota):
                 raise refuse("subuser_quota_reached")
@@ -940,7 +951,7 @@ def limits_view(db: Any, ref: str, *, now: datetime) -> LimitsView:
         found = meter.key_by(tx, "id", key_id, write=False)
         assert found is not None
         cat = _catalog(tx, db, write=False)
-        state = _load(tx, cat, found, now, write=False)
+        state = _load(tx, cat, found, now, write=False, always=True)
         limits, counters, terms = state.limits(), state.counters(), state.terms
         request = _request(state, terms.models[0] if terms else next(iter(cat.models), None),
                            terms.api_types[0] if terms else "responses", 0, now)
