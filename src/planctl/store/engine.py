@@ -8,9 +8,10 @@ instead of failing half-way. PostgreSQL is selected by a database URL.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ class Database:
 
     target: DbTarget
     engine: Engine
+    _local: threading.local = field(default_factory=threading.local, repr=False)  # this thread's metering connection
+    _held: list[Any] = field(default_factory=list, repr=False)
 
     @property
     def dialect(self) -> str:
@@ -61,16 +64,24 @@ class Database:
                 yield session
 
     def tx(self, *, write: bool) -> transaction:
-        """A plain driver transaction on a pooled connection (the metering hot path: no ORM)."""
-        pooled = self.engine.raw_connection()
-        return transaction(pooled.driver_connection, sqlite=self.dialect == "sqlite", write=write,
-                           display=self.target.display, errors=self.engine.dialect.dbapi, on_exit=pooled.close)
+        """A plain driver transaction (the metering hot path: no ORM) on a connection this thread
+        keeps until `dispose` (a pool checkout per request cost more than the statements)."""
+        held = getattr(self._local, "connection", None)
+        if held is None:
+            held = self._local.connection = self.engine.raw_connection()
+            self._held.append(held)
+        return transaction(held.driver_connection, sqlite=self.dialect == "sqlite", write=write,
+                           display=self.target.display, errors=self.engine.dialect.dbapi)
 
     @property
     def url(self) -> str:
         return self.target.url
 
     def dispose(self) -> None:
+        for held in self._held:
+            held.close()
+        self._held.clear()
+        self._local = threading.local()
         self.engine.dispose()
 
 
