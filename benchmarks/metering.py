@@ -17,9 +17,11 @@ foreign_keys=ON, BEGIN IMMEDIATE for writes):
                 the subscription, key update, day and key-day counter upserts,
                 usage-record insert, ledger insert (the brief's minimum);
      raw 2 txn  statement for statement what planctl does: a hold transaction
-                (key lookup, conditional holds, reservation + ledger rows), then
-                a settle-and-record transaction (release, debit, counters,
-                usage record, ledger rows, reservation settled).
+                (stale holds, key, catalog stamp, packs, conditional hold,
+                reservation and ledger rows), then a settle-and-record
+                transaction (stamp, duplicate check, key, reservation settled,
+                key and subscription updates, counters, ledger rows, usage
+                record, daily rollup): the SQL without planctl's Python.
    Target: >= 2,000 requests/s in one process.
 2. `planctl usage import FILE --json` of --records JSON Lines records (default
    1,000,000; --quick 100,000), timed as a subprocess (the `planctl` next to
@@ -271,8 +273,27 @@ def _raw_one_txn(con: sqlite3.Connection, fx: dict[str, Any], secret: str, tag: 
     return one
 
 
+KEY_JOIN = ("SELECT k.id, k.account_id, k.subscription_id, k.group_name, k.status, k.credit_cap, k.credit_used, "
+            "a.payg_balance, s.credit_granted, s.credit_used, s.credit_reserved FROM api_keys k "
+            "JOIN accounts a ON a.id = k.account_id LEFT JOIN subscriptions s ON s.id = k.subscription_id WHERE k.")
+ROLLUP_UPSERT = ("INSERT INTO usage_daily (local_day, key_id, group_name, billed_model, api, status_class, account_id, "
+                 "subscription_id, requests, input_tokens, cached_tokens, output_tokens, cost, charged_plan, "
+                 "charged_extra, charged_payg, latency_sum, latency_count, lat_0, lat_1, lat_2, lat_3, lat_4, lat_5, "
+                 "lat_6, lat_7, lat_8, lat_9, lat_10, lat_11, last_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, "
+                 "?, 0, 0, ?, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, ?) ON CONFLICT (local_day, key_id, group_name, "
+                 "billed_model, api, status_class) DO UPDATE SET requests = usage_daily.requests + 1, "
+                 "input_tokens = usage_daily.input_tokens + excluded.input_tokens, "
+                 "cached_tokens = usage_daily.cached_tokens + excluded.cached_tokens, "
+                 "output_tokens = usage_daily.output_tokens + excluded.output_tokens, "
+                 "cost = usage_daily.cost + excluded.cost, charged_plan = usage_daily.charged_plan + "
+                 "excluded.charged_plan, latency_sum = usage_daily.latency_sum + excluded.latency_sum, "
+                 "latency_count = usage_daily.latency_count + 1, lat_3 = usage_daily.lat_3 + 1, "
+                 "last_at = max(usage_daily.last_at, excluded.last_at)")
+
+
 def _raw_two_txn(con: sqlite3.Connection, fx: dict[str, Any], secret: str, tag: str) -> Any:
-    """planctl's statements, raw: a hold transaction, then a settle-and-record transaction."""
+    """planctl's statements, raw: the same SQL in the same two transactions (a hold, then a
+    settle-and-record), with none of planctl's logic around it."""
     day = DayWindows(fx["zone"])
     digest = hashlib.sha256(secret.encode()).hexdigest()
     prices, ratio = fx["prices"], fx["ratio"]
@@ -287,29 +308,22 @@ def _raw_two_txn(con: sqlite3.Connection, fx: dict[str, Any], secret: str, tag: 
         # hold
         con.execute("BEGIN IMMEDIATE")
         try:
-            con.execute("SELECT id FROM reservations WHERE status = 'held' AND expires_at <= ?", (at,)).fetchall()
-            key_id, account_id, sub_id, group, _ = con.execute(
-                "SELECT id, account_id, subscription_id, group_name, status FROM api_keys "
-                "WHERE secret_sha256 = ?", (digest,)).fetchone()
-            con.execute("SELECT * FROM accounts WHERE id = ?", (account_id,)).fetchone()
-            con.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone()
-            con.execute(COUNTER_UPSERT.split(" ON CONFLICT")[0] + " ON CONFLICT DO NOTHING",
-                        (sub_id, "sub-day", day_start, 0, 0, 0))
-            con.execute(COUNTER_UPSERT.split(" ON CONFLICT")[0] + " ON CONFLICT DO NOTHING",
-                        (key_id, "key-day", day_start, 0, 0, 0))
+            con.execute("SELECT * FROM reservations WHERE status = 'held' AND expires_at <= ? ORDER BY expires_at",
+                        (at,)).fetchall()
+            key_id, account_id, sub_id, group, *_ = con.execute(KEY_JOIN + "secret_sha256 = ?", (digest,)).fetchone()
+            con.execute("SELECT value FROM counters WHERE name = 'catalog-stamp'").fetchone()
+            con.execute("SELECT id, credit, used, reserved, expires_at FROM extra_packs WHERE account_id = ? AND "
+                        "credit > used ORDER BY CASE WHEN expires_at IS NULL THEN 1 ELSE 0 END, expires_at, id",
+                        (account_id,)).fetchall()
             if con.execute("UPDATE subscriptions SET credit_reserved = credit_reserved + ? WHERE id = ? AND "
                            "(credit_granted IS NULL OR credit_granted - credit_used - credit_reserved >= ?)",
                            (RESERVE, sub_id, RESERVE)).rowcount != 1:
                 raise RuntimeError("credit exhausted")
-            if con.execute("UPDATE api_keys SET credit_reserved = credit_reserved + ? WHERE id = ? AND "
-                           "(credit_cap IS NULL OR credit_used + credit_reserved + ? <= credit_cap)",
-                           (RESERVE, key_id, RESERVE)).rowcount != 1:
-                raise RuntimeError("key cap")
             con.execute("INSERT INTO reservations (id, key_id, account_id, subscription_id, pool, amount, holds, "
                         "status, request_id, created_at, expires_at, closed_at) VALUES "
                         "(?, ?, ?, ?, 'plan', ?, ?, 'held', NULL, ?, ?, NULL)",
-                        (res_id, key_id, account_id, sub_id, RESERVE,
-                         json.dumps({"plan": RESERVE, "key": RESERVE}), at, ts(now + timedelta(minutes=10))))
+                        (res_id, key_id, account_id, sub_id, RESERVE, json.dumps({"plan": RESERVE}), at,
+                         ts(now + timedelta(minutes=10))))
             con.execute(LEDGER_INSERT, (at, account_id, sub_id, key_id, "reserve", -RESERVE, None,
                                         f"reserve {res_id}"))
             con.execute("COMMIT")
@@ -321,30 +335,29 @@ def _raw_two_txn(con: sqlite3.Connection, fx: dict[str, Any], secret: str, tag: 
         rid = f"{tag}-{i}"
         con.execute("BEGIN IMMEDIATE")
         try:
-            if con.execute("SELECT 1 FROM usage_records WHERE request_id = ?", (rid,)).fetchone():
+            con.execute("SELECT value FROM counters WHERE name = 'catalog-stamp'").fetchone()
+            if con.execute("SELECT request_id FROM usage_records WHERE request_id IN (?)", (rid,)).fetchone():
                 raise RuntimeError("duplicate")
-            con.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
-            holds = json.loads(con.execute("SELECT holds FROM reservations WHERE id = ?", (res_id,)).fetchone()[0])
-            con.execute("UPDATE subscriptions SET credit_reserved = credit_reserved - ? WHERE id = ?",
-                        (holds["plan"], sub_id))
-            con.execute("UPDATE api_keys SET credit_reserved = credit_reserved - ? WHERE id = ?",
-                        (holds["key"], key_id))
-            con.execute(LEDGER_INSERT, (at, account_id, sub_id, key_id, "release", RESERVE, None,
-                                        f"release {res_id}"))
+            con.execute(KEY_JOIN + "id = ?", (key_id,)).fetchone()
+            holds = json.loads(con.execute("SELECT * FROM reservations WHERE id = ?", (res_id,)).fetchone()[6])
+            con.execute("UPDATE reservations SET status = 'settled', closed_at = ?, request_id = ? WHERE id = ? "
+                        "AND status = 'held'", (at, rid, res_id))
             charged = cost  # ample credit: the whole cost fits
-            con.execute("UPDATE subscriptions SET credit_used = credit_used + ? WHERE id = ?", (charged, sub_id))
             con.execute("UPDATE api_keys SET credit_used = credit_used + ?, last_used_at = ? WHERE id = ?",
                         (charged, at, key_id))
-            con.execute(COUNTER_UPSERT, (sub_id, "sub-day", day_start, 1, inp + out, 0))
-            con.execute(COUNTER_UPSERT, (key_id, "key-day", day_start, 1, 0, charged))
+            con.execute("UPDATE subscriptions SET credit_used = credit_used + ?, credit_reserved = credit_reserved - ? "
+                        "WHERE id = ?", (charged, holds["plan"], sub_id))
+            con.executemany(COUNTER_UPSERT, [(sub_id, "sub-day", day_start, 1, inp + out, 0),
+                                             (key_id, "key-day", day_start, 1, 0, charged)])
+            con.executemany(LEDGER_INSERT, [(at, account_id, sub_id, key_id, "release", RESERVE, None,
+                                             f"release {res_id}"),
+                                            (at, account_id, sub_id, key_id, "debit", -charged, rid,
+                                             f"usage {model}")])
             con.execute(USAGE_INSERT, (rid, at, local_day, account_id, key_id, sub_id, group, model, BILLED[model],
                                        api, inp, cached, out, cost, charged, "plan" if charged else "none", status,
                                        900, False, None, res_id))
-            if charged:
-                con.execute(LEDGER_INSERT, (at, account_id, sub_id, key_id, "debit", -charged, rid,
-                                            f"usage {model}"))
-            con.execute("UPDATE reservations SET status = 'settled', closed_at = ?, request_id = ? WHERE id = ?",
-                        (at, rid, res_id))
+            con.execute(ROLLUP_UPSERT, (local_day, key_id, group, BILLED[model], api, f"{status // 100}xx",
+                                        account_id, sub_id, inp, cached, out, cost, charged, 900, at))
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

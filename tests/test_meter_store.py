@@ -195,11 +195,16 @@ def test_a_read_only_database_is_refused_with_a_clear_line(tmp_path: Path, calle
 # ---------------------------------------------------------------- SQL text
 
 
-def test_named_parameters_become_psycopg_style_and_nothing_else_changes() -> None:
-    from planctl.store.sql import pg_sql
+def test_named_parameters_become_positional_markers_and_nothing_else_changes() -> None:
+    from planctl.store.sql import compile_sql
 
-    assert pg_sql("SELECT a FROM t WHERE id = :id AND b = :b_2") == "SELECT a FROM t WHERE id = %(id)s AND b = %(b_2)s"
-    assert pg_sql("SELECT '12:30', x::text FROM t") == "SELECT '12:30', x::text FROM t"
+    text = "SELECT '12:30', x::text FROM t WHERE id = :id AND b = :b_2 AND c = :id"
+    for sqlite, marker in ((True, "?"), (False, "%s")):
+        positional, pick = compile_sql(text, sqlite)
+        assert positional == f"SELECT '12:30', x::text FROM t WHERE id = {marker} AND b = {marker} AND c = {marker}"
+        assert pick({"b_2": 2, "id": 1, "unused": 3}) == (1, 2, 1)
+    assert compile_sql("SELECT 1 WHERE a = :a", True)[1]({"a": 7}) == (7,)
+    assert compile_sql("SELECT 1", True)[1](None) == ()
 
 
 def test_instants_are_stored_as_sqlalchemy_stores_them_and_read_back_aware() -> None:

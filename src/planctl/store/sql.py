@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from collections.abc import Callable
+from operator import itemgetter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,16 +33,26 @@ PRAGMAS = (f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}", "PRAGMA journal_mode = WA
            "PRAGMA foreign_keys = ON")
 UTC = timezone.utc
 _PARAM = re.compile(r"(?<![:\w]):(\w+)")
-_PG_SQL: dict[str, str] = {}
+_COMPILED: dict[tuple[str, bool], tuple[str, Callable[[Any], Any]]] = {}
 _STORED: dict[datetime, str] = {}  # instants as SQLite text: window starts and `now` repeat within a request
 
 
-def pg_sql(text: str) -> str:
-    """`:name` parameters in psycopg's `%(name)s` style (converted once per statement)."""
-    converted = _PG_SQL.get(text)
-    if converted is None:
-        converted = _PG_SQL[text] = _PARAM.sub(r"%(\1)s", text)
-    return converted
+def compile_sql(text: str, sqlite: bool) -> tuple[str, Callable[[Any], Any]]:
+    """The statement with positional markers, and a function picking its parameters out of a dict
+    in order (the drivers bind positions several times faster than names)."""
+    key = (text, sqlite)
+    hit = _COMPILED.get(key)
+    if hit is None:
+        names = _PARAM.findall(text)
+        positional = _PARAM.sub("?" if sqlite else "%s", text)
+        if not names:
+            pick: Callable[[Any], Any] = lambda params: ()  # noqa: E731
+        elif len(names) == 1:
+            pick = lambda params, name=names[0]: (params[name],)  # noqa: E731
+        else:
+            pick = itemgetter(*names)
+        hit = _COMPILED[key] = (positional, pick)
+    return hit
 
 
 class Tx:
@@ -53,21 +65,25 @@ class Tx:
         self.sqlite = sqlite
         self.lock = "" if sqlite else " FOR UPDATE"  # SQLite's write transaction already excludes writers
 
-    def run(self, sql: str, params: Any = ()) -> int:
+    def run(self, sql: str, params: dict[str, Any] | None = None) -> int:
         """Execute; returns the affected-row count (what a conditional UPDATE is decided by)."""
-        self.cur.execute(sql if self.sqlite else pg_sql(sql), params)
+        text, pick = compile_sql(sql, self.sqlite)
+        self.cur.execute(text, pick(params))
         return self.cur.rowcount
 
-    def many(self, sql: str, rows: list[Any]) -> None:
+    def many(self, sql: str, rows: list[dict[str, Any]]) -> None:
         if rows:
-            self.cur.executemany(sql if self.sqlite else pg_sql(sql), rows)
+            text, pick = compile_sql(sql, self.sqlite)
+            self.cur.executemany(text, map(pick, rows))
 
-    def rows(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
-        self.cur.execute(sql if self.sqlite else pg_sql(sql), params)
+    def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        text, pick = compile_sql(sql, self.sqlite)
+        self.cur.execute(text, pick(params))
         return self.cur.fetchall()
 
-    def one(self, sql: str, params: Any = ()) -> tuple[Any, ...] | None:
-        self.cur.execute(sql if self.sqlite else pg_sql(sql), params)
+    def one(self, sql: str, params: dict[str, Any] | None = None) -> tuple[Any, ...] | None:
+        text, pick = compile_sql(sql, self.sqlite)
+        self.cur.execute(text, pick(params))
         return self.cur.fetchone()
 
     def at(self, value: datetime | None) -> Any:
