@@ -86,6 +86,18 @@ def test_a_database_without_a_stamp_is_metered_and_then_stamped(db: Any, caller:
 # ---------------------------------------------------------------- the CLI's SQLite path
 
 
+def _file_with_a_key(path: Path, caller: Any) -> Any:
+    """A SQLite file with one subscription bought; returns the purchase."""
+    from planctl.services.database import open_database
+    from planctl.store.location import resolve_target
+
+    db = open_database(resolve_target(str(path)), now=NOW)
+    try:
+        return _bought(db, caller)
+    finally:
+        db.dispose()
+
+
 def _planctl(db_path: Path, *args: str, code: str = "") -> subprocess.CompletedProcess[str]:
     """Run the CLI in a fresh interpreter; `code` runs after it (sys.modules is still there)."""
     script = ("import sys\nfrom planctl.cli import main\nsys.argv = ['planctl', *sys.argv[1:]]\n"
@@ -97,15 +109,8 @@ def _planctl(db_path: Path, *args: str, code: str = "") -> subprocess.CompletedP
 
 
 def test_cli_authorize_on_a_current_sqlite_file_does_not_load_sqlalchemy(tmp_path: Path, caller: Any) -> None:
-    from planctl.services.database import open_database
-    from planctl.store.location import resolve_target
-
     path = tmp_path / "current.db"
-    db = open_database(resolve_target(str(path)), now=NOW)
-    try:
-        b = _bought(db, caller)
-    finally:
-        db.dispose()
+    b = _file_with_a_key(path, caller)
     secret = tmp_path / "secret"
     secret.write_text(b.secret)
     done = _planctl(path, "authorize", "--model", "unit", "--key-file", str(secret), "--json",
@@ -141,16 +146,10 @@ def test_cli_authorize_migrates_an_older_file_first(tmp_path: Path) -> None:
 def test_a_busy_database_is_refused_as_a_conflict_and_left_untouched(tmp_path: Path, caller: Any) -> None:
     from planctl.domain.errors import Conflict
     from planctl.services import metering
-    from planctl.services.database import open_database
-    from planctl.store.location import resolve_target
     from planctl.store.sql import SqliteFile
 
     path = tmp_path / "busy.db"
-    db = open_database(resolve_target(str(path)), now=NOW)
-    try:
-        b = _bought(db, caller)
-    finally:
-        db.dispose()
+    b = _file_with_a_key(path, caller)
     before = sqlite_dump(path)
     writer = sqlite3.connect(path, isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")
@@ -172,16 +171,10 @@ def test_a_busy_database_is_refused_as_a_conflict_and_left_untouched(tmp_path: P
 def test_a_read_only_database_is_refused_with_a_clear_line(tmp_path: Path, caller: Any) -> None:
     from planctl.domain.errors import InvalidInput
     from planctl.services import metering
-    from planctl.services.database import open_database
-    from planctl.store.location import resolve_target
     from planctl.store.sql import SqliteFile
 
     path = tmp_path / "ro.db"
-    db = open_database(resolve_target(str(path)), now=NOW)
-    try:
-        b = _bought(db, caller)
-    finally:
-        db.dispose()
+    b = _file_with_a_key(path, caller)
     meter_db = SqliteFile(path, str(path))
     meter_db.connection.execute("PRAGMA query_only = ON")  # refuses writes as a read-only file would
     try:
