@@ -234,3 +234,42 @@ def test_expired_holds_are_found_through_the_open_holds_index(db: Any, caller: A
     assert [r.id for r in metering.list_reservations(db, now=later, status="held")] == []
     statuses = {r.id: r.status for r in metering.list_reservations(db, now=later, status=None)}
     assert statuses == {held[0]: "settled", held[1]: "expired", held[2]: "expired"}
+
+
+def test_driver_errors_that_mean_try_again_become_conflicts_and_roll_back() -> None:
+    """PostgreSQL reports a lock conflict or a deadlock (two batches locking keys in different
+    orders) as OperationalError: the user is told to try again, exit 6."""
+    from types import SimpleNamespace
+
+    from planctl.domain.errors import Conflict, InvalidInput
+    from planctl.store.sql import transaction
+
+    class OperationalError(Exception):
+        pass
+
+    class IntegrityError(Exception):
+        pass
+
+    class Connection:
+        rolled_back = committed = 0
+
+        def cursor(self) -> None:
+            return None
+
+        def rollback(self) -> None:
+            self.rolled_back += 1
+
+        def commit(self) -> None:
+            self.committed += 1
+
+    errors = SimpleNamespace(OperationalError=OperationalError, IntegrityError=IntegrityError)
+    for raised, expected in ((OperationalError("deadlock detected\nDETAIL: ..."), Conflict),
+                             (OperationalError("could not obtain lock on row"), Conflict),
+                             (IntegrityError("duplicate key value"), Conflict),
+                             (OperationalError("attempt to write a readonly database"), InvalidInput),
+                             (OperationalError("disk I/O error"), OperationalError)):
+        connection = Connection()
+        with pytest.raises(expected):
+            with transaction(connection, sqlite=False, write=True, display="db", errors=errors):
+                raise raised
+        assert (connection.rolled_back, connection.committed) == (1, 0)

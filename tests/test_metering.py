@@ -13,7 +13,6 @@ Every scenario ends with `db check` (ledger, holds) clean.
 from __future__ import annotations
 
 import json
-import multiprocessing
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -1383,48 +1382,11 @@ def _meter_worker(db_url: str, secret: str, key_id: str, wid: int, barrier: Any,
         out.put(("crash", wid, f"{type(exc).__name__}: {exc}", log))
 
 
-def _pool_main(tasks: Any, barrier: Any, out: Any) -> None:
-    """A spawned process that runs worker functions of this module until told to stop."""
-    while (task := tasks.get()) is not None:
-        name, args = task
-        globals()[name](*args, barrier, out)
-
-
-class Pool:
-    """WORKERS spawned processes, started once per module (spawning costs about a second each)."""
-
-    def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.barrier, self.results = ctx.Barrier(WORKERS), ctx.Queue()
-        self.tasks = [ctx.Queue() for _ in range(WORKERS)]
-        self.procs = [ctx.Process(target=_pool_main, args=(t, self.barrier, self.results), daemon=True)
-                      for t in self.tasks]
-        for p in self.procs:
-            p.start()
-
-    def run(self, worker: Any, db_url: str, creds: list[tuple[str, str]]) -> list[tuple[Any, ...]]:
-        """Each process runs `worker` with one (secret, key id); all start at the same moment."""
-        assert len(creds) == WORKERS
-        for i, (queue, (secret, key)) in enumerate(zip(self.tasks, creds)):
-            queue.put((worker.__name__, (db_url, secret, key, i)))
-        outcomes = [self.results.get(timeout=180) for _ in creds]
-        if self.barrier.broken:
-            self.barrier.reset()
-        assert [o for o in outcomes if o[0] != "done"] == []
-        return outcomes
-
-    def close(self) -> None:
-        for queue in self.tasks:
-            queue.put(None)
-        for p in self.procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.terminate()
-
-
 @pytest.fixture(scope="module")
 def pool() -> Any:
-    workers = Pool()
+    from procs import Processes
+
+    workers = Processes(__name__, WORKERS)
     yield workers
     workers.close()
 
@@ -1441,7 +1403,7 @@ def test_processes_admit_and_record_against_one_subscription_until_credit_runs_o
     b = buy(db, caller, acc, "shared")
     team_key, team_secret = team(db, caller, b.sub)
     creds = [(b.secret, b.key), (b.secret, b.key), (team_secret, team_key), (team_secret, team_key)]
-    outcomes = pool.run(_meter_worker, db_url, creds)
+    outcomes = pool.run("_meter_worker", [(db_url, secret, key, i) for i, (secret, key) in enumerate(creds)])
     logs = [entry for _, _, log in outcomes for entry in log]
     admitted = [e for e in logs if e[0] == "ok"]
     endings = [log[-1] for _, _, log in outcomes]
@@ -1540,8 +1502,8 @@ def test_holds_expiring_while_requests_are_in_flight_are_released_once(db: Any, 
     team_key, team_secret = team(db, caller, b.sub)
     if "options=" in db_url:  # PostgreSQL: find deadlocks in 0.1 s instead of 1 s, so retries come quickly
         db_url += "%20-cdeadlock_timeout%3D100"
-    outcomes = pool.run(_expiring_worker, db_url, [(b.secret, b.key), (b.secret, b.key),
-                                                   (team_secret, team_key), (team_secret, team_key)])
+    creds = [(b.secret, b.key), (b.secret, b.key), (team_secret, team_key), (team_secret, team_key)]
+    outcomes = pool.run("_expiring_worker", [(db_url, secret, key, i) for i, (secret, key) in enumerate(creds)])
     admitted = [e for _, _, log in outcomes for e in log if e[0] == "ok"]
     assert len(admitted) == WORKERS * ROUNDS, [e for _, _, log in outcomes for e in log if e[0] != "ok"]
     assert sorted(r.request_id for r in rows(db, UsageRecord)) == sorted(e[1] for e in admitted)

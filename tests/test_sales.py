@@ -11,7 +11,6 @@ nothing. Concurrency runs spawned processes against the same database.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -780,66 +779,31 @@ def test_upgrade_to_a_plan_without_a_total_pool_keeps_the_ledger_consistent(db: 
 RACERS = 4
 
 
-def _racer(tasks: Any, barrier: Any, results: Any) -> None:
-    """A spawned process: for each task, open the database, wait for the others at the barrier, sell."""
+def _sell(db_url: str, request: dict[str, Any], barrier: Any, results: Any) -> None:
+    """A spawned process: open the database, wait for the others at the barrier, sell."""
     from planctl.domain.errors import PlanctlError
     from planctl.services.audit import Caller
     from planctl.services.database import open_database
     from planctl.services.sales import SaleRequest, sell as sell_
     from planctl.store.location import resolve_target
 
-    while (task := tasks.get()) is not None:
-        db_url, request = task
+    database = open_database(resolve_target(db_url), now=NOW)
+    try:
+        barrier.wait(timeout=60)
         try:
-            database = open_database(resolve_target(db_url), now=NOW)
-            try:
-                barrier.wait(timeout=60)
-                try:
-                    r = sell_(database, SaleRequest(**request), caller=Caller("racer", "buy"), now=NOW)
-                    results.put(("ok", r.order.id, r.order.discount_code, r.replayed, request.get("code")))
-                except PlanctlError as exc:
-                    results.put(("error", exc.reason, exc.message, None, request.get("code")))
-            finally:
-                database.dispose()
-        except BaseException as exc:  # report instead of dying silently
-            results.put(("crash", f"{type(exc).__name__}: {exc}", None, None, None))
-
-
-class Racers:
-    """RACERS spawned processes, started once per module (spawning costs about a second each)."""
-
-    def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.barrier, self.results = ctx.Barrier(RACERS), ctx.Queue()
-        self.tasks = [ctx.Queue() for _ in range(RACERS)]
-        self.procs = [ctx.Process(target=_racer, args=(t, self.barrier, self.results), daemon=True)
-                      for t in self.tasks]
-        for p in self.procs:
-            p.start()
-
-    def race(self, db_url: str, requests: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        """Each process runs one request; all start selling at the same moment."""
-        assert len(requests) == RACERS
-        for queue, request in zip(self.tasks, requests):
-            queue.put((db_url, request))
-        outcomes = [self.results.get(timeout=180) for _ in requests]
-        if self.barrier.broken:
-            self.barrier.reset()
-        assert not [o for o in outcomes if o[0] == "crash"], outcomes
-        return outcomes
-
-    def close(self) -> None:
-        for queue in self.tasks:
-            queue.put(None)
-        for p in self.procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.terminate()
+            r = sell_(database, SaleRequest(**request), caller=Caller("racer", "buy"), now=NOW)
+            results.put(("ok", r.order.id, r.order.discount_code, r.replayed, request.get("code")))
+        except PlanctlError as exc:
+            results.put(("error", exc.reason, exc.message, None, request.get("code")))
+    finally:
+        database.dispose()
 
 
 @pytest.fixture(scope="module")
 def racers() -> Any:
-    pool = Racers()
+    from procs import Processes
+
+    pool = Processes(__name__, RACERS)
     yield pool
     pool.close()
 
@@ -853,7 +817,7 @@ def test_two_processes_race_for_the_last_redemption(db: Any, db_url: str, caller
     strict = [{"kind": "buy", "account": a, "item": PRO, "code": "LASTONE"} for a in (acc, bob)]
     lenient = [{"kind": "buy", "account": a, "item": PRO, "code": "LASTTWO", "ignore_invalid_code": True}
                for a in (acc, bob)]
-    outcomes = racers.race(db_url, strict + lenient)
+    outcomes = racers.run("_sell", [(db_url, request) for request in strict + lenient])
     one = [o for o in outcomes if o[4] == "LASTONE"]
     assert sorted(o[0] for o in one) == ["error", "ok"], one
     assert [o[2] for o in one if o[0] == "ok"] == ["LASTONE"]
@@ -874,7 +838,7 @@ def test_processes_with_the_same_idempotency_key_make_one_order(db: Any, db_url:
 
     acc = account(db, caller)
     request = {"kind": "buy", "account": acc, "item": PRO, "payment_method": "alipay", "idempotency_key": "cart-991"}
-    outcomes = racers.race(db_url, [request] * RACERS)
+    outcomes = racers.run("_sell", [(db_url, request)] * RACERS)
     assert [o[0] for o in outcomes] == ["ok"] * 4, outcomes
     (order,) = rows(db, Order)
     assert {o[1] for o in outcomes} == {order.id}

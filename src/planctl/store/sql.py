@@ -169,7 +169,7 @@ class transaction:  # noqa: N801 - used like the contextmanager it replaces, wit
             return Conflict(f"the change conflicts with existing data ({_first_line(exc)})")
         if isinstance(exc, self.errors.OperationalError):
             text = str(exc).lower()
-            if "locked" in text or "busy" in text or "could not obtain lock" in text:
+            if any(word in text for word in ("locked", "busy", "could not obtain lock", "deadlock detected")):
                 return Conflict(f"database {self.display} is busy (another planctl is writing); try again")
             if "readonly" in text or "read-only" in text:
                 return InvalidInput(f"database {self.display} is read-only; check its permissions")
