@@ -180,6 +180,7 @@ _INTS = ("input_tokens", "cached_tokens", "output_tokens", "status_code", "laten
 
 
 _REQUIRED = ("request_id", "key", "model", "input_tokens", "output_tokens", "status_code")
+_REQUIRED_SET = frozenset(_REQUIRED)
 
 
 def parse_line(raw: dict[str, Any]) -> Any:
@@ -213,7 +214,7 @@ def parse_line(raw: dict[str, Any]) -> Any:
         elif type(value) is not str:
             value = str(value)
         fields[target] = value
-    if len(fields) < len(_REQUIRED) or any(f not in fields for f in _REQUIRED):
+    if not _REQUIRED_SET <= fields.keys():
         return f"missing field {next(f for f in _REQUIRED if f not in fields)!r}"
     return UsageInput(**fields)
 
