@@ -2,6 +2,7 @@
 """Metering throughput of planctl against raw sqlite3, on this machine.
 
     python benchmarks/metering.py [--records N] [--quick] [--budget S] [--rounds R] [--import-budget S]
+                                  [--only admit|import|cli] [--dir DIR]
 
 Every planctl figure is printed beside a baseline measured in the same run with
 the standard `sqlite3` module doing the equivalent raw statements on a copy of
@@ -692,6 +693,19 @@ def fmt_rate(v: float) -> str:
     return f"{v:,.0f}"
 
 
+def _filesystem(path: Path) -> str:
+    """The type of the file system holding `path` (tmpfs, ext4, …), from /proc/mounts."""
+    best, kind = "", "unknown file system"
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            _, mount, fs, *_ = line.split()
+            if str(path.resolve()).startswith(mount) and len(mount) > len(best):
+                best, kind = mount, fs
+    except OSError:
+        pass
+    return kind
+
+
 def report(args: argparse.Namespace, fx: dict[str, Any], admit: dict[str, Any] | None, imp: dict[str, Any] | None,
            cli: dict[str, list[float]] | None, started: float) -> None:
     try:
@@ -707,6 +721,7 @@ def report(args: argparse.Namespace, fx: dict[str, Any], admit: dict[str, Any] |
           f"SQLite {sqlite3.sqlite_version}, SQLAlchemy {sqlalchemy.__version__}")
     print(f"setup   : plan {PLAN['slug']} (total credit {PLAN['total_credit']}, no period, no RPD/TPD), "
           f"1 subscription, {len(fx['keys'])} keys; reset zone {fx['zone']}")
+    print(f"files   : {fx['template'].parent} ({_filesystem(fx['template'].parent)})")
     print()
     if admit is not None:
         print(f"1. admit + record with a {RESERVE / 1e6:g}-credit reservation, in process, one SQLite file "
@@ -793,6 +808,9 @@ def main() -> int:
                              "to keep the default run near 5 minutes on a 2-core machine)")
     parser.add_argument("--only", choices=("admit", "import", "cli"), action="append",
                         help="run only this part (repeatable)")
+    parser.add_argument("--dir", default=None,
+                        help="where the databases go (default: the system temporary directory); "
+                             "/dev/shm takes the disk out of the figures, leaving the CPU cost")
     parser.add_argument("--raw-import", nargs=3, metavar=("DB", "FILE", "FIXTURE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw_import:
@@ -807,7 +825,7 @@ def main() -> int:
 
     planctl = str(find_planctl())
     started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="planctl-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix="planctl-bench-", dir=args.dir))
     try:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("PLANCTL_", "_PLANCTL_", "_TYPER_", "COMP_"))}
