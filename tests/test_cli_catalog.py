@@ -784,6 +784,16 @@ def test_groups_refusals(cli: Any, db_url: str) -> None:
 # ---------------------------------------------------------------- CLI conventions
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--bogus", "plans", "list"], "error: No such option: --bogus; see 'planctl --help'"),
+    (["--db"], "error: Option '--db' requires an argument; see 'planctl --help'"),
+    (["plans", "--bogus"], "error: No such option: --bogus; see 'planctl plans --help'"),
+])
+def test_a_bad_option_at_any_level_is_one_line_with_exit_2(cli: Any, args: list[str], message: str) -> None:
+    result = cli(*args)
+    assert (result.exit_code, result.stderr.splitlines()) == (2, [message])
+
+
 def test_usage_error_is_one_error_line_with_exit_2(cli: Any, db_url: str) -> None:
     """SPEC §8 / issue 'Bad input': a malformed value gets one line naming the problem, exit 2.
 

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import traceback
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
@@ -25,15 +25,22 @@ from planctl.domain.errors import ExitCode, PlanctlError
 class PlanctlGroup(TyperGroup):
     """The root group: maps every error raised below it to an exit code."""
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """A bad root option (`planctl --bogus`) is one line too, like one below the root."""
+        try:
+            return super().parse_args(ctx, args)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as exc:
+            _usage_error(ctx, exc)
+
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except NoArgsIsHelpError:
             raise
         except UsageError as exc:
-            where = exc.ctx.command_path if exc.ctx else "planctl"
-            _report(ctx, "usage", f"{exc.format_message().rstrip('.')}; see '{where} --help'")
-            raise typer.Exit(ExitCode.USAGE) from None
+            _usage_error(ctx, exc)
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except PlanctlError as exc:
@@ -56,6 +63,12 @@ class PlanctlGroup(TyperGroup):
         finally:
             if isinstance(ctx.obj, State):
                 ctx.obj.close()
+
+
+def _usage_error(ctx: Any, exc: UsageError) -> NoReturn:
+    where = exc.ctx.command_path if exc.ctx else "planctl"
+    _report(ctx, "usage", f"{exc.format_message().rstrip('.')}; see '{where} --help'")
+    raise typer.Exit(ExitCode.USAGE) from None
 
 
 def _report(ctx: Any, reason: str, message: str) -> None:
