@@ -17,7 +17,7 @@ from planctl.domain import keys as rules
 from planctl.domain import lifecycle
 from planctl.domain.errors import Conflict, InvalidInput, NotFound, Refused
 from planctl.domain.ids import short_id
-from planctl.domain.secrets import digest, new_secret
+from planctl.domain.secrets import new_secret
 from planctl.services import accounts, audit, sales
 from planctl.services.audit import Caller
 from planctl.store.engine import Database

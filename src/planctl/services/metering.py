@@ -30,8 +30,6 @@ from datetime import date, datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import Any, Protocol
 
-from zoneinfo import ZoneInfo
-
 from planctl.domain import config, lifecycle, quota
 from planctl.domain import keys as key_rules
 from planctl.domain.catalog import Context, ModelPrices, PlanTerms, currency_decimals, parse_plan, resolve_model
