@@ -273,3 +273,22 @@ def test_driver_errors_that_mean_try_again_become_conflicts_and_roll_back() -> N
             with transaction(connection, sqlite=False, write=True, display="db", errors=errors):
                 raise raised
         assert (connection.rolled_back, connection.committed) == (1, 0)
+
+
+def test_prune_removes_closed_reservations_before_the_cutoff_and_never_an_open_hold(db: Any, caller: Any) -> None:
+    from planctl.services import metering, pruning
+
+    install(db, caller, plan("meter", total_credit="1", validity="1y"))
+    old, new = NOW - timedelta(days=40), NOW - timedelta(days=1)
+    b = buy(db, caller, account(db, caller, now=old), "meter", now=old)
+    settled_old = auth(db, b.secret, reserve=100, now=old).reservation_id
+    use(db, b.key, "old", 10, at=old, reservation=settled_old)
+    open_old = auth(db, b.secret, reserve=100, now=old, hold_for=timedelta(days=90)).reservation_id
+    settled_new = auth(db, b.secret, reserve=100, now=new).reservation_id
+    use(db, b.key, "new", 10, at=new, reservation=settled_new)
+    cutoff = NOW - timedelta(days=30)
+    summary = pruning.summarize(db, cutoff)
+    assert (summary.records, summary.reservations) == (1, 1)
+    assert pruning.prune(db, cutoff, caller=caller, now=NOW) == (1, 1)
+    left = {r.id: r.status for r in metering.list_reservations(db, now=NOW, status=None)}
+    assert left == {open_old: "held", settled_new: "settled"}

@@ -242,7 +242,7 @@ def prune(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")] = False,
     yes: YesOpt = False, json_: JsonOpt = False,
 ) -> None:
-    """Remove raw usage records before a time; daily rollups keep the history of consumption.
+    """Remove raw usage records and closed reservations before a time; rollups keep the totals.
 
     Example: planctl usage prune --before 180d --yes
     """
@@ -263,14 +263,18 @@ def prune(
         raise InvalidInput(f"--before: {exc.message}") from None
     summary = pruning.summarize(st.db(), cutoff)
     data = {"before": summary.before_iso, "records": summary.records, "oldest": summary.oldest_iso,
-            "newest": summary.newest_iso, "removed": 0, "dry_run": dry_run}
-    if summary.records and not dry_run:
-        say(st, f"{summary.records} usage records from {summary.oldest_iso} to {summary.newest_iso} "
-                "will be removed (rollups keep their totals)")
+            "newest": summary.newest_iso, "reservations": summary.reservations, "removed": 0,
+            "reservations_removed": 0, "dry_run": dry_run}
+    if (summary.records or summary.reservations) and not dry_run:
+        say(st, f"{summary.records} usage records from {summary.oldest_iso} to {summary.newest_iso} and "
+                f"{summary.reservations} closed reservations will be removed (rollups keep their totals)")
         st.confirm("Remove them?", yes=yes)
-        data["removed"] = pruning.prune(st.db(), cutoff, caller=st.caller(), now=st.now())
+        data["removed"], data["reservations_removed"] = pruning.prune(st.db(), cutoff, caller=st.caller(),
+                                                                      now=st.now())
     if fmt == "json":
         emit_json(st, data)
     else:
-        say(st, f"{'would remove' if dry_run else 'removed'} {data['records'] if dry_run else data['removed']} "
-                f"usage records before {data['before']}")
+        records, holds = ((data["records"], data["reservations"]) if dry_run
+                          else (data["removed"], data["reservations_removed"]))
+        say(st, f"{'would remove' if dry_run else 'removed'} {records} usage records and {holds} closed "
+                f"reservations before {data['before']}")
