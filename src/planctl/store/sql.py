@@ -74,7 +74,10 @@ class Tx:
     def many(self, sql: str, rows: list[dict[str, Any]]) -> None:
         if rows:
             text, pick = compile_sql(sql, self.sqlite)
-            self.cur.executemany(text, map(pick, rows))
+            if len(rows) == 1:  # psycopg sets up a pipeline for executemany: dear for one row
+                self.cur.execute(text, pick(rows[0]))
+            else:
+                self.cur.executemany(text, map(pick, rows))
 
     def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         text, pick = compile_sql(sql, self.sqlite)
