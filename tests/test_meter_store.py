@@ -212,6 +212,9 @@ def test_instants_are_stored_as_sqlalchemy_stores_them_and_read_back_aware() -> 
     assert tx.at(datetime(2026, 11, 21, 16, tzinfo=timezone.utc)) == "2026-11-21 16:00:00.000000"
     assert tx.instant("2026-11-21 16:00:00.000005") == beijing
     assert tx.instant("2026-11-21 16:00:00.000005").tzinfo is timezone.utc
+    for sqlite in (True, False):  # a naive instant would be read as local time: refused, as the ORM refuses it
+        with pytest.raises(ValueError, match="naive"):
+            Tx(sqlite3.connect(":memory:"), sqlite=sqlite).at(datetime(2026, 11, 21, 16))
 
 
 # ---------------------------------------------------------------- reservations
