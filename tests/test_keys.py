@@ -527,6 +527,7 @@ def test_disable_enable_are_reversible_and_revoke_is_final(cli: Any, db: Any, db
         (("keys", "disable", "spare", "nosuchkey"), 3, "not_found", "nosuchkey"),  # all or none
     ])
     assert js(cli, "keys", "show", "spare")["status"] == "active"
+    assert usable(db, spare["secret"], NOW) is None  # the refused batch disabled nothing
     assert js(cli, "keys", "revoke", "svc", "--yes")[0]["status"] == "revoked"
     assert usable(db, key["secret"], NOW) == "key_revoked"
     refusals(cli, db_url, [
