@@ -17,12 +17,12 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, create_engine
 
-from planctl.domain.errors import Conflict, InvalidInput, PlanctlError
+from planctl.domain.errors import InvalidInput, PlanctlError
 from planctl.store.location import DbTarget
-from planctl.store.sql import BUSY_TIMEOUT_MS, PRAGMAS, Tx, transaction
+from planctl.store.sql import BUSY_TIMEOUT_MS, PRAGMAS, Tx, driver_error, transaction
 _WRITE = "planctl_write"
 
 
@@ -158,23 +158,8 @@ def _translate_errors(target: DbTarget) -> Iterator[None]:
         yield
     except PlanctlError:
         raise
-    except IntegrityError as exc:
-        raise Conflict(f"the change conflicts with existing data ({_first_line(exc)})") from None
-    except OperationalError as exc:
-        text = str(exc.orig).lower()
-        if "locked" in text or "busy" in text or "could not obtain lock" in text:
-            raise Conflict(
-                f"database {target.display} is busy (another planctl is writing); try again"
-            ) from None
-        if "readonly" in text or "read-only" in text:
-            raise InvalidInput(f"database {target.display} is read-only; check its permissions") from None
-        if "unable to open" in text or "connection" in text or "could not connect" in text:
-            raise InvalidInput(f"cannot open database {target.display}: {_first_line(exc)}") from None
-        raise
-    except DBAPIError:
-        raise
-
-
-def _first_line(exc: DBAPIError) -> str:
-    return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-
+    except (IntegrityError, OperationalError) as exc:
+        meaning = driver_error(exc.orig or exc, target.display, integrity=isinstance(exc, IntegrityError))
+        if meaning is None:
+            raise
+        raise meaning from None

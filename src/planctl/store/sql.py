@@ -28,7 +28,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from planctl.domain.errors import Conflict, InvalidInput
+from planctl.domain.errors import Conflict, InvalidInput, PlanctlError
 
 BUSY_TIMEOUT_MS = 10_000
 PRAGMAS = (f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}", "PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL",
@@ -177,18 +177,26 @@ class transaction:  # noqa: N801 - used like the contextmanager it replaces, wit
 
     def _translate(self, exc: BaseException) -> BaseException:
         if isinstance(exc, self.errors.IntegrityError):
-            return Conflict(f"the change conflicts with existing data ({_first_line(exc)})")
+            return driver_error(exc, self.display, integrity=True) or exc
         if isinstance(exc, self.errors.OperationalError):
-            text = str(exc).lower()
-            if any(word in text for word in ("locked", "busy", "could not obtain lock", "deadlock detected")):
-                return Conflict(f"database {self.display} is busy (another planctl is writing); try again")
-            if "readonly" in text or "read-only" in text:
-                return InvalidInput(f"database {self.display} is read-only; check its permissions")
+            return driver_error(exc, self.display, integrity=False) or exc
         return exc
 
 
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+def driver_error(exc: BaseException, display: str, *, integrity: bool) -> PlanctlError | None:
+    """The domain error a driver's integrity or operational error means to a user, if any
+    (store/engine.py asks the same of the errors SQLAlchemy wraps)."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if integrity:
+        return Conflict(f"the change conflicts with existing data ({first})")
+    text = str(exc).lower()
+    if any(word in text for word in ("locked", "busy", "could not obtain lock", "deadlock detected")):
+        return Conflict(f"database {display} is busy (another planctl is writing); try again")
+    if "readonly" in text or "read-only" in text:
+        return InvalidInput(f"database {display} is read-only; check its permissions")
+    if "unable to open" in text or "connection" in text or "could not connect" in text:
+        return InvalidInput(f"cannot open database {display}: {first}")
+    return None
 
 
 def connect_sqlite(path: Path | str) -> sqlite3.Connection:
