@@ -216,14 +216,25 @@ def _load(tx: Tx, cat: _Catalog, found: Found, at: datetime, *, write: bool, alw
     """A key's whole state: its counters (when they matter, or `always`) and packs, locked in a
     write on PostgreSQL."""
     state = _frame(tx, cat, found, at)
-    if always or _counted(state.limits()):
-        rows = meter.counters(tx, list(state.window.values()))
-        state.count = {name: rows[window] for name, window in state.window.items()}
-    else:
-        state.count = {name: CounterRow() for name in state.window}  # nothing limits or shows them
-    state.packs = meter.packs_of(tx, state.extra_owner_id, lock=write) if state.sub is not None else []
-    state.loaded = True
+    _fill(tx, state, lock=write, counters=always or _counted(state.limits()))
     return state
+
+
+def _as_read(_kind: str, _ident: Any, row: Any) -> Any:
+    return row
+
+
+def _fill(tx: Tx, state: _State, *, lock: bool, counters: bool = True, adopt: Any = _as_read) -> None:
+    """Read a state's counters (zero when nothing limits or shows them) and its packs; `adopt`
+    lets a batch keep one object per row (`_Changes.adopt`)."""
+    if counters:
+        rows = meter.counters(tx, list(state.window.values()))
+        state.count = {name: adopt("counter", w, rows[w]) for name, w in state.window.items()}
+    else:
+        state.count = {name: CounterRow() for name in state.window}
+    state.packs = ([adopt("pack", p.id, p) for p in meter.packs_of(tx, state.extra_owner_id, lock=lock)]
+                   if state.sub is not None else [])
+    state.loaded = True
 
 
 def key_by_secret(tx: Tx, secret: str, now: datetime, *, write: bool) -> Found | None:
@@ -662,7 +673,6 @@ class _Batch:
         self.states: dict[tuple[str, datetime], _State] = {}
         self.key_ids: dict[str, str] = {}  # key reference -> key id
         self.found: dict[str, Found] = {}  # key id -> its rows
-        self.packs: dict[str, list[PackRow]] = {}  # account -> its packs
         self.seen: set[str] = set()
         self.records: list[dict[str, Any]] = []
 
@@ -701,15 +711,7 @@ class _Batch:
 
     def filled(self, state: _State) -> _State:
         if not state.loaded:
-            rows = meter.counters(self.tx, list(state.window.values()))
-            state.count = {name: self.changes.adopt("counter", w, rows[w]) for name, w in state.window.items()}
-            if state.sub is not None:
-                owner = state.extra_owner_id
-                if owner not in self.packs:
-                    self.packs[owner] = [self.changes.adopt("pack", p.id, p)
-                                         for p in meter.packs_of(self.tx, owner, lock=True)]
-                state.packs = self.packs[owner]
-            state.loaded = True
+            _fill(self.tx, state, lock=True, adopt=self.changes.adopt)
         return state
 
     def charge(self, u: UsageInput) -> Recorded:
