@@ -21,6 +21,7 @@ from planctl.domain.clock import local_date, start_of_local_day, zone
 from planctl.domain.errors import InvalidInput, NotFound
 from planctl.domain.latency import LATENCY_BUCKETS_MS, histogram_p95
 from planctl.store.location import SCHEMA_VERSION, DbTarget
+from planctl.store.sql import schema_version
 
 RECORD_COLUMNS = (
     "request_id", "at", "local_day", "account_id", "key_id", "subscription_id", "group_name", "requested_model",
@@ -82,15 +83,8 @@ class Reader:
 
 def open_reader(target: DbTarget, *, now: datetime) -> Reader:
     """A reader on an up-to-date database (created, migrated or refused through the store first)."""
-    if target.path is not None and target.path.exists():
-        reader = Reader(target)
-        try:
-            version = reader.one("SELECT max(version) FROM schema_migrations")
-        except sqlite3.DatabaseError:
-            version = None
-        if version and version[0] == SCHEMA_VERSION:
-            return reader
-        reader.close()
+    if target.path is not None and schema_version(target.path) == SCHEMA_VERSION:
+        return Reader(target)
     from planctl.services.database import open_database
 
     open_database(target, now=now).dispose()  # creates, migrates, or refuses a newer database
