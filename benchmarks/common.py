@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -35,3 +37,16 @@ def find_planctl() -> Path:
             return bindir / name
     sys.exit(f"error: no 'planctl' executable next to {sys.executable}; "
              "run this with the interpreter of the environment where planctl is installed")
+
+
+def run_once(argv: list[str], env: dict[str, str]) -> float:
+    """Wall time of one subprocess in milliseconds (output discarded); a failing command stops the
+    benchmark with its first error lines."""
+    start = time.perf_counter()
+    proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+    elapsed = (time.perf_counter() - start) * 1000
+    if proc.returncode != 0:
+        sys.exit(f"error: {' '.join(argv[:6])} exited {proc.returncode}: "
+                 f"{proc.stderr.decode(errors='replace').strip()[:400]}")
+    return elapsed

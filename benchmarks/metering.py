@@ -59,7 +59,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from common import cpu_model, find_planctl, usable_cores  # benchmarks/common.py
+from common import cpu_model, find_planctl, run_once, usable_cores  # benchmarks/common.py
 
 ADMIT_TARGET = 2_000.0
 IMPORT_TARGET = 50_000.0
@@ -666,23 +666,13 @@ def bench_cli(fx: dict[str, Any], tmp: Path, args: argparse.Namespace, planctl: 
         ("python + sqlite3 key look-up", [sys.executable, "-c", lookup, db, str(key_file)]),
     ]
 
-    def once(argv: list[str]) -> float:
-        start = time.perf_counter()
-        proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
-        elapsed = (time.perf_counter() - start) * 1000
-        if proc.returncode != 0:
-            sys.exit(f"error: {' '.join(argv[:4])} … exited {proc.returncode}: "
-                     f"{proc.stderr.decode(errors='replace').strip()[:300]}")
-        return elapsed
-
     for _ in range(2):
         for _, argv in cases:
-            once(argv)
+            run_once(argv, env)
     times: dict[str, list[float]] = {name: [] for name, _ in cases}
     for _ in range(args.runs):
         for name, argv in cases:
-            times[name].append(once(argv))
+            times[name].append(run_once(argv, env))
     return times
 
 

@@ -59,7 +59,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from common import cpu_model, find_planctl, usable_cores  # benchmarks/common.py
+from common import cpu_model, find_planctl, run_once, usable_cores  # benchmarks/common.py
 
 LOOKUP_OVER_START_MS = 100.0
 LOOKUP_SQL_MS = 5.0
@@ -111,13 +111,7 @@ class Child:
 
 def run_child(argv: list[str], env: dict[str, str]) -> Child:
     """Wall time of one quick subprocess (output discarded); a failure stops the benchmark."""
-    start = time.perf_counter()
-    proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    elapsed = (time.perf_counter() - start) * 1000
-    if proc.returncode != 0:
-        sys.exit(f"error: {' '.join(argv)} exited {proc.returncode}: "
-                 f"{proc.stderr.decode(errors='replace').strip()[:400]}")
-    return Child(elapsed, 0)
+    return Child(run_once(argv, env), 0)
 
 
 def run_measured(argv: list[str], env: dict[str, str], *, stdout: Any = subprocess.DEVNULL,

@@ -23,28 +23,15 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_model, find_planctl, usable_cores  # benchmarks/common.py
+from common import cpu_model, find_planctl, run_once, usable_cores  # benchmarks/common.py
 
 WARMUPS = 2
 HELP_TARGET_MS = 150.0
-
-
-def run_once(argv: list[str], env: dict[str, str]) -> float:
-    """Wall time of one run in milliseconds; a failing command stops the benchmark."""
-    start = time.perf_counter()
-    proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE)
-    elapsed = (time.perf_counter() - start) * 1000
-    if proc.returncode != 0:
-        sys.exit(f"error: {' '.join(argv)} exited {proc.returncode}: "
-                 f"{proc.stderr.decode(errors='replace').strip()[:300]}")
-    return elapsed
 
 
 def p90(values: list[float]) -> float:
