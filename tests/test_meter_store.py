@@ -215,6 +215,40 @@ def test_instants_are_stored_as_sqlalchemy_stores_them_and_read_back_aware() -> 
     for sqlite in (True, False):  # a naive instant would be read as local time: refused, as the ORM refuses it
         with pytest.raises(ValueError, match="naive"):
             Tx(sqlite3.connect(":memory:"), sqlite=sqlite).at(datetime(2026, 11, 21, 16))
+        with pytest.raises(ValueError, match="naive"):
+            Tx(sqlite3.connect(":memory:"), sqlite=sqlite).at_once(datetime(2026, 11, 21, 16))
+    # a record's own time takes the uncached path: the same text, whatever its zone
+    for instant in (beijing, datetime(2026, 11, 21, 16, tzinfo=timezone.utc), datetime(2026, 2, 28, 23, 59, 59, 999_999,
+                                                                                        tzinfo=timezone.utc)):
+        assert tx.at_once(instant) == tx.at(instant) == instant.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    assert Tx(sqlite3.connect(":memory:"), sqlite=False).at_once(beijing) is beijing  # PostgreSQL keeps the instant
+
+
+def test_a_row_moved_before_it_is_read_gets_the_database_values_under_its_changes(db: Any, caller: Any) -> None:
+    """The batch's identity map: a counter settled (moved) before a decision reads it must show
+    the stored value plus the change, and write only the change."""
+    from planctl.services import metering
+    from planctl.store import meter
+
+    b = _bought(db, caller)
+    use(db, b.key, "r1", 100)  # the key's day counter now holds 1 request, 100 µcr
+    with db.tx(write=True) as tx:
+        key_id = meter.key_by(tx, "id", b.key, write=False)[0].id
+        window = (key_id, "key-day", metering._catalog(tx, db, write=False).day(NOW)[0])
+        stored = meter.counters(tx, [window])[window]
+        assert (stored.requests, stored.credit) == (1, 100)
+        changes = metering._Changes()
+        moved = changes.row("counter", window)  # blank: only the change
+        moved.requests += 1
+        moved.credit += 5
+        read = changes.adopt("counter", window, meter.counters(tx, [window])[window])
+        assert read is moved and (read.requests, read.credit) == (2, 105)
+        read.credit += 10
+        assert changes.adopt("counter", window, meter.CounterRow(99, 99, 99, 99)) is read  # read once per batch
+        changes.apply(tx)
+        changes.apply(tx)  # nothing moved since: nothing written twice
+        after = meter.counters(tx, [window])[window]
+    assert (after.requests, after.credit) == (2, 115)
 
 
 # ---------------------------------------------------------------- reservations

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from operator import itemgetter
 from types import SimpleNamespace
 from typing import Any, Protocol
 
@@ -72,6 +73,7 @@ class _Catalog:
         self._terms: dict[int, PlanTerms] = {}
         self._billed: dict[str, str | None] = {}
         self._days: dict[date, tuple[tuple[datetime, datetime], str]] = {}
+        self._last_day: tuple[tuple[datetime, datetime], str] | None = None
 
     def terms(self, tx: Tx, version_id: int) -> PlanTerms:
         terms = self._terms.get(version_id)
@@ -90,11 +92,15 @@ class _Catalog:
 
     def local_day(self, at: datetime) -> tuple[tuple[datetime, datetime], str]:
         """That day's bounds and its date (YYYY-MM-DD), which usage records are filed under."""
+        last = self._last_day
+        if last is not None and last[0][0] <= at < last[0][1]:  # most records fall in the day before them
+            return last
         local = at.astimezone(self.tz).date()  # `at` is aware (validated on the way in)
         hit = self._days.get(local)
         if hit is None:
             hit = self._days[local] = ((start_of_local_day(local, self.tz),
                                         start_of_local_day(local + timedelta(days=1), self.tz)), local.isoformat())
+        self._last_day = hit
         return hit
 
 
@@ -374,85 +380,107 @@ def explain(decision: quota.Decision, next_reset: datetime) -> str:
 # ---------------------------------------------------------------- balance changes
 
 
-_FIELDS = {  # what an increment of each kind of row changes: (increment name, attribute of the row object)
-    "key": (("used", "credit_used"), ("reserved", "credit_reserved")),
-    "account": (("balance", "payg_balance"), ("reserved", "payg_reserved")),
-    "sub": (("used", "credit_used"), ("reserved", "credit_reserved")),
-    "pack": (("used", "used"), ("reserved", "reserved")),
-    "counter": (("requests", "requests"), ("tokens", "tokens"), ("credit", "credit"), ("reserved", "reserved")),
+_MOVED = {  # the fields of each kind of row that charging and holds move, always by increments
+    "key": ("credit_used", "credit_reserved"),
+    "account": ("payg_balance", "payg_reserved"),
+    "sub": ("credit_used", "credit_reserved"),
+    "pack": ("used", "reserved"),
+    "counter": ("requests", "tokens", "credit", "reserved"),
 }
 
-_ATTRIBUTES = {kind: dict(fields) for kind, fields in _FIELDS.items()}
+
+def _blank(kind: str, ident: Any) -> Any:
+    """A row moved before it is read: zeros, so that its fields hold only the changes."""
+    if kind == "counter":
+        return CounterRow()
+    if kind == "pack":
+        return PackRow(ident, 0, 0, 0, None)
+    if kind == "key":
+        return KeyRow(ident, "", None, "", "", "", "", None, None, 0, 0, None, None, None, None)
+    if kind == "account":
+        return AccountRow(ident, None, None, 0, 0)
+    return SubRow(ident, "", 0, "", EPOCH, EPOCH, 1, None, 0, 0, True)
 
 
 class _Changes:
-    """Increments to balances and counters, and ledger entries, written together at the end of a
-    transaction: one statement per table, however many requests a batch charges.
+    """The rows one transaction reads or moves, one object per row, and its ledger entries.
 
-    It also holds the rows a batch has read, one object per row (`adopt`): an increment is
-    applied to the object as well, and a row read later gets the increments already pending,
-    so a batch always sees the database plus its own changes.
+    Charging changes the objects in place (`sub.credit_used += plan`), so each
+    request of a batch sees the ones before it; `apply` writes what every row
+    moved since it was read, as increments: one statement per table, however
+    many requests the batch charges. A row moved before it is read starts blank
+    (`row`); reading it later (`adopt`) puts the database's values under the
+    changes.
     """
 
     def __init__(self) -> None:
-        self.pending: dict[str, dict[Any, dict[str, Any]]] = {kind: {} for kind in _FIELDS}
         self.rows: dict[tuple[str, Any], Any] = {}
-        self.ledger: list[dict[str, Any]] = []
+        self.read: dict[tuple[str, Any], tuple[int, ...]] = {}  # the moved fields as read (or last applied)
+        self.blank: set[tuple[str, Any]] = set()  # rows not read from the database yet
+        self.last_used: dict[str, datetime] = {}  # key id -> its latest use in this transaction
+        self.ledger: list[tuple[Any, ...]] = []  # rows of meter.LEDGER_COLUMNS, `at` as stored
 
-    def add(self, kind: str, ident: Any, **amounts: int) -> None:
-        row = self.pending[kind].get(ident)
-        if row is None:
-            row = self.pending[kind][ident] = {"id": ident, "last": None, **{n: 0 for n, _ in _FIELDS[kind]}}
+    def row(self, kind: str, ident: Any) -> Any:
+        """The object of a row, blank when it has not been read."""
         obj = self.rows.get((kind, ident))
-        for name, amount in amounts.items():
-            if amount:
-                row[name] += amount
-                if obj is not None:
-                    attribute = _ATTRIBUTES[kind][name]
-                    setattr(obj, attribute, getattr(obj, attribute) + amount)
-
-    def touch(self, key_id: str, at: datetime) -> None:
-        """A key was used at `at` (its last use only moves forward)."""
-        self.add("key", key_id)
-        row, obj = self.pending["key"][key_id], self.rows.get(("key", key_id))
-        if row["last"] is None or at > row["last"]:
-            row["last"] = at
-        if obj is not None and (obj.last_used_at is None or at > obj.last_used_at):
-            obj.last_used_at = at
-
-    def adopt(self, kind: str, ident: Any, obj: Any) -> Any:
-        """The batch's object for a row just read: the one it already has, or this one with the
-        increments pending for it."""
-        known = self.rows.get((kind, ident))
-        if known is not None:
-            return known
-        row = self.pending[kind].get(ident)
-        if row is not None:
-            for name, attribute in _FIELDS[kind]:
-                setattr(obj, attribute, getattr(obj, attribute) + row[name])
-            if kind == "key" and row["last"] is not None and (obj.last_used_at is None or row["last"] > obj.last_used_at):
-                obj.last_used_at = row["last"]
-        self.rows[(kind, ident)] = obj
+        if obj is None:
+            obj = self.rows[(kind, ident)] = _blank(kind, ident)
+            self.read[(kind, ident)] = (0,) * len(_MOVED[kind])
+            self.blank.add((kind, ident))
         return obj
 
-    def entry(self, *, at: datetime, account_id: str, pool: str, amount: int, kind: str, key_id: str | None,
-              reason: str, subscription_id: str | None = None, pack_id: int | None = None,
-              request_id: str | None = None) -> None:
-        self.ledger.append({"at": at, "account_id": account_id, "pool": pool, "subscription_id": subscription_id,
-                            "pack_id": pack_id, "key_id": key_id, "kind": kind, "amount": amount, "order_id": None,
-                            "request_id": request_id, "reason": reason})
+    def adopt(self, kind: str, ident: Any, obj: Any) -> Any:
+        """The transaction's object for a row just read: the one it already has (the database's
+        values under its changes, if it was blank), or this one."""
+        key = (kind, ident)
+        known = self.rows.get(key)
+        names = _MOVED[kind]
+        if known is None:
+            self.rows[key] = obj
+            self.read[key] = tuple([getattr(obj, name) for name in names])
+            return obj
+        if key in self.blank:
+            self.blank.discard(key)
+            moved = [getattr(known, name) - base for name, base in zip(names, self.read[key])]
+            for slot in obj.__slots__:
+                setattr(known, slot, getattr(obj, slot))
+            self.read[key] = tuple([getattr(obj, name) for name in names])
+            for name, amount in zip(names, moved):
+                setattr(known, name, getattr(known, name) + amount)
+        return known
+
+    def used(self, key_id: str, at: datetime) -> None:
+        """A key was used at `at` (its last use only moves forward)."""
+        last = self.last_used.get(key_id)
+        if last is None or at > last:
+            self.last_used[key_id] = at
+
+    def entry(self, stored_at: Any, account_id: str, pool: str, subscription_id: str | None, pack_id: int | None,
+              key_id: str | None, kind: str, amount: int, request_id: str | None, reason: str) -> None:
+        """A ledger entry, its values in the order of meter.LEDGER_COLUMNS (no order: metering's own)."""
+        self.ledger.append((stored_at, account_id, pool, subscription_id, pack_id, key_id, kind, amount, None,
+                            request_id, reason))
 
     def apply(self, tx: Tx) -> None:
         """Keys, accounts and subscriptions in the order they are locked everywhere else."""
-        pending = self.pending
-        meter.charge_keys(tx, list(pending["key"].values()))
-        meter.charge_payg(tx, list(pending["account"].values()))
-        meter.charge_subscriptions(tx, list(pending["sub"].values()))
-        meter.charge_packs(tx, list(pending["pack"].values()))
-        meter.add_to_counters(tx, list(pending["counter"].values()))
+        moved: dict[str, list[tuple[Any, list[int]]]] = {kind: [] for kind in _MOVED}
+        for key, obj in self.rows.items():
+            kind, ident = key
+            names = _MOVED[kind]
+            now = [getattr(obj, name) for name in names]
+            delta = [value - base for value, base in zip(now, self.read[key])]
+            if any(delta) or (kind == "key" and ident in self.last_used):
+                moved[kind].append((ident, delta))
+                self.read[key] = tuple(now)
+        last = self.last_used
+        meter.charge_keys(tx, [{"id": i, "used": d[0], "reserved": d[1], "last": last.get(i)} for i, d in moved["key"]])
+        meter.charge_payg(tx, [{"id": i, "balance": d[0], "reserved": d[1]} for i, d in moved["account"]])
+        meter.charge_subscriptions(tx, [{"id": i, "used": d[0], "reserved": d[1]} for i, d in moved["sub"]])
+        meter.charge_packs(tx, [{"id": i, "used": d[0], "reserved": d[1]} for i, d in moved["pack"]])
+        meter.add_to_counters(tx, [{"id": w, "requests": d[0], "tokens": d[1], "credit": d[2], "reserved": d[3]}
+                                   for w, d in moved["counter"]])
         meter.insert_ledger(tx, self.ledger)
-        self.pending = {kind: {} for kind in _FIELDS}
-        self.ledger = []
+        self.last_used, self.ledger = {}, []
 
 
 # ---------------------------------------------------------------- holds
@@ -498,22 +526,23 @@ def _hold(tx: Tx, state: _State, decision: quota.Decision, limits: quota.Limits,
                   status="held", created_at=now, expires_at=now + hold_for)
     meter.insert_hold(tx, res)
     changes = _Changes()
-    _hold_ledger(changes, res, now, sign=-1, kind="reserve")
+    _hold_ledger(changes, res, tx.at(now), sign=-1, kind="reserve")
     meter.insert_ledger(tx, changes.ledger)
     return res
 
 
-def _hold_ledger(changes: _Changes, res: HoldRow, now: datetime, *, sign: int, kind: str) -> None:
+def _hold_ledger(changes: _Changes, res: HoldRow, stored_now: Any, *, sign: int, kind: str) -> None:
     """Holds take from the available balance: a `reserve` entry, and a `release` when they end."""
-    base = dict(at=now, account_id=res.account_id, key_id=res.key_id, kind=kind, request_id=res.request_id,
-                reason=f"{kind} {res.id}")
-    holds = res.holds
+    entry, reason, holds = changes.entry, f"{kind} {res.id}", res.holds
     if "plan" in holds:
-        changes.entry(**base, pool="plan", subscription_id=res.subscription_id, amount=sign * holds["plan"])
+        entry(stored_now, res.account_id, "plan", res.subscription_id, None, res.key_id, kind, sign * holds["plan"],
+              res.request_id, reason)
     for pack_id, take in holds.get("packs", {}).items():
-        changes.entry(**base, pool="extra", pack_id=int(pack_id), amount=sign * take)
+        entry(stored_now, res.account_id, "extra", None, int(pack_id), res.key_id, kind, sign * take, res.request_id,
+              reason)
     if "payg" in holds:
-        changes.entry(**base, pool="payg", amount=sign * holds["payg"])
+        entry(stored_now, res.account_id, "payg", None, None, res.key_id, kind, sign * holds["payg"], res.request_id,
+              reason)
 
 
 def _release(tx: Tx, res: HoldRow, now: datetime, status: str, changes: _Changes,
@@ -522,22 +551,22 @@ def _release(tx: Tx, res: HoldRow, now: datetime, status: str, changes: _Changes
     the status change is conditional, so of two transactions closing the same hold one wins."""
     if not meter.close_hold(tx, res.id, status, now, request_id):
         return False
-    _hold_ledger(changes, res, now, sign=+1, kind="release")
+    _hold_ledger(changes, res, tx.at(now), sign=+1, kind="release")
     res.status, res.closed_at, res.request_id = status, now, request_id or res.request_id
-    holds = res.holds
+    holds, row = res.holds, changes.row
     if "key" in holds:
-        changes.add("key", res.key_id, reserved=-holds["key"])
+        row("key", res.key_id).credit_reserved -= holds["key"]
     if "plan" in holds:
-        changes.add("sub", res.subscription_id, reserved=-holds["plan"])
+        row("sub", res.subscription_id).credit_reserved -= holds["plan"]
     if "period" in holds:
         start = datetime.fromisoformat(holds["period"][0])
-        changes.add("counter", (res.subscription_id, "sub-period", start), reserved=-holds["period"][1])
+        row("counter", (res.subscription_id, "sub-period", start)).reserved -= holds["period"][1]
     if "subuser" in holds:
-        changes.add("counter", (res.account_id, "subuser", EPOCH), reserved=-holds["subuser"])
+        row("counter", (res.account_id, "subuser", EPOCH)).reserved -= holds["subuser"]
     for pack_id, take in holds.get("packs", {}).items():
-        changes.add("pack", int(pack_id), reserved=-take)
+        row("pack", int(pack_id)).reserved -= take
     if "payg" in holds:
-        changes.add("account", res.account_id, reserved=-holds["payg"])
+        row("account", res.account_id).payg_reserved -= holds["payg"]
     return True
 
 
@@ -615,12 +644,23 @@ class Recorded:
     request_id: str
     duplicate: bool
     note: str | None = None
-    row: dict[str, Any] | None = None  # the usage record's values as written
+    values: tuple[Any, ...] | None = None  # the usage record as written (meter.USAGE_COLUMNS, `at` as stored)
+    at: datetime | None = None
+
+    @property
+    def row(self) -> dict[str, Any] | None:
+        """The usage record's values by column (`at` timezone-aware)."""
+        if self.values is None:
+            return None
+        row = dict(zip(meter.USAGE_COLUMNS, self.values))
+        row["at"], row["stream"] = self.at, bool(row["stream"])
+        return row
 
     @property
     def record(self) -> SimpleNamespace | None:
         """The usage record's values by attribute (`r.record.cost`)."""
-        return None if self.row is None else SimpleNamespace(**self.row)
+        row = self.row
+        return None if row is None else SimpleNamespace(**row)
 
 
 def validate(u: UsageInput) -> None:
@@ -660,10 +700,10 @@ class _Batch:
     """Charges usage records in one write transaction.
 
     Rows are read when first needed and kept for the whole batch, one object per
-    row (`_Changes.adopt`), so every request sees the ones before it; increments
-    collect in `_Changes` and are written, with the usage records and rollups,
-    by `flush`. On PostgreSQL every row read was locked, so what the batch sees
-    stays true until the commit.
+    row (`_Changes`), so every request sees the ones before it; the changes are
+    written, with the usage records and their rollups, by `flush`. On PostgreSQL
+    every row read was locked, so what the batch sees stays true until the commit.
+    Everything that can refuse a request is checked before it changes anything.
     """
 
     def __init__(self, tx: Tx, db: MeterDb, now: datetime) -> None:
@@ -674,7 +714,8 @@ class _Batch:
         self.key_ids: dict[str, str] = {}  # key reference -> key id
         self.found: dict[str, Found] = {}  # key id -> its rows
         self.seen: set[str] = set()
-        self.records: list[dict[str, Any]] = []
+        self.records: list[tuple[Any, ...]] = []  # rows of meter.USAGE_COLUMNS
+        self.rollups = Rollups()
 
     def known_ids(self, request_ids: list[str]) -> set[str]:
         return meter.known_request_ids(self.tx, request_ids) | (self.seen & set(request_ids))
@@ -701,11 +742,12 @@ class _Batch:
         return self.found[key_id]
 
     def state(self, found: Found, at: datetime, day: datetime) -> _State:
-        """The key's windows at `at`, in the natural day starting at `day` (its counters and packs
-        are read only when a decision needs them)."""
+        """The key's windows at `at`, in the natural day starting at `day`, with the batch's objects
+        of their counters (read from the database only when a decision needs them: `filled`)."""
         state = self.states.get((found[0].id, day))
         if state is None or (state.windows.period and not state.windows.period[0] <= at < state.windows.period[1]):
             state = self.states[(found[0].id, day)] = _frame(self.tx, self.cat, found, at)
+            state.count = {name: self.changes.row("counter", window) for name, window in state.window.items()}
         state.at = at
         return state
 
@@ -723,9 +765,9 @@ class _Batch:
         (day, _), local_day = self.cat.local_day(at)
         state = self.state(found, at, day)
         key = state.key
-        ratio = self.cat.ratios.get(key.group_name, 1_000_000)
         cost = quota.request_cost(self.cat.models[billed], input_tokens=u.input_tokens,
-                                  cached_tokens=u.cached_tokens, output_tokens=u.output_tokens, ratio_ppm=ratio)
+                                  cached_tokens=u.cached_tokens, output_tokens=u.output_tokens,
+                                  ratio_ppm=self.cat.ratios.get(key.group_name, 1_000_000))
         note, res = None, None
         if u.reservation:
             res = meter.get_hold(self.tx, u.reservation)
@@ -736,23 +778,21 @@ class _Batch:
                 note, res = f"reservation {u.reservation} was already {res.status}; charged without it", None
         pool = res.pool if res is not None else self._pool(state)
         plan, extra, payg = self._split(state, pool, cost, capped=res is not None)
-        extra_total = sum(t for _, t in extra)
-        self._apply(state, u, at, plan, extra, payg)
-        parts = [name for name, amount in (("plan", plan), ("extra", extra_total), ("payg", payg)) if amount]
-        row = dict(request_id=u.request_id, at=at, local_day=local_day,
-                   account_id=key.account_id, key_id=key.id, subscription_id=key.subscription_id,
-                   group_name=key.group_name, requested_model=u.model, billed_model=billed, api=u.api,
-                   input_tokens=u.input_tokens, cached_tokens=u.cached_tokens, output_tokens=u.output_tokens,
-                   cost=cost, charged_plan=plan, charged_extra=extra_total, charged_payg=payg,
-                   pool=parts[0] if len(parts) == 1 else "mixed" if parts else "none",
-                   status_code=u.status_code, latency_ms=u.latency_ms, stream=u.stream,
-                   error=u.error[:2000] if u.error else None, reservation_id=u.reservation)
-        self.records.append(row)
+        stored = self.tx.at_once(at)
+        extra_total = self._apply(state, u, at, stored, plan, extra, payg)
+        charged = plan + extra_total + payg
+        parts = (plan > 0) + (extra_total > 0) + (payg > 0)
+        pool = "none" if not parts else "mixed" if parts > 1 else "plan" if plan else "extra" if extra_total else "payg"
+        values = (u.request_id, stored, local_day, key.account_id, key.id, key.subscription_id, key.group_name,
+                  u.model, billed, u.api, u.input_tokens, u.cached_tokens, u.output_tokens, cost, plan, extra_total,
+                  payg, pool, u.status_code, u.latency_ms, u.stream, u.error[:2000] if u.error else None,
+                  u.reservation)
+        self.records.append(values)
+        self.rollups.add(values, at)
         self.seen.add(u.request_id)
-        if cost > plan + extra_total + payg:
-            note = (f"cost {cost} µcr exceeded what the hold and the balance allowed; "
-                    f"{plan + extra_total + payg} µcr charged")
-        return Recorded(u.request_id, False, note, row)
+        if cost > charged:
+            note = f"cost {cost} µcr exceeded what the hold and the balance allowed; {charged} µcr charged"
+        return Recorded(u.request_id, False, note, values, at)
 
     def _pool(self, state: _State) -> str:
         if state.key.kind == "payg":
@@ -781,61 +821,100 @@ class _Batch:
             plan_cost = min(plan_cost, max(available, 0))
         return plan_cost, draws, 0
 
-    def _apply(self, state: _State, u: UsageInput, at: datetime, plan: int, extra: list[tuple[int, int]],
-               payg: int) -> None:
-        changes, key, sub, window = self.changes, state.key, state.sub, state.window
-        base = dict(at=at, key_id=key.id, kind="debit", request_id=u.request_id, reason=f"usage {u.model}")
+    def _apply(self, state: _State, u: UsageInput, at: datetime, stored: Any, plan: int,
+               extra: list[tuple[int, int]], payg: int) -> int:
+        """Move the balances and counters the request draws from, with its ledger entries; returns
+        what extra usage paid."""
+        changes, key, sub, count = self.changes, state.key, state.sub, state.count
+        entry, reason, request_id = changes.entry, f"usage {u.model}", u.request_id
         if sub is not None:
-            changes.add("sub", sub.id, used=plan)
-            changes.add("counter", window["day"], requests=1, tokens=u.input_tokens + u.output_tokens)
-            for name in ("period", "subuser"):
-                if name in window and plan:
-                    changes.add("counter", window[name], credit=plan)
+            sub.credit_used += plan
+            day = count["day"]
+            day.requests += 1
+            day.tokens += u.input_tokens + u.output_tokens
             if plan:
-                changes.entry(**base, account_id=sub.account_id, pool="plan", subscription_id=sub.id, amount=-plan)
+                for name in ("period", "subuser"):
+                    if name in count:
+                        count[name].credit += plan
+                entry(stored, sub.account_id, "plan", sub.id, None, key.id, "debit", -plan, request_id, reason)
+        extra_total = 0
         for pack_id, take in extra:
-            changes.add("pack", pack_id, used=take)
-            changes.entry(**base, account_id=state.extra_owner_id, pool="extra", pack_id=pack_id, amount=-take)
+            changes.row("pack", pack_id).used += take
+            extra_total += take
+            entry(stored, state.extra_owner_id, "extra", None, pack_id, key.id, "debit", -take, request_id, reason)
         if payg:
-            changes.add("account", state.account.id, balance=-payg)
-            changes.entry(**base, account_id=state.account.id, pool="payg", amount=-payg)
-        changes.add("counter", window["key_day"], requests=1, credit=plan + sum(t for _, t in extra) + payg)
-        changes.add("key", key.id, used=plan)
-        changes.touch(key.id, at)
+            state.account.payg_balance -= payg
+            entry(stored, state.account.id, "payg", None, None, key.id, "debit", -payg, request_id, reason)
+        key_day = count["key_day"]
+        key_day.requests += 1
+        key_day.credit += plan + extra_total + payg
+        key.credit_used += plan
+        changes.used(key.id, at)
+        return extra_total
 
     def flush(self) -> None:
         self.changes.apply(self.tx)
         if self.records:
             meter.insert_usage(self.tx, self.records)
-            meter.roll_up(self.tx, rollups(self.records))
-        self.records = []
+            meter.roll_up(self.tx, self.rollups.rows())
+        self.records, self.rollups = [], Rollups()
 
 
 def status_class(code: int) -> str:
     return f"{code // 100}xx"
 
 
-def rollups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Usage records summed into daily rollup rows (one per day, key, group, model, API, status class)."""
-    rows: dict[tuple[str, ...], dict[str, Any]] = {}
-    for r in records:
-        dims = (r["local_day"], r["key_id"], r["group_name"], r["billed_model"], r["api"], status_class(r["status_code"]))
-        row = rows.get(dims)
+_ROLLED_UP = {2: "local_day", 3: "account_id", 4: "key_id", 5: "subscription_id", 6: "group_name", 8: "billed_model",
+              9: "api", 10: "input_tokens", 11: "cached_tokens", 12: "output_tokens", 13: "cost", 14: "charged_plan",
+              15: "charged_extra", 16: "charged_payg", 18: "status_code", 19: "latency_ms"}
+assert all(meter.USAGE_COLUMNS[i] == name for i, name in _ROLLED_UP.items()), "Rollups.add reads these positions"
+
+
+class Rollups:
+    """Usage records summed into daily rollup rows (one per day, key, group, model, API and status
+    class), as `usage_daily` keeps them."""
+
+    def __init__(self) -> None:
+        self.sums: dict[tuple[Any, ...], list[Any]] = {}  # dimensions -> [owners, last at, *ROLLUP_SUMS]
+
+    def add(self, v: tuple[Any, ...], at: datetime) -> None:
+        """One usage record (values of meter.USAGE_COLUMNS) made at `at`."""
+        dims = (v[2], v[4], v[6], v[8], v[9], v[18] // 100)  # local day, key, group, billed model, API, status
+        row = self.sums.get(dims)
         if row is None:
-            row = rows[dims] = dict(zip(meter.ROLLUP_DIMENSIONS, dims), account_id=r["account_id"],
-                                    subscription_id=r["subscription_id"], last_at=r["at"],
-                                    **{name: 0 for name in meter.ROLLUP_SUMS})
-        row["requests"] += 1
-        for name in ("input_tokens", "cached_tokens", "output_tokens", "cost", "charged_plan", "charged_extra",
-                     "charged_payg"):
-            row[name] += r[name]
-        if r["latency_ms"] is not None:
-            row["latency_sum"] += r["latency_ms"]
-            row["latency_count"] += 1
-            row[f"lat_{bucket_of(r['latency_ms'])}"] += 1
-        if r["at"] > row["last_at"]:
-            row["last_at"] = r["at"]
-    return list(rows.values())
+            row = self.sums[dims] = [(v[3], v[5]), at] + [0] * len(meter.ROLLUP_SUMS)  # account, subscription
+        elif at > row[1]:
+            row[1] = at
+        row[2] += 1  # requests; then input, cached and output tokens, cost, charged plan, extra and PAYG
+        row[3] += v[10]
+        row[4] += v[11]
+        row[5] += v[12]
+        row[6] += v[13]
+        row[7] += v[14]
+        row[8] += v[15]
+        row[9] += v[16]
+        latency = v[19]
+        if latency is not None:
+            row[10] += latency
+            row[11] += 1
+            row[12 + bucket_of(latency)] += 1
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for (day, key_id, group, model, api, hundreds), row in self.sums.items():
+            (account_id, subscription_id), last_at = row[0], row[1]
+            out.append(dict(zip(meter.ROLLUP_SUMS, row[2:]), local_day=day, key_id=key_id, group_name=group,
+                            billed_model=model, api=api, status_class=f"{hundreds}xx", account_id=account_id,
+                            subscription_id=subscription_id, last_at=last_at))
+        return out
+
+
+def rollups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Usage records (dicts of meter.USAGE_COLUMNS, `at` aware) summed into daily rollup rows."""
+    sums = Rollups()
+    for r in records:
+        sums.add(tuple(r[c] for c in meter.USAGE_COLUMNS), r["at"])
+    return sums.rows()
 
 
 # ---------------------------------------------------------------- import
@@ -889,25 +968,13 @@ def _import_chunk(db: MeterDb, chunk: list[tuple[int, Any]], now: datetime, repo
                 report.duplicate += 1
                 continue
             try:
-                _check_chargeable(batch, u)
+                batch.charge(u)  # refuses before it changes anything
             except (InvalidInput, NotFound) as exc:
                 report.rejected.append((number, exc.message))
                 continue
-            batch.charge(u)
             report.new += 1
         batch.flush()
     report.rejected.sort(key=lambda r: r[0])
-
-
-def _check_chargeable(batch: _Batch, u: UsageInput) -> None:
-    """Everything that could make charging fail, checked before anything is changed."""
-    key = batch.key(u)[0]
-    if batch.cat.billed(u.model) is None:
-        raise InvalidInput(f"unknown model {u.model!r}")
-    if u.reservation:
-        res = meter.get_hold(batch.tx, u.reservation)
-        if res is None or res.key_id != key.id:
-            raise InvalidInput(f"reservation {u.reservation!r} does not belong to this key")
 
 
 # ---------------------------------------------------------------- limits

@@ -359,18 +359,14 @@ def known_request_ids(tx: Tx, request_ids: list[str]) -> set[str]:
     return found
 
 
-def insert_usage(tx: Tx, records: list[dict[str, Any]]) -> None:
-    """Usage records (dicts of USAGE_COLUMNS; `at` aware)."""
-    if tx.sqlite:
-        records = [{**r, "at": tx.at(r["at"])} for r in records]
-    tx.many(_INSERT_USAGE, records)
+def insert_usage(tx: Tx, records: list[tuple[Any, ...]]) -> None:
+    """Usage records: values in the order of USAGE_COLUMNS, `at` as stored (`tx.at`)."""
+    tx.many_in_order(_INSERT_USAGE, records)
 
 
-def insert_ledger(tx: Tx, entries: list[dict[str, Any]]) -> None:
-    """Ledger entries (dicts of LEDGER_COLUMNS; `at` aware)."""
-    if tx.sqlite:
-        entries = [{**e, "at": tx.at(e["at"])} for e in entries]
-    tx.many(_INSERT_LEDGER, entries)
+def insert_ledger(tx: Tx, entries: list[tuple[Any, ...]]) -> None:
+    """Ledger entries: values in the order of LEDGER_COLUMNS, `at` as stored (`tx.at`)."""
+    tx.many_in_order(_INSERT_LEDGER, entries)
 
 
 def roll_up(tx: Tx, rows: list[dict[str, Any]]) -> None:

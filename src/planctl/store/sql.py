@@ -81,6 +81,16 @@ class Tx:
             else:
                 self.cur.executemany(text, map(pick, rows))
 
+    def many_in_order(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """Like `many`, for rows that are already sequences in the order of the statement's
+        parameters (bulk inserts build them so: no dict per row, no picking)."""
+        if rows:
+            text = compile_sql(sql, self.sqlite)[0]
+            if len(rows) == 1:
+                self.cur.execute(text, rows[0])
+            else:
+                self.cur.executemany(text, rows)
+
     def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         text, pick = compile_sql(sql, self.sqlite)
         self.cur.execute(text, pick(params))
@@ -105,8 +115,16 @@ class Tx:
             return value
         if len(_STORED) > 4096:
             _STORED.clear()
-        text = _STORED[value] = value.astimezone(UTC).isoformat(" ", "microseconds")[:26]  # no "+00:00"
+        utc = value if value.tzinfo is UTC else value.astimezone(UTC)
+        text = _STORED[value] = utc.isoformat(" ", "microseconds")[:26]  # no "+00:00"
         return text
+
+    def at_once(self, value: datetime) -> Any:
+        """`at` for an instant that will not repeat (a record's own time): no cache to fill,
+        and on SQLite no hash of the instant to compute."""
+        if not self.sqlite or value.tzinfo is not UTC:
+            return self.at(value)
+        return value.isoformat(" ", "microseconds")[:26]
 
     def instant(self, value: Any) -> datetime | None:
         """A stored instant, timezone-aware UTC."""
