@@ -1143,6 +1143,53 @@ def test_usage_import_reports_rejected_lines_in_file_order(db: Any, caller: Any)
     checks_ok(db)
 
 
+_ROW = {"request_id": "r1", "key": "key_a", "model": "unit", "api": "claude", "input_tokens": 10, "cached_tokens": 4,
+        "output_tokens": 2, "status": 200, "latency_ms": 31, "stream": True, "time": "2026-11-21T15:59:59.999999Z"}
+
+
+@pytest.mark.parametrize("row", [
+    _ROW,
+    {**_ROW, "time": "2026-11-22T00:00:00+08:00"},            # an offset: the same instant as 16:00 UTC
+    {k: v for k, v in _ROW.items() if k != "time"},           # no time: recorded at `now`
+    {**_ROW, "error": "upstream 500", "reservation": "res_1"},
+    {"input": 7, **_ROW, "output": 3},                        # a field given twice: the last one counts
+    {**_ROW, "error": ""},                                    # empty: as if absent
+    {**_ROW, "reservation": None},                            # null: as if absent
+    {**_ROW, "request_id": ""},                               # then missing
+    {**_ROW, "input_tokens": True},                           # a bool is not a whole number
+    {**_ROW, "input_tokens": "12"},                           # digits as text (CSV) are
+    {**_ROW, "stream": "yes"},
+    {**_ROW, "time": "2026-11-21T15:59:59"},                  # no offset
+    {**_ROW, "time": "yesterday"},
+    {**_ROW, "colour": "red"},
+    {k: v for k, v in _ROW.items() if k != "model"},
+])
+def test_import_rows_of_a_known_shape_parse_as_field_by_field(row: dict[str, Any]) -> None:
+    """The shape shortcut of `usage import` (cli/metering.RowParser) takes a row whole only when
+    that gives exactly what reading it field by field gives: the same UsageInput or the same error."""
+    from planctl.cli.metering import RowParser
+
+    parser = RowParser()
+    slow = parser._field_by_field(dict(row))
+    assert parser(dict(row)) == slow and parser(dict(row)) == slow  # the second time from the known shape
+    if not isinstance(slow, str) and "time" in row:
+        assert slow.at == datetime(2026, 11, 21, 15, 59, 59, 999_999, tzinfo=timezone.utc) or \
+            slow.at == datetime(2026, 11, 21, 16, tzinfo=timezone.utc)
+
+
+def test_import_row_shapes_are_remembered_up_to_a_bound() -> None:
+    from planctl.cli.metering import RowParser
+
+    parser = RowParser()
+    for i in range(RowParser.MAX_SHAPES + 10):  # a file whose every line has other fields: still parsed
+        row = {**_ROW, f"x{i}": 1}
+        assert parser(row) == parser._field_by_field(row) == f"unknown field 'x{i}'"
+    assert len(parser.shapes) == RowParser.MAX_SHAPES
+    good = dict(reversed(list(_ROW.items())))  # a new shape after the bound: read field by field, still right
+    assert parser(good) == parser._field_by_field(good) and not isinstance(parser(good), str)
+    assert len(parser.shapes) == RowParser.MAX_SHAPES
+
+
 def test_usage_import_csv_from_stdin_with_line_numbers_and_idempotent_reimport(
         db: Any, cli: Any, caller: Any, tmp_path: Path) -> None:
     _, b = _setup(db, caller)

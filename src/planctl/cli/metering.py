@@ -2,13 +2,17 @@
 
 
 import csv
-import json
+import gc
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import MISSING
+from datetime import datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import orjson
 import typer
 
 from planctl.cli.context import State, state
@@ -176,51 +180,107 @@ FIELDS = {  # accepted names in import files -> UsageInput fields
     "status": "status_code", "status_code": "status_code", "latency_ms": "latency_ms", "api": "api",
     "stream": "stream", "time": "at", "at": "at", "reservation": "reservation", "error": "error",
 }
-_INTS = ("input_tokens", "cached_tokens", "output_tokens", "status_code", "latency_ms")
-
-
 _REQUIRED = ("request_id", "key", "model", "input_tokens", "output_tokens", "status_code")
 _REQUIRED_SET = frozenset(_REQUIRED)
+_TYPES = {target: str for target in FIELDS.values()} | {  # what each field holds once parsed
+    "input_tokens": int, "cached_tokens": int, "output_tokens": int, "status_code": int, "latency_ms": int,
+    "stream": bool, "at": datetime,
+}
 
 
-def parse_line(raw: dict[str, Any]) -> Any:
-    """One import row -> UsageInput, or an error text (the line is then rejected)."""
-    from datetime import datetime
+class RowParser:
+    """Import rows -> UsageInput, or an error text (the line is then rejected).
 
-    from planctl.services.metering import UsageInput
+    The rows of a file mostly share one shape: the same fields in the same order,
+    each value already of its type. A shape is worked out once; a row of a known
+    shape is taken whole (its values picked into UsageInput's order, the time
+    parsed), and any other row field by field.
+    """
 
-    fields: dict[str, Any] = {}
-    for name, value in raw.items():
-        target = FIELDS.get(name)
-        if target is None:
-            return f"unknown field {name!r}"
-        if value is None or value == "":
-            continue
-        if target in _INTS:
-            if type(value) is not int:  # JSON gives ints; CSV gives digits
-                if isinstance(value, str) and value.strip().isdigit():
-                    value = int(value)
-                else:
-                    return f"{name} must be a whole number, got {value!r}"
-        elif target == "stream":
-            value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
-        elif target == "at":
-            try:
-                value = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-            except ValueError:
-                return f"time must be ISO 8601 with an offset, got {value!r}"
-            if value.tzinfo is None:
-                return f"time {raw[name]!r} needs a UTC offset"
-        elif type(value) is not str:
-            value = str(value)
-        fields[target] = value
-    if not _REQUIRED_SET <= fields.keys():
-        return f"missing field {next(f for f in _REQUIRED if f not in fields)!r}"
-    return UsageInput(**fields)
+    MAX_SHAPES = 64
+
+    def __init__(self) -> None:
+        from dataclasses import fields
+
+        from planctl.services.metering import UsageInput
+
+        self.make = UsageInput
+        self.slots = [f.name for f in fields(UsageInput)]
+        self.defaults = tuple(None if f.default is MISSING else f.default for f in fields(UsageInput))
+        self.shapes: dict[tuple[str, ...], Any] = {}  # field names -> (value types, picker, time's place) | None
+
+    def __call__(self, raw: dict[str, Any]) -> Any:
+        names = tuple(raw)
+        shape = self.shapes.get(names)
+        if shape is None and names not in self.shapes and len(self.shapes) < self.MAX_SHAPES:
+            shape = self.shapes[names] = self._shape(names)
+        if shape is not None:
+            values = tuple(raw.values())
+            types, pick, at = shape
+            if tuple(map(type, values)) == types and "" not in values:
+                u = self.make(*pick(values + self.defaults))
+                if at is not None:
+                    try:
+                        u.at = _coerce("at", "time", values[at])
+                    except ValueError as exc:
+                        return str(exc)
+                return u
+        return self._field_by_field(raw)
+
+    def _shape(self, names: tuple[str, ...]) -> Any:
+        """None for rows that always take the long way (an unknown or a missing field: reported there)."""
+        if not all(name in FIELDS for name in names):
+            return None
+        targets = [FIELDS[name] for name in names]
+        if not _REQUIRED_SET <= set(targets):
+            return None
+        place = {target: i for i, target in enumerate(targets)}  # a field given twice: the last one counts
+        pick = itemgetter(*(place.get(slot, len(names) + j) for j, slot in enumerate(self.slots)))
+        types = tuple(str if target == "at" else _TYPES[target] for target in targets)  # a time is text until parsed
+        return types, pick, place.get("at")
+
+    def _field_by_field(self, raw: dict[str, Any]) -> Any:
+        fields: dict[str, Any] = {}
+        for name, value in raw.items():
+            target = FIELDS.get(name)
+            if target is None:
+                return f"unknown field {name!r}"
+            if type(value) is not _TYPES[target]:  # JSON mostly gives the right type already; CSV gives text
+                if value is None or value == "":
+                    continue
+                try:
+                    value = _coerce(target, name, value)
+                except ValueError as exc:
+                    return str(exc)
+            fields[target] = value
+        if not _REQUIRED_SET <= fields.keys():
+            return f"missing field {next(f for f in _REQUIRED if f not in fields)!r}"
+        return self.make(**fields)
+
+
+def _coerce(target: str, name: str, value: Any) -> Any:
+    """A value of another type than the field holds (digits from CSV, a time as text), or ValueError."""
+    if target == "at":  # by name: freezegun swaps the datetime class
+        try:
+            at = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"time must be ISO 8601 with an offset, got {value!r}") from None
+        if at.tzinfo is None:
+            raise ValueError(f"time {value!r} needs a UTC offset")
+        return at
+    kind = _TYPES[target]
+    if kind is int:
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if kind is bool:
+        return str(value).lower() in ("1", "true", "yes")
+    return str(value)
 
 
 def read_rows(handle: Any, kind: str) -> Iterator[tuple[int, Any]]:
     """(line number, UsageInput or error) from JSON Lines or CSV, streaming."""
+    parse_line = RowParser()
     if kind == "csv":
         reader = csv.DictReader(handle)
         for row in reader:
@@ -230,8 +290,8 @@ def read_rows(handle: Any, kind: str) -> Iterator[tuple[int, Any]]:
         if not line.strip():
             continue
         try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as exc:
+            raw = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
             yield number, f"not JSON: {exc.msg}"
             continue
         yield number, parse_line(raw) if isinstance(raw, dict) else "expected a JSON object"
@@ -265,6 +325,7 @@ def usage_import(
         handle = sys.stdin if file == "-" else open(file, encoding="utf-8", newline="")
     except OSError as exc:
         raise InvalidInput(f"cannot read {file}: {exc.strerror}") from None
+    gc.freeze()  # the objects made so far live to the end: keep them out of the collections a long import triggers
     with handle, _Progress(st) as progress:
         report = metering.import_usage(st.meter_db(), read_rows(handle, kind), now=st.now(), batch_size=batch_size,
                                        progress=progress)
