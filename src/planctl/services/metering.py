@@ -782,10 +782,10 @@ class _Batch:
         extra_total = self._apply(state, u, at, stored, plan, extra, payg)
         charged = plan + extra_total + payg
         parts = (plan > 0) + (extra_total > 0) + (payg > 0)
-        pool = "none" if not parts else "mixed" if parts > 1 else "plan" if plan else "extra" if extra_total else "payg"
+        paid_by = "none" if not parts else "mixed" if parts > 1 else "plan" if plan else "extra" if extra_total else "payg"
         values = (u.request_id, stored, local_day, key.account_id, key.id, key.subscription_id, key.group_name,
                   u.model, billed, u.api, u.input_tokens, u.cached_tokens, u.output_tokens, cost, plan, extra_total,
-                  payg, pool, u.status_code, u.latency_ms, u.stream, u.error[:2000] if u.error else None,
+                  payg, paid_by, u.status_code, u.latency_ms, u.stream, u.error[:2000] if u.error else None,
                   u.reservation)
         self.records.append(values)
         self.rollups.add(values, at)
