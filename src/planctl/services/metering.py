@@ -419,6 +419,7 @@ class _Changes:
         self.blank: set[tuple[str, Any]] = set()  # rows not read from the database yet
         self.last_used: dict[str, datetime] = {}  # key id -> its latest use in this transaction
         self.ledger: list[tuple[Any, ...]] = []  # rows of meter.LEDGER_COLUMNS, `at` as stored
+        self.plan_debits: list[tuple[Any, ...]] = []  # usage charged to plan credit (meter.insert_plan_debits)
 
     def row(self, kind: str, ident: Any) -> Any:
         """The object of a row, blank when it has not been read."""
@@ -480,7 +481,8 @@ class _Changes:
         meter.add_to_counters(tx, [{"id": w, "requests": d[0], "tokens": d[1], "credit": d[2], "reserved": d[3]}
                                    for w, d in moved["counter"]])
         meter.insert_ledger(tx, self.ledger)
-        self.last_used, self.ledger = {}, []
+        meter.insert_plan_debits(tx, self.plan_debits)
+        self.last_used, self.ledger, self.plan_debits = {}, [], []
 
 
 # ---------------------------------------------------------------- holds
@@ -691,9 +693,9 @@ def record(db: MeterDb, u: UsageInput, *, now: datetime) -> Recorded:
         batch = _Batch(tx, db, now)
         if batch.known_ids([u.request_id]):
             return Recorded(u.request_id, True, note="request id already recorded: nothing changed")
-        result = batch.charge(u)
+        values, note = batch.charge(u)
         batch.flush()
-        return result
+        return Recorded(u.request_id, False, note, values, u.at or now)
 
 
 class _Batch:
@@ -756,7 +758,8 @@ class _Batch:
             _fill(self.tx, state, lock=True, adopt=self.changes.adopt)
         return state
 
-    def charge(self, u: UsageInput) -> Recorded:
+    def charge(self, u: UsageInput) -> tuple[tuple[Any, ...], str | None]:
+        """Charge one request: the usage record's values (meter.USAGE_COLUMNS) and a note, if any."""
         at = u.at or self.now
         found = self.key(u)
         billed = self.cat.billed(u.model)
@@ -792,7 +795,7 @@ class _Batch:
         self.seen.add(u.request_id)
         if cost > charged:
             note = f"cost {cost} µcr exceeded what the hold and the balance allowed; {charged} µcr charged"
-        return Recorded(u.request_id, False, note, values, at)
+        return values, note
 
     def _pool(self, state: _State) -> str:
         if state.key.kind == "payg":
@@ -836,7 +839,7 @@ class _Batch:
                 for name in ("period", "subuser"):
                     if name in count:
                         count[name].credit += plan
-                entry(stored, sub.account_id, "plan", sub.id, None, key.id, "debit", -plan, request_id, reason)
+                changes.plan_debits.append((stored, sub.account_id, sub.id, key.id, -plan, request_id, reason))
         extra_total = 0
         for pack_id, take in extra:
             changes.row("pack", pack_id).used += take

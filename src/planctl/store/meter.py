@@ -369,6 +369,18 @@ def insert_ledger(tx: Tx, entries: list[tuple[Any, ...]]) -> None:
     tx.many_in_order(_INSERT_LEDGER, entries)
 
 
+_INSERT_PLAN_DEBIT = (f"INSERT INTO ledger ({', '.join(LEDGER_COLUMNS)}) VALUES "
+                      "(:at, :account_id, 'plan', :subscription_id, NULL, :key_id, 'debit', :amount, NULL, "
+                      ":request_id, :reason)")
+
+
+def insert_plan_debits(tx: Tx, entries: list[tuple[Any, ...]]) -> None:
+    """Ledger entries of usage charged to plan credit, the most frequent kind: values of (at as
+    stored, account_id, subscription_id, key_id, amount, request_id, reason); the constant
+    columns are not bound per row."""
+    tx.many_in_order(_INSERT_PLAN_DEBIT, entries)
+
+
 def roll_up(tx: Tx, rows: list[dict[str, Any]]) -> None:
     """Add rollup rows (dicts of the dimensions, sums, account, subscription and last_at) to usage_daily."""
     if tx.sqlite:
