@@ -1139,7 +1139,26 @@ def test_usage_import_reports_rejected_lines_in_file_order(db: Any, caller: Any)
              (4, line("u4", b.key))]
     report = metering.import_usage(db, iter(items), now=NOW)
     assert (report.new, report.duplicate) == (1, 0)
-    assert [n for n, _ in report.rejected] == [1, 2, 3]
+    assert report.rejected == 3 and [n for n, _ in report.rejected_lines] == [1, 2, 3]
+    checks_ok(db)
+
+
+def test_usage_import_counts_every_rejected_line_and_keeps_the_first_thousand(
+        db: Any, cli: Any, caller: Any, tmp_path: Path) -> None:
+    """A file of bad lines must not fill the memory: all are counted, the first 1,000 listed in order."""
+    _, b = _setup(db, caller)
+    good = json.dumps({"request_id": "ok-1", "key": b.key, "model": "unit", "input": 5, "output": 0, "status": 200})
+    lines = [good] + [json.dumps({"request_id": f"bad-{i}", "key": b.key, "model": "unit", "input": -1, "output": 0,
+                                  "status": 200}) for i in range(2_500)] + ["{oops"]
+    (path := tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    result = run(cli, "usage", "import", str(path), "--batch-size", "700", "--json")
+    assert result.exit_code == 2
+    report = json.loads(result.stdout)
+    assert (report["new"], report["duplicate"], report["rejected"]) == (1, 0, 2_501)
+    assert [r["line"] for r in report["rejected_lines"]] == list(range(2, 1_002))
+    text = run(cli, "usage", "import", str(path), "--batch-size", "700")
+    assert text.stdout.strip() == "new 0, duplicate 1, rejected 2501"
+    assert "… and 2481 more rejected lines (--json lists the first 1,000)" in text.stderr
     checks_ok(db)
 
 

@@ -329,16 +329,17 @@ def usage_import(
     with handle, _Progress(st) as progress:
         report = metering.import_usage(st.meter_db(), read_rows(handle, kind), now=st.now(), batch_size=batch_size,
                                        progress=progress)
-    data = {"new": report.new, "duplicate": report.duplicate, "rejected": len(report.rejected),
-            "rejected_lines": [{"line": n, "error": e} for n, e in report.rejected[:1000]]}
+    data = {"new": report.new, "duplicate": report.duplicate, "rejected": report.rejected,
+            "rejected_lines": [{"line": n, "error": e} for n, e in report.rejected_lines]}
     if fmt == "json":
         emit_json(st, data)
     else:
-        print(f"new {report.new}, duplicate {report.duplicate}, rejected {len(report.rejected)}")
-        for number, why in report.rejected[:20]:
+        print(f"new {report.new}, duplicate {report.duplicate}, rejected {report.rejected}")
+        for number, why in report.rejected_lines[:20]:
             say(st, f"line {number}: {why}")
-        if len(report.rejected) > 20:
-            say(st, f"… and {len(report.rejected) - 20} more rejected lines (see --json)")
+        if report.rejected > 20:
+            say(st, f"… and {report.rejected - 20} more rejected lines (--json lists the first "
+                    f"{report.KEEP:,})")
     if report.rejected:
         raise typer.Exit(ExitCode.USAGE)
 
@@ -360,7 +361,7 @@ class _Progress:
         self.bar.start()
         task = self.bar.add_task("importing")
         return lambda r: self.bar.update(task, description=f"imported {r.new:,} new, {r.duplicate:,} duplicate, "
-                                                           f"{len(r.rejected):,} rejected")
+                                                           f"{r.rejected:,} rejected")
 
     def __exit__(self, *exc: Any) -> None:
         if self.show:

@@ -582,10 +582,10 @@ def _record_charged(db: Database, traffic: _Traffic, summary: DemoSummary, now: 
                     stream=s[8], error=s[9], at=start + timedelta(microseconds=offset))
 
     report = metering.import_usage(db, inputs(), now=now, batch_size=2_000,
-                                   progress=(lambda r: progress(r.new + len(r.rejected), total)) if progress else None)
-    summary.records, summary.rejected = report.new, len(report.rejected)
+                                   progress=(lambda r: progress(r.new + r.rejected, total)) if progress else None)
+    summary.records, summary.rejected = report.new, report.rejected
     if report.rejected:
-        summary.notes.append(f"{len(report.rejected)} records rejected, the first: {report.rejected[0][1]}")
+        summary.notes.append(f"{report.rejected} records rejected, the first: {report.rejected_lines[0][1]}")
     with db.read() as session:
         lo, hi = traffic.prefix, traffic.prefix[:-1] + "."
         summary.consumption = int(session.exec(select(func.coalesce(func.sum(UsageRecord.cost), 0)).where(

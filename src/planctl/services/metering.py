@@ -927,7 +927,17 @@ def rollups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class ImportReport:
     new: int = 0
     duplicate: int = 0
-    rejected: list[tuple[int, str]] = field(default_factory=list)  # (line number, why)
+    rejected: int = 0
+    rejected_lines: list[tuple[int, str]] = field(default_factory=list)  # (line number, why): the first ones
+
+    KEEP = 1_000  # rejected lines kept with their reasons: a file of bad lines must not fill the memory
+
+    def reject(self, lines: list[tuple[int, str]]) -> None:
+        """Count the rejected lines of one batch; keep the first ones, in file order."""
+        self.rejected += len(lines)
+        room = self.KEEP - len(self.rejected_lines)
+        if room > 0:
+            self.rejected_lines.extend(sorted(lines)[:room])
 
 
 def import_usage(db: MeterDb, lines: Any, *, now: datetime, batch_size: int = 2_000,
@@ -953,16 +963,17 @@ def import_usage(db: MeterDb, lines: Any, *, now: datetime, batch_size: int = 2_
 
 
 def _import_chunk(db: MeterDb, chunk: list[tuple[int, Any]], now: datetime, report: ImportReport) -> None:
+    rejected: list[tuple[int, str]] = []
     valid: list[tuple[int, UsageInput]] = []
     for number, item in chunk:
         if isinstance(item, str):
-            report.rejected.append((number, item))
+            rejected.append((number, item))
             continue
         try:
             validate(item)
             valid.append((number, item))
         except InvalidInput as exc:
-            report.rejected.append((number, exc.message))
+            rejected.append((number, exc.message))
     with db.tx(write=True) as tx:
         batch = _Batch(tx, db, now)
         known = batch.known_ids([u.request_id for _, u in valid])
@@ -973,11 +984,11 @@ def _import_chunk(db: MeterDb, chunk: list[tuple[int, Any]], now: datetime, repo
             try:
                 batch.charge(u)  # refuses before it changes anything
             except (InvalidInput, NotFound) as exc:
-                report.rejected.append((number, exc.message))
+                rejected.append((number, exc.message))
                 continue
             report.new += 1
         batch.flush()
-    report.rejected.sort(key=lambda r: r[0])
+    report.reject(rejected)
 
 
 # ---------------------------------------------------------------- limits
