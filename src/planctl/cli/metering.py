@@ -12,7 +12,6 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import orjson
 import typer
 
 from planctl.cli.context import State, state
@@ -280,6 +279,8 @@ def _coerce(target: str, name: str, value: Any) -> Any:
 
 def read_rows(handle: Any, kind: str) -> Iterator[tuple[int, Any]]:
     """(line number, UsageInput or error) from JSON Lines or CSV, streaming."""
+    import orjson  # here, not at the top: every command imports this module
+
     parse_line = RowParser()
     if kind == "csv":
         reader = csv.DictReader(handle)
