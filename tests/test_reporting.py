@@ -569,6 +569,38 @@ def test_unknown_request_id_exits_3(world: World, extra: list[str]) -> None:
     assert result.stderr.count("\n") == 1 and "req-nope" in result.stderr
 
 
+@pytest.mark.parametrize("args, named", [
+    (["usage", "--group", "priorty"], "unknown group 'priorty'"),
+    (["health", "--group", "priorty", "--since", "30d"], "unknown group 'priorty'"),
+    (["usage", "--model", "gpt-5.44", "--json"], "unknown model 'gpt-5.44'"),
+    (["health", "--by", "key", "--model", "gpt-5.44"], "unknown model 'gpt-5.44'"),
+])
+def test_a_mistyped_group_or_model_is_refused_not_answered_with_nothing(
+        world: World, args: list[str], named: str) -> None:
+    result = run(world, *args)
+    assert result.exit_code == 3 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and named in result.stderr
+
+
+def test_a_model_that_left_the_catalog_still_filters_its_usage(fresh: World) -> None:
+    """Records and rollups outlive a catalog entry: a model they know is not refused."""
+    from sqlalchemy import text
+
+    from planctl.services.database import open_database
+    from planctl.store.location import resolve_target
+
+    before = js(fresh, "usage", "--model", "gpt-5.4-mini", "--all")
+    db = open_database(resolve_target(fresh.url), now=NOW)
+    try:
+        with db.write() as session:
+            session.execute(text("DELETE FROM model_aliases WHERE model_id = 'gpt-5.4-mini'"))
+            session.execute(text("DELETE FROM models WHERE id = 'gpt-5.4-mini'"))
+    finally:
+        db.dispose()
+    assert before and js(fresh, "usage", "--model", "gpt-5.4-mini", "--all") == before
+    assert run(fresh, "usage", "--model", "claude-haiku-4-5").exit_code == 0  # still billed through claude*
+
+
 # ---------------------------------------------------------------- order and paging
 
 
