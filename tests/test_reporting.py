@@ -903,7 +903,21 @@ def test_health_csv_and_table(world: World) -> None:
     table = ok(world, *args).stdout
     for row in data["rows"]:
         assert row["name"] in table
-    assert "TOTAL" in table and "≤" in table  # approximate p95 is marked
+    assert all(row["p95_latency_ms"] == 120_001 for row in data["rows"])  # every group's p95 in the open bucket
+    assert "TOTAL" in table and ">120000" in table and "120001" not in table  # approximate p95 is marked
+
+
+@pytest.mark.parametrize("ms, exact, shown", [
+    (2_000, False, "≤2000"),        # a bucket's upper bound
+    (120_000, False, "≤120000"),    # the last bound
+    (120_001, False, ">120000"),    # the open bucket: only a lower bound is known
+    (130_517, True, "130517"),      # exact over raw records
+    (None, False, ""),
+])
+def test_health_table_marks_an_approximate_p95_by_what_is_known(ms: int | None, exact: bool, shown: str) -> None:
+    from planctl.cli.reporting import p95_cell
+
+    assert p95_cell(ms, exact, "" if ms is None else str(ms)) == shown
 
 
 SORTABLE = ["requests", "success_rate", "consumption", "cache_hit_rate", "avg_latency_ms", "p95_latency_ms",

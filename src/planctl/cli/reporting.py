@@ -230,10 +230,21 @@ def _health_table(st: State, rows: list[dict[str, Any]], total: dict[str, Any], 
     for row in rows + [total]:
         style = {"failing": "red", "slow": "yellow"}.get(row["status"]) if row is not total else "bold"
         cells = [display(row[c.key], c.kind, zone) for c in HEALTH_COLUMNS]
-        if not row["p95_exact"] and row["p95_latency_ms"] is not None:
-            cells[6] = f"≤{cells[6]}"
+        cells[6] = p95_cell(row["p95_latency_ms"], row["p95_exact"], cells[6])
         table.add_row(*cells, style=style)
     _console(st).print(table)
+
+
+def p95_cell(ms: int | None, exact: bool, shown: str) -> str:
+    """A p95 read from the rollups' histogram is a bucket's upper bound (≤2000); in the last,
+    open bucket it is only known to be above the last bound (>120000; JSON gives that + 1)."""
+    from planctl.domain.latency import LATENCY_BUCKETS_MS
+
+    if exact or ms is None:
+        return shown
+    if ms > LATENCY_BUCKETS_MS[-1]:
+        return f">{LATENCY_BUCKETS_MS[-1]}"
+    return f"≤{shown}"
 
 
 def prune(
