@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from planctl.domain.catalog import ModelPrices
+from planctl.domain.money import Rounding, div_round
 
 REASONS = (
     "key_unknown", "key_disabled", "key_revoked", "key_expired", "subscription_expired",
@@ -38,7 +39,7 @@ def request_cost(prices: ModelPrices, *, input_tokens: int, cached_tokens: int, 
     rounded up once. `input_tokens` includes the cached ones."""
     uncached = input_tokens - cached_tokens
     per_million = uncached * prices.input_price + cached_tokens * prices.cached_price + output_tokens * prices.output_price
-    return -(-(per_million * ratio_ppm) // 1_000_000_000_000)  # div_round(…, Rounding.UP), inlined: it runs per request
+    return div_round(per_million * ratio_ppm, 1_000_000 * 1_000_000, Rounding.UP)
 
 
 @dataclass(frozen=True)

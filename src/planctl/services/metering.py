@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from operator import itemgetter
 from types import SimpleNamespace
 from typing import Any, Protocol
 
@@ -861,10 +860,6 @@ class _Batch:
             meter.insert_usage(self.tx, self.records)
             meter.roll_up(self.tx, self.rollups.rows())
         self.records, self.rollups = [], Rollups()
-
-
-def status_class(code: int) -> str:
-    return f"{code // 100}xx"
 
 
 _ROLLED_UP = {2: "local_day", 3: "account_id", 4: "key_id", 5: "subscription_id", 6: "group_name", 8: "billed_model",
