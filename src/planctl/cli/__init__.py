@@ -123,7 +123,8 @@ def root(
 
 
 def _register() -> None:
-    from planctl.cli import accounts, admin, catalog, demo, discounts, invoices, keys, metering, plans, reporting, sales
+    from planctl.cli import (accounts, admin, catalog, demo, discounts, invoices, keys, metering, plans, reporting, sales,
+                             serve, upstreams)
 
     app.add_typer(plans.app, name="plans")
     app.add_typer(plans.products_app, name="products")
@@ -150,6 +151,8 @@ def _register() -> None:
     app.add_typer(admin.config_app, name="config")
     app.command("audit")(admin.audit)
     app.command("demo")(demo.demo)
+    app.add_typer(upstreams.app, name="upstreams")
+    app.command("serve")(serve.serve)
 
 
 _register()

@@ -64,7 +64,7 @@ class _Catalog:
         self.models = {m[0]: ModelPrices(*m) for m in rows.models}
         self.aliases = dict(rows.aliases)
         self.ratios = dict(rows.groups)
-        settings = config.effective(rows.settings)
+        settings = self.settings = config.effective(rows.settings)
         self.tz = zone(settings["reset_timezone"])
         currency = settings["currency"]
         self.context = Context(currency=currency, currency_decimals=currency_decimals(currency),
@@ -619,6 +619,46 @@ def release(db: Any, reservation_id: str, *, caller: Any, now: datetime) -> Hold
         return res
 
 
+def release_hold(db: MeterDb, reservation_id: str, *, now: datetime) -> bool:
+    """Give a hold back at once, on the metering fast path (a request that never reached an
+    upstream): not audited, unlike `release`. False when it was already closed or is unknown."""
+    with db.tx(write=True) as tx:
+        res = meter.get_hold(tx, reservation_id)
+        if res is None or res.status != "held":
+            return False
+        changes = _Changes()
+        if not _release(tx, res, now, "released", changes):
+            return False
+        changes.apply(tx)
+        return True
+
+
+def quote(db: MeterDb, model: str, *, input_tokens: int, output_tokens: int) -> tuple[int | None, dict[str, str]]:
+    """What a request would cost at the dearest group ratio (None for a model nobody knows),
+    and the installation settings: what a gateway needs to size a hold before it knows the key."""
+    with db.tx(write=False) as tx:
+        cat = _catalog(tx, db, write=False)
+    billed = cat.billed(model)
+    if billed is None:
+        return None, cat.settings
+    ratio = max(cat.ratios.values(), default=1_000_000)
+    return quota.request_cost(cat.models[billed], input_tokens=input_tokens, cached_tokens=0,
+                              output_tokens=output_tokens, ratio_ppm=ratio), cat.settings
+
+
+def plan_models(db: MeterDb, secret: str, *, now: datetime) -> list[tuple[str, str]] | None:
+    """The (name, billed model) pairs a key's plan allows, aliases included; None for an unknown key."""
+    with db.tx(write=False) as tx:
+        found = key_by_secret(tx, secret, now, write=False)
+        if found is None:
+            return None
+        cat = _catalog(tx, db, write=False)
+        state = _frame(tx, cat, found, now)
+    allowed = set(state.limits().models) or set(cat.models)
+    names = [(m, m) for m in sorted(cat.models) if m in allowed]
+    return names + sorted((pattern, target) for pattern, target in cat.aliases.items() if target in allowed)
+
+
 # ---------------------------------------------------------------- recording
 
 
@@ -638,6 +678,11 @@ class UsageInput:
     at: datetime | None = None
     reservation: str | None = None
     error: str | None = None
+    ttfb_ms: int | None = None  # the gateway's own fields (None from `usage record` / `import`)
+    upstream: str | None = None
+    client_request_id: str | None = None
+    session_id: str | None = None
+    usage_estimated: bool = False
 
 
 @dataclass
@@ -788,7 +833,8 @@ class _Batch:
         values = (u.request_id, stored, local_day, key.account_id, key.id, key.subscription_id, key.group_name,
                   u.model, billed, u.api, u.input_tokens, u.cached_tokens, u.output_tokens, cost, plan, extra_total,
                   payg, paid_by, u.status_code, u.latency_ms, u.stream, u.error[:2000] if u.error else None,
-                  u.reservation)
+                  u.reservation, u.ttfb_ms, u.upstream, u.client_request_id and u.client_request_id[:200],
+                  u.session_id and u.session_id[:200], u.usage_estimated)
         self.records.append(values)
         self.rollups.add(values, at)
         self.seen.add(u.request_id)

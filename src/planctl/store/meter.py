@@ -330,7 +330,8 @@ def list_holds(tx: Tx, *, status: str | None, key_id: str | None, limit: int) ->
 USAGE_COLUMNS = ("request_id", "at", "local_day", "account_id", "key_id", "subscription_id", "group_name",
                  "requested_model", "billed_model", "api", "input_tokens", "cached_tokens", "output_tokens", "cost",
                  "charged_plan", "charged_extra", "charged_payg", "pool", "status_code", "latency_ms", "stream",
-                 "error", "reservation_id")
+                 "error", "reservation_id", "ttfb_ms", "upstream", "client_request_id", "session_id",
+                 "usage_estimated")
 _INSERT_USAGE = (f"INSERT INTO usage_records ({', '.join(USAGE_COLUMNS)}) "
                  f"VALUES ({', '.join(':' + c for c in USAGE_COLUMNS)})")
 LEDGER_COLUMNS = ("at", "account_id", "pool", "subscription_id", "pack_id", "key_id", "kind", "amount", "order_id",

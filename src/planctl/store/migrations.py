@@ -73,11 +73,23 @@ def m004_fewer_usage_indexes(conn: Connection) -> None:
         conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
 
 
+def m005_gateway(conn: Connection) -> None:
+    """The gateway: the upstreams it forwards to, and what it knows of each request it meters
+    (time to first byte, upstream, the client's request and session ids, estimated usage)."""
+    SQLModel.metadata.create_all(conn, tables=[SQLModel.metadata.tables["upstreams"]])
+    have = {c["name"] for c in inspect(conn).get_columns("usage_records")}  # m002 creates today's table
+    for column, kind in (("ttfb_ms", "INTEGER"), ("upstream", "VARCHAR"), ("client_request_id", "VARCHAR"),
+                         ("session_id", "VARCHAR"), ("usage_estimated", "BOOLEAN")):
+        if column not in have:
+            conn.execute(text(f"ALTER TABLE usage_records ADD COLUMN {column} {kind}"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", m001_initial),
     Migration(2, "sales and metering", m002_sales_and_metering),
     Migration(3, "leaner metering writes", m003_leaner_metering_writes),
     Migration(4, "fewer usage indexes", m004_fewer_usage_indexes),
+    Migration(5, "gateway", m005_gateway),
 )
 LATEST = MIGRATIONS[-1].version
 assert LATEST == SCHEMA_VERSION, "update SCHEMA_VERSION in store/location.py with each migration"

@@ -439,6 +439,11 @@ class UsageRecord(SQLModel, table=True):
     stream: bool = False
     error: Optional[str] = None
     reservation_id: Optional[str] = None
+    ttfb_ms: Optional[int] = None  # schema 5: what the gateway knows of a request (None when recorded by hand)
+    upstream: Optional[str] = None  # the upstream's name
+    client_request_id: Optional[str] = None  # the client's own request id (x-client-request-id), for support
+    session_id: Optional[str] = None  # the client's session id (session-id), for support
+    usage_estimated: Optional[bool] = None  # the upstream never reported usage: charged from an estimate
 
 
 class UsageDaily(SQLModel, table=True):
@@ -487,3 +492,25 @@ class UsageDaily(SQLModel, table=True):
     lat_10: int = _int(default=0)
     lat_11: int = _int(default=0)
     last_at: Optional[datetime] = _utc(default=None, nullable=True)
+
+
+class Upstream(SQLModel, table=True):
+    """An OpenAI-compatible endpoint the gateway forwards to. Its secret is never stored: only
+    the name of the environment variable or file that holds it."""
+
+    __tablename__ = "upstreams"
+
+    name: str = Field(primary_key=True)
+    base_url: str
+    key_env: Optional[str] = None
+    key_file: Optional[str] = None
+    models: list[str] = Field(default_factory=list, sa_type=JSON)  # globs of billed models; empty = all
+    apis: str = "responses,chat"  # API types served, comma-separated
+    priority: int = 0  # lowest first
+    weight: int = 1  # share within a priority
+    enabled: bool = True
+    healthy: bool = True  # false after the upstream refused its own key (401/403)
+    last_error: Optional[str] = None
+    checked_at: Optional[datetime] = _utc(default=None)
+    created_at: datetime = _utc()
+    updated_at: datetime = _utc()

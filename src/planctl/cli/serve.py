@@ -1,0 +1,51 @@
+"""`planctl serve`: run the gateway (imports uvicorn and Starlette only here)."""
+
+import os
+from typing import Annotated
+
+import typer
+
+from planctl.cli.context import state
+
+
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8787,
+    workers: Annotated[int, typer.Option(help="Worker processes (they share the database).")] = 1,
+    log_format: Annotated[str, typer.Option("--log-format", help="text or json (one object per line).")] = "text",
+    grace: Annotated[float, typer.Option(help="Seconds in-flight requests may finish after SIGTERM/Ctrl-C.")] = 30.0,
+    max_reserve: Annotated[str, typer.Option(
+        "--max-reserve", help="Largest hold one request takes, in credit.")] = "5",
+    default_output: Annotated[int, typer.Option(
+        "--default-output-tokens", help="Output tokens assumed by a hold when a request sets no cap.")] = 4096,
+) -> None:
+    """Serve the OpenAI API (/v1/responses, /v1/chat/completions, /v1/models) to planctl keys.
+
+    Every request is authenticated, admitted with a hold, forwarded to an upstream
+    (planctl upstreams), metered from the upstream's own usage and settled.
+
+    Example: planctl serve --port 8787 --workers 2
+    """
+    from planctl.domain.errors import InvalidInput
+    from planctl.domain.money import parse_credit
+
+    if log_format not in ("text", "json"):
+        raise InvalidInput(f"unknown log format {log_format!r}: use text or json")
+    if workers < 1 or not 0 < port < 65536 or grace < 0:
+        raise InvalidInput("--workers must be ≥ 1, --port 1-65535 and --grace ≥ 0")
+    if default_output < 1:
+        raise InvalidInput("--default-output-tokens must be ≥ 1")
+    st = state(ctx)
+    target = st.target
+    st.db()  # created and migrated once, before the workers start
+    st.close()
+    os.environ.update({
+        "PLANCTL_GATEWAY_DB": str(target.path) if target.path is not None else target.url,
+        "PLANCTL_GATEWAY_MAX_RESERVE": str(parse_credit(max_reserve, allow_zero=False)),
+        "PLANCTL_GATEWAY_DEFAULT_OUTPUT_TOKENS": str(default_output),
+        "PLANCTL_GATEWAY_GRACE": str(grace),
+    })
+    from planctl.gateway.server import run
+
+    run(host=host, port=port, workers=workers, log_format=log_format, grace=grace)

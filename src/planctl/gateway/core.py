@@ -1,0 +1,404 @@
+"""What every route does to a request: authenticate, admit with a hold, forward with failover,
+relay the stream, meter the upstream's usage and settle. Routes (app.py) parse their API's body
+and choose how events and errors look; everything else is here, API-neutral.
+
+Metering is synchronous (services/metering.py through `Meter`): it runs on a thread pool, so the
+event loop never waits on the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+import httpx
+
+from planctl.domain.ids import short_id
+from planctl.gateway import errors, estimate
+from planctl.gateway.errors import ErrorAnswer
+from planctl.gateway.sse import Events, Tokens
+from planctl.gateway.upstream import Route, candidates, make_client
+from planctl.metering import Admission, Meter, Usage
+
+log = logging.getLogger("planctl.gateway")
+
+FAILOVER_STATUSES = frozenset({429, 500, 502, 503, 504})
+ROUTES_REFRESH = 10.0  # seconds between reloads of the upstream list (edits by other processes)
+
+
+@dataclass
+class Settings:
+    max_reserve: int = estimate.MAX_RESERVE
+    default_output_tokens: int = estimate.DEFAULT_OUTPUT_TOKENS
+    drain_timeout: float = 60.0  # how long a stream whose client left is still read, for its usage
+    max_drains: int = 64  # streams read at once for a client that left; beyond, an estimate is charged
+    threads: int = 8  # metering threads
+    grace: float = 30.0  # shutdown: how long in-flight requests may still finish
+
+
+@dataclass
+class Call:
+    """One request on its way through the gateway."""
+
+    request_id: str
+    api: str
+    stream: bool
+    body_size: int
+    started: float = field(default_factory=time.perf_counter)
+    admission: Admission | None = None
+    client_request_id: str | None = None
+    session_id: str | None = None
+    upstream: str | None = None
+    ttfb_ms: int | None = None
+
+    def elapsed_ms(self) -> int:
+        return int((time.perf_counter() - self.started) * 1000)
+
+
+class StreamReader(Protocol):
+    """Reads a route's stream event by event (sse.ResponsesStream, sse.ChatStream or a
+    translator): `relay` returns what goes to the client, `usage`/`ended`/`error` what was seen."""
+
+    usage: Tokens | None
+    ended: str | None
+    error: str | None
+
+    def relay(self, event: bytes) -> bytes: ...
+
+    def fail(self, message: str) -> bytes: ...
+
+
+def secret_of(headers: Any) -> str | None:
+    """The key from `Authorization: Bearer …` or `x-api-key`."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    value = headers.get("x-api-key")
+    return value.strip() if value and value.strip() else None
+
+
+def new_call(headers: Any, api: str, stream: bool, body_size: int) -> Call:
+    return Call(short_id("req", 16), api, stream, body_size,
+                client_request_id=headers.get("x-client-request-id") or headers.get("x-request-id"),
+                session_id=headers.get("session-id") or headers.get("x-claude-code-session-id")
+                or headers.get("x-session-id"))
+
+
+class Gateway:
+    """The state shared by every request of one worker: the meter, its threads, the upstreams
+    and their client, and the tasks that must finish before the worker exits."""
+
+    def __init__(self, meter: Meter, settings: Settings | None = None, *, client_kind: str | None = None,
+                 load_routes: Callable[[], list[Route]] | None = None) -> None:
+        self.meter, self.settings = meter, settings or Settings()
+        self.client_kind = client_kind
+        self.load_routes = load_routes or (lambda: routes_from_db(meter.db))
+        self.routes: list[Route] = []
+        self.client: httpx.AsyncClient | None = None
+        self.pool = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="meter")
+        self.pending: set[asyncio.Task[Any]] = set()
+        self.draining = 0
+        self._refresher: asyncio.Task[Any] | None = None
+
+    # ------------------------------------------------------------ life
+
+    async def start(self) -> None:
+        self.client = make_client(self.client_kind)
+        self.routes = await self.call(self.load_routes)
+        self._refresher = asyncio.get_running_loop().create_task(self._refresh())
+
+    async def stop(self) -> None:
+        """Let streams still relaying or draining settle (up to the grace period), then close."""
+        if self._refresher is not None:
+            self._refresher.cancel()
+        if self.pending:
+            done, late = await asyncio.wait(set(self.pending), timeout=self.settings.grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=5)
+        if self.client is not None:
+            await self.client.aclose()
+        self.pool.shutdown(wait=True)
+        self.meter.close()
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(ROUTES_REFRESH)
+            try:
+                fresh = await self.call(self.load_routes)
+            except Exception as exc:  # keep the last good list
+                log.warning("could not reload upstreams: %s", exc)
+                continue
+            unhealthy = {r.name for r in self.routes if not r.healthy}
+            for route in fresh:
+                if route.name in unhealthy:
+                    route.healthy = False
+            self.routes = fresh
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking work (metering, the database) on the metering threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def keep(self, task: asyncio.Task[Any]) -> None:
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    # ------------------------------------------------------------ admission
+
+    async def admit(self, call: Call, secret: str | None, model: Any, body: dict[str, Any]) -> ErrorAnswer | None:
+        """Admit the request with a hold sized from it; the refusal to send, if any."""
+        if secret is None:
+            return errors.refusal("no_key", "no API key was sent", None, _now())
+        if not isinstance(model, str) or not model:
+            return errors.bad_request("the request needs a 'model'")
+        s = self.settings
+        try:
+            cost, _ = await self.call(lambda: self.meter.quote(
+                model, input_tokens=estimate.input_tokens(call.body_size),
+                output_tokens=estimate.output_cap(body, s.default_output_tokens)))
+            adm = await self.call(self.meter.admit, secret, model, call.api, estimate.hold(cost, s.max_reserve))
+        except Exception as exc:
+            log.error("admission failed: %s: %s", type(exc).__name__, exc)
+            return errors.overloaded(type(exc).__name__)
+        call.admission = adm
+        if not adm.allowed:
+            return errors.refusal(adm.reason or "denied", adm.message, adm.next_reset, _now())
+        return None
+
+    # ------------------------------------------------------------ forwarding
+
+    async def open(self, call: Call, path: str, payload: bytes, extra_headers: dict[str, str] | None = None
+                   ) -> tuple[Route, httpx.Response] | ErrorAnswer:
+        """Send the request to the first upstream that takes it: connect errors, 5xx and 429 fail
+        over to the next; an upstream refusing its own credentials is marked unhealthy. Answers
+        an error (having released the hold) when none took it."""
+        adm = call.admission
+        assert adm is not None and adm.billed_model is not None and self.client is not None
+        tried: list[str] = []
+        last: httpx.Response | None = None
+        last_route: Route | None = None
+        auth_failure: tuple[Route, int] | None = None
+        for route in candidates(self.routes, adm.billed_model, call.api):
+            headers = {"authorization": f"Bearer {route.secret}", "content-type": "application/json",
+                       "accept": "text/event-stream" if call.stream else "application/json",
+                       "accept-encoding": "identity", "x-request-id": call.request_id, **(extra_headers or {})}
+            request = self.client.build_request("POST", route.base_url + path, content=payload, headers=headers)
+            try:
+                response = await self.client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                tried.append(f"{route.name}: {type(exc).__name__}")
+                continue
+            if response.status_code in (401, 403):
+                await response.aclose()
+                auth_failure = (route, response.status_code)
+                self._unhealthy(route, f"HTTP {response.status_code}: the upstream refused its credentials")
+                tried.append(f"{route.name}: HTTP {response.status_code}")
+                continue
+            if response.status_code in FAILOVER_STATUSES:
+                if last is not None:
+                    await last.aclose()
+                last, last_route = response, route
+                tried.append(f"{route.name}: HTTP {response.status_code}")
+                continue
+            if last is not None:
+                await last.aclose()
+            call.upstream = route.name
+            return route, response
+        if last is not None and last_route is not None:  # every upstream was busy or failing: say so
+            call.upstream = last_route.name
+            return last_route, last
+        if auth_failure is not None:
+            answer = errors.upstream_auth(auth_failure[0].name, auth_failure[1])
+            call.upstream = auth_failure[0].name
+            await self.settle(call, None, 502, answer.body["error"]["message"], estimated=False)
+            return answer
+        await self.release(call, "no upstream reached")
+        if not tried:
+            return errors.no_upstream(adm.billed_model, call.api)
+        return errors.upstream_unreachable("; ".join(tried))
+
+    def _unhealthy(self, route: Route, why: str) -> None:
+        route.healthy, route.error = False, why
+        log.error("upstream %s marked unhealthy: %s", route.name, why)
+        from planctl.services.upstreams import mark_health
+
+        task = asyncio.get_running_loop().create_task(
+            self.call(lambda: mark_health(self.meter.db, route.name, False, why, now=_now())))
+        self.keep(task)
+
+    # ------------------------------------------------------------ settlement
+
+    async def settle(self, call: Call, tokens: Tokens | None, status: int, error: str | None, *,
+                     estimated: bool, output_estimate: int = 0) -> None:
+        """Record the request and settle its hold: the upstream's usage, or an estimate."""
+        adm = call.admission
+        if adm is None or not adm.allowed:
+            return
+        if tokens is None and estimated:
+            tokens = Tokens(estimate.input_tokens(call.body_size), 0, output_estimate)
+        tokens = tokens or Tokens()
+        usage = Usage(call.request_id, tokens.input, tokens.cached, tokens.output, status, call.elapsed_ms(),
+                      call.ttfb_ms, call.stream, error, call.upstream, call.client_request_id, call.session_id,
+                      estimated)
+        try:
+            await self.call(self.meter.settle, adm, usage)
+        except Exception as exc:  # the hold expires and is released by the next admission
+            log.error("could not settle %s: %s: %s", call.request_id, type(exc).__name__, exc)
+
+    async def release(self, call: Call, reason: str) -> None:
+        adm = call.admission
+        if adm is not None and adm.reservation_id:
+            try:
+                await self.call(self.meter.release, adm, reason)
+            except Exception as exc:
+                log.error("could not release %s: %s", adm.reservation_id, exc)
+
+    async def settle_answer(self, call: Call, response: httpx.Response, read_usage: Callable[[Any], Tokens | None]
+                            ) -> bytes:
+        """A whole (non-stream) answer: read it, settle from its usage, return its bytes."""
+        try:
+            body = await response.aread()
+        except httpx.HTTPError as exc:
+            await response.aclose()
+            await self.settle(call, None, 502, f"upstream answer broke: {type(exc).__name__}", estimated=True)
+            raise
+        call.ttfb_ms = call.elapsed_ms()
+        tokens, error = None, None
+        if response.status_code < 400:
+            try:
+                import orjson
+
+                tokens = read_usage(orjson.loads(body).get("usage"))
+            except (ValueError, AttributeError):
+                tokens = None
+        else:
+            error = body[:2000].decode("utf-8", "replace")
+        missing = tokens is None and response.status_code < 400
+        await self.settle(call, tokens, response.status_code, error or ("no usage in the answer" if missing else None),
+                          estimated=missing)
+        return body
+
+    # ------------------------------------------------------------ streams
+
+    def relay(self, call: Call, response: httpx.Response, reader: StreamReader) -> Relay:
+        relay = Relay(self, call, response, reader)
+        task = asyncio.get_running_loop().create_task(relay.pump())
+        relay.task = task
+        self.keep(task)
+        return relay
+
+
+class Relay:
+    """One stream: a task reads the upstream into a queue (and on to its end, for its usage, even
+    when the client has left), the ASGI response writes the queue to the client."""
+
+    def __init__(self, gateway: Gateway, call: Call, response: httpx.Response, reader: StreamReader) -> None:
+        self.gw, self.call, self.response, self.reader = gateway, call, response, reader
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.gone = False
+        self.task: asyncio.Task[Any] | None = None
+        self.events = Events()
+
+    def client_left(self) -> None:
+        """The client disconnected: keep reading for the usage (bounded), or stop now."""
+        if self.gone:
+            return
+        self.gone = True
+        gw = self.gw
+        if self.task is None or self.task.done():
+            return
+        if gw.draining >= gw.settings.max_drains:
+            self.task.cancel()
+            return
+        gw.draining += 1
+        self.task.add_done_callback(lambda _t: setattr(gw, "draining", gw.draining - 1))
+        handle = asyncio.get_running_loop().call_later(gw.settings.drain_timeout, self.task.cancel)
+        self.task.add_done_callback(lambda _t: handle.cancel())
+
+    async def pump(self) -> None:
+        reader, call, put = self.reader, self.call, self.queue.put_nowait
+        broke: str | None = None
+        try:
+            async for chunk in self.response.aiter_raw():
+                if call.ttfb_ms is None:
+                    call.ttfb_ms = call.elapsed_ms()
+                out = b"".join([reader.relay(event) for event in self.events.feed(chunk)])
+                if out and not self.gone:
+                    put(out)
+                if self.gone and reader.ended:
+                    break
+        except asyncio.CancelledError:
+            broke = "the client left and the upstream's usage did not arrive in time"
+        except httpx.HTTPError as exc:
+            broke = f"the upstream stream broke: {type(exc).__name__}: {str(exc)[:200]}"
+        finally:
+            try:
+                await asyncio.shield(self.response.aclose())
+            except Exception:  # noqa: BLE001 - the connection is gone either way
+                pass
+        if broke is None and reader.ended is None:
+            broke = "the upstream ended the stream without its final event"
+        if broke is not None and not self.gone and reader.ended is None:
+            put(reader.fail(broke))
+        put(None)
+        status = 499 if self.gone and reader.ended is None else 502 if broke and reader.ended is None else 200
+        estimated = reader.usage is None
+        await asyncio.shield(self.gw.settle(call, reader.usage, status, broke or reader.error, estimated=estimated,
+                                            output_estimate=self.events.count))
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """The ASGI response: headers, then the queue, while listening for a disconnect."""
+        headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                   (b"x-request-id", self.call.request_id.encode())]
+        listener = asyncio.get_running_loop().create_task(self._listen(receive))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            while (item := await self.queue.get()) is not None:
+                if self.gone:
+                    return
+                await send({"type": "http.response.body", "body": item, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except (OSError, asyncio.CancelledError):
+            self.client_left()
+            raise
+        finally:
+            listener.cancel()
+
+    async def _listen(self, receive: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.client_left()
+                self.queue.put_nowait(None)
+                return
+
+
+def routes_from_db(db: Any) -> list[Route]:
+    """The enabled upstreams with their secrets (read now from their variables or files)."""
+    from planctl.services import upstreams
+
+    routes = []
+    for row in upstreams.list_all(db):
+        if not row.enabled:
+            continue
+        try:
+            secret = upstreams.read_secret(row)
+        except Exception as exc:  # noqa: BLE001 - an upstream without its secret is skipped, loudly
+            log.error("%s", getattr(exc, "message", exc))
+            continue
+        routes.append(Route(row.name, row.base_url, secret, tuple(row.models), tuple(upstreams.split_apis(row.apis)),
+                            row.priority, row.weight, row.healthy, row.last_error))
+    return routes
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,146 @@
+"""`Meter`: admit, settle, release and record, over services/metering.py, safe across threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from planctl.domain.errors import Refused
+from planctl.services import metering as engine
+from planctl.services.metering import HOLD_FOR, ImportReport, Recorded, UsageInput
+
+QUOTE_TTL = 5.0  # seconds a model's price quote is reused (catalog edits show within this)
+
+
+@dataclass
+class Admission:
+    """The answer to one request: allowed (with its hold), or a denial with its reason code."""
+
+    allowed: bool
+    reason: str | None
+    message: str
+    requested_model: str
+    api: str
+    billed_model: str | None = None
+    key_id: str | None = None
+    account_id: str | None = None
+    subscription_id: str | None = None
+    next_reset: datetime | None = None
+    reservation_id: str | None = None
+    reserved: int = 0
+    remaining: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Usage:
+    """What the upstream reported of one request, and what the gateway saw of it."""
+
+    request_id: str
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    status_code: int = 200
+    latency_ms: int | None = None
+    ttfb_ms: int | None = None
+    stream: bool = False
+    error: str | None = None
+    upstream: str | None = None
+    client_request_id: str | None = None
+    session_id: str | None = None
+    estimated: bool = False
+
+
+class Meter:
+    """One object for every metering call of a process. It owns its database: each thread
+    runs on its own driver connection, and on SQLite the writes of one process queue on a
+    lock (not on SQLite's busy handler, which sleeps)."""
+
+    def __init__(self, db: Any, *, clock: Callable[[], datetime] | None = None,
+                 hold_for: timedelta = HOLD_FOR) -> None:
+        self.db = db
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.hold_for = hold_for
+        sqlite = getattr(db, "dialect", "sqlite") == "sqlite"
+        self._writing: Any = threading.Lock() if sqlite else nullcontext()
+        self._quotes: dict[str, tuple[float, int | None, dict[str, str]]] = {}
+
+    @classmethod
+    def open(cls, location: str | None = None, **kw: Any) -> Meter:
+        """The database at `location` (a path or URL; default: PLANCTL_* as the CLI resolves it),
+        migrated and seeded when new."""
+        from planctl.services.database import open_database
+        from planctl.store.location import resolve_target
+
+        return cls(open_database(resolve_target(location), now=datetime.now(timezone.utc)), **kw)
+
+    def close(self) -> None:
+        self.db.dispose()
+
+    # ------------------------------------------------------------ the four calls
+
+    def admit(self, secret: str, model: str, api: str, reserve: int | None = None) -> Admission:
+        """Authorize one request and hold `reserve` µcr; every denial is a value, a lost race for
+        the last credit included."""
+        try:
+            with self._writing if reserve else nullcontext():
+                auth = engine.authorize(self.db, secret, model=model, api=api, reserve=reserve or None,
+                                        now=self.clock(), hold_for=self.hold_for)
+        except Refused as exc:  # a concurrent request took what the hold needed
+            return Admission(False, exc.reason, exc.message, model, api)
+        return Admission(auth.allowed, auth.reason, auth.message, model, api, auth.billed_model, auth.key_id,
+                         auth.account_id, auth.subscription_id, auth.next_reset, auth.reservation_id,
+                         reserve or 0 if auth.reservation_id else 0, auth.remaining)
+
+    def settle(self, admission: Admission, usage: Usage) -> Recorded:
+        """Record the request under the admission's key, and settle its hold with the real cost."""
+        if not admission.allowed or admission.key_id is None:
+            raise ValueError("only an allowed admission can be settled")
+        u = UsageInput(
+            request_id=usage.request_id, model=admission.requested_model, key=admission.key_id,
+            input_tokens=usage.input_tokens, cached_tokens=min(usage.cached_tokens, usage.input_tokens),
+            output_tokens=usage.output_tokens, status_code=usage.status_code, latency_ms=usage.latency_ms,
+            api=admission.api, stream=usage.stream, reservation=admission.reservation_id, error=usage.error,
+            ttfb_ms=usage.ttfb_ms, upstream=usage.upstream, client_request_id=usage.client_request_id,
+            session_id=usage.session_id, usage_estimated=usage.estimated)
+        with self._writing:
+            return engine.record(self.db, u, now=self.clock())
+
+    def release(self, admission_or_reservation_id: Admission | str, reason: str) -> bool:
+        """Give a hold back at once (the request never reached an upstream: `reason` says why).
+        False when there was nothing to release."""
+        res_id = (admission_or_reservation_id if isinstance(admission_or_reservation_id, str)
+                  else admission_or_reservation_id.reservation_id)
+        if not res_id:
+            return False
+        with self._writing:
+            return engine.release_hold(self.db, res_id, now=self.clock())
+
+    def record_many(self, records: Iterable[UsageInput]) -> ImportReport:
+        """Many usage records in batches (one transaction each), as `usage import` does."""
+        with self._writing:
+            return engine.import_usage(self.db, enumerate(records, 1), now=self.clock())
+
+    # ------------------------------------------------------------ what a gateway asks besides
+
+    def quote(self, model: str, *, input_tokens: int, output_tokens: int) -> tuple[int | None, dict[str, str]]:
+        """The cost of a request of this size at the dearest group ratio (None: unknown model),
+        with the installation settings; reused for a few seconds."""
+        now = time.monotonic()
+        hit = self._quotes.get(model)
+        if hit is None or now - hit[0] > QUOTE_TTL:
+            per_million, settings = engine.quote(self.db, model, input_tokens=1_000_000, output_tokens=0)
+            out_million = engine.quote(self.db, model, input_tokens=0, output_tokens=1_000_000)[0]
+            hit = self._quotes[model] = (now, None if per_million is None else (per_million, out_million), settings)
+        prices, settings = hit[1], hit[2]
+        if prices is None:
+            return None, settings
+        return -(-(input_tokens * prices[0] + output_tokens * prices[1]) // 1_000_000), settings
+
+    def models(self, secret: str) -> list[tuple[str, str]] | None:
+        """(name, billed model) pairs the key's plan allows; None for an unknown key."""
+        return engine.plan_models(self.db, secret, now=self.clock())

@@ -1,0 +1,417 @@
+"""`planctl serve` over real HTTP on loopback: the official `openai` SDK as the client, the fake
+upstream (tests/fake_upstream.py) behind it, a real database (SQLite, and PostgreSQL when
+PLANCTL_TEST_DATABASE_URL is set). The gateway runs in a thread of the test process here;
+tests/test_gateway_e2e.py runs `planctl serve` as a subprocess."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from fake_upstream import FakeUpstream
+
+CR = 1_000_000
+UNIT = {"id": "unit", "input_price": "1", "cached_price": "0.5", "output_price": "2"}  # µcr per token
+UP_SECRET = "sk-upstream-test"
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def plan(slug: str, **terms: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "slug": slug, "name": slug.title(), "family": slug, "tier": 1, "price": "10.00", "validity": "1mo",
+        "total_credit": "10", "models": ["unit", "gpt-5.4"], "groups": ["default", "priority", "economy"],
+        "refund_policy": "unused:7d",
+    }
+    entry.update(terms)
+    return entry
+
+
+def install(db: Any, caller: Any) -> None:
+    from planctl.services import catalog
+
+    catalog.import_catalog(db, {"models": [UNIT], "plans": [
+        plan("gw"), plan("tiny", total_credit="0.02"), plan("daily", total_credit=None, period="day",
+                                                             period_credit="0.000001")]},
+        caller=caller, now=now() - timedelta(days=1))
+
+
+def buy(db: Any, caller: Any, slug: str = "gw", account: str = "acme") -> tuple[str, str, str]:
+    """(subscription id, key id, secret) of a new subscription."""
+    from planctl.services import accounts
+    from planctl.services.sales import SaleRequest, sell
+
+    try:
+        accounts.create(db, {"name": account}, caller=caller, now=now())
+    except Exception:  # noqa: BLE001 - it exists
+        pass
+    r = sell(db, SaleRequest(kind="buy", account=account, item=slug), caller=caller, now=now())
+    return r.subscription.id, r.key.id, r.secret.secret
+
+
+def add_upstream(db: Any, caller: Any, name: str, up: FakeUpstream, **spec: Any) -> None:
+    from planctl.services import upstreams
+
+    upstreams.add(db, name, upstreams.UpstreamSpec(base_url=up.base_url, key_env="FAKE_UPSTREAM_KEY", **spec),
+                  caller=caller, now=now())
+
+
+def records(db: Any) -> list[dict[str, Any]]:
+    from sqlalchemy import text
+
+    with db.read() as session:
+        result = session.execute(text("SELECT * FROM usage_records ORDER BY id"))
+        return [dict(r._mapping) for r in result]
+
+
+def wait_for(condition: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Served:
+    """A gateway in a thread of this process, over `db`, and the fake upstream behind it."""
+
+    db: Any
+    up: FakeUpstream
+    port: int
+    secret: str
+    sub: str
+    key: str
+    server: Any = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def client(self, secret: str | None = None) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url, api_key=secret or self.secret, max_retries=0, timeout=20)
+
+    def records(self, count: int | None = None) -> list[dict[str, Any]]:
+        """The usage records, once `count` of them have landed (settlement follows the answer)."""
+        if count is None:
+            return records(self.db)
+        return wait_for(lambda: (rows := records(self.db)) and len(rows) >= count and rows)
+
+
+def serve(db: Any, up: FakeUpstream, **settings: Any) -> Any:
+    import uvicorn
+
+    from planctl.gateway.app import create_app
+    from planctl.gateway.core import Gateway, Settings
+    from planctl.metering import Meter
+
+    port = free_port()
+    app = create_app(Gateway(Meter(db), Settings(**settings)))
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started)
+    return server, thread, port
+
+
+@pytest.fixture
+def up(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeUpstream]:
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", UP_SECRET)
+    fake = FakeUpstream(key=UP_SECRET).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def gw(db: Any, caller: Any, up: FakeUpstream) -> Iterator[Served]:
+    install(db, caller)
+    sub, key, secret = buy(db, caller)
+    add_upstream(db, caller, "fake", up)
+    server, thread, port = serve(db, up)
+    yield Served(db, up, port, secret, sub, key, server)
+    server.should_exit = True
+    thread.join(30)
+
+
+def cost(input_tokens: int, cached: int, output: int) -> int:
+    """The `unit` model: 1 µcr per uncached input token, 0.5 per cached (rounded up once), 2 per output."""
+    return (input_tokens - cached) + -(-cached // 2) + 2 * output
+
+
+def ledger_of(db: Any, sub: str) -> tuple[int, int]:
+    """(credit used, credit reserved) of a subscription."""
+    from sqlalchemy import text
+
+    with db.read() as session:
+        return tuple(session.execute(text("SELECT credit_used, credit_reserved FROM subscriptions WHERE id = :s"),
+                                     {"s": sub}).one())
+
+
+# ---------------------------------------------------------------- Responses API
+
+
+def test_responses_non_stream_passes_through_and_settles_the_upstream_usage(gw: Served) -> None:
+    gw.up.usage = (2_000, 1_500, 300, 100)
+    raw = gw.client().responses.with_raw_response.create(model="unit", input="hi", max_output_tokens=500,
+                                                         extra_headers={"x-client-request-id": "cli-1",
+                                                                        "session-id": "sess-1"})
+    answer = raw.parse()
+    assert answer.output_text == "Hello from the fake upstream."
+    assert answer.usage.input_tokens_details.cached_tokens == 1_500
+    request_id = raw.headers["x-request-id"]
+    sent = gw.up.requests[-1]
+    assert sent.body == {"model": "unit", "input": "hi", "max_output_tokens": 500}  # passed through
+    assert sent.headers["authorization"] == f"Bearer {UP_SECRET}"  # the upstream's secret, not the key
+    [rec] = gw.records(1)
+    assert rec["request_id"] == request_id
+    assert (rec["input_tokens"], rec["cached_tokens"], rec["output_tokens"]) == (2_000, 1_500, 300)
+    assert rec["cost"] == cost(2_000, 1_500, 300) == rec["charged_plan"]
+    assert (rec["status_code"], bool(rec["stream"]), rec["upstream"], rec["api"]) == (200, False, "fake", "responses")
+    assert (rec["client_request_id"], rec["session_id"]) == ("cli-1", "sess-1")
+    assert rec["latency_ms"] is not None and rec["ttfb_ms"] is not None and not rec["usage_estimated"]
+    assert ledger_of(gw.db, gw.sub) == (cost(2_000, 1_500, 300), 0)  # to the µcr, hold given back
+
+
+def test_responses_stream_arrives_event_by_event_and_settles(gw: Served) -> None:
+    gw.up.deltas = 5
+    with gw.client().responses.create(model="unit", input="hi", stream=True) as stream:
+        kinds = [event.type for event in stream]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert kinds.count("response.output_text.delta") == 5
+    [rec] = gw.records(1)
+    assert bool(rec["stream"]) and rec["status_code"] == 200 and rec["output_tokens"] == 300
+    assert ledger_of(gw.db, gw.sub) == (cost(2_000, 1_500, 300), 0)
+
+
+def test_alias_is_resolved_and_the_upstream_gets_the_billed_model(gw: Served, caller: Any) -> None:
+    from planctl.services import catalog
+
+    catalog.set_alias(gw.db, "my-model*", "unit", caller=caller, now=now())
+    gw.client().responses.create(model="my-model-large", input="x")
+    assert gw.up.requests[-1].body["model"] == "unit"
+    [rec] = gw.records(1)
+    assert (rec["requested_model"], rec["billed_model"]) == ("my-model-large", "unit")
+
+
+def test_function_call_round_trip(gw: Served) -> None:
+    tools = [{"type": "function", "name": "weather", "description": "Weather in a city",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+    client = gw.client()
+    first = client.responses.create(model="unit", input="weather in Paris?", tools=tools)
+    [call] = [item for item in first.output if item.type == "function_call"]
+    assert (call.name, call.arguments) == ("weather", '{"city": "Paris"}')
+    second = client.responses.create(model="unit", tools=tools, input=[
+        {"role": "user", "content": "weather in Paris?"},
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+    assert second.output_text
+    assert gw.up.requests[-1].body["input"][2] == {"type": "function_call_output", "call_id": "call_1",
+                                                   "output": "sunny"}
+    assert len(gw.records(2)) == 2
+
+
+# ---------------------------------------------------------------- Chat Completions
+
+
+def test_chat_stream_asks_for_usage_and_hides_it_from_a_client_that_did_not(gw: Served) -> None:
+    chunks = list(gw.client().chat.completions.create(model="unit", stream=True,
+                                                      messages=[{"role": "user", "content": "hi"}]))
+    assert all(c.choices for c in chunks)  # no usage-only chunk shown
+    assert gw.up.requests[-1].body["stream_options"] == {"include_usage": True}
+    [rec] = gw.records(1)
+    assert (rec["api"], rec["input_tokens"], rec["cached_tokens"], rec["output_tokens"]) == ("chat", 2_000, 1_500, 300)
+
+    asked = list(gw.client().chat.completions.create(model="unit", stream=True, stream_options={"include_usage": True},
+                                                     messages=[{"role": "user", "content": "hi"}]))
+    assert asked[-1].usage.prompt_tokens_details.cached_tokens == 1_500 and not asked[-1].choices
+
+
+def test_chat_non_stream_and_tool_calls(gw: Served) -> None:
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    answer = gw.client().chat.completions.create(model="unit", messages=[{"role": "user", "content": "hi"}],
+                                                 tools=tools)
+    assert answer.choices[0].message.tool_calls[0].function.name == "weather"
+    assert "stream_options" not in gw.up.requests[-1].body
+    [rec] = gw.records(1)
+    assert rec["cost"] == cost(2_000, 1_500, 300) and not rec["stream"]
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def test_refusals_as_the_sdk_raises_them_and_nothing_is_recorded(gw: Served, caller: Any) -> None:
+    from planctl.services import keys
+
+    with pytest.raises(openai.AuthenticationError) as unknown:
+        gw.client("sk-nobody-has-this").responses.create(model="unit", input="x")
+    assert unknown.value.status_code == 401 and unknown.value.body["reason"] == "key_unknown"
+    assert unknown.value.response.headers["x-request-id"].startswith("req_")
+
+    with pytest.raises(openai.PermissionDeniedError) as outside:
+        gw.client().responses.create(model="gpt-5.5", input="x")
+    assert outside.value.body["reason"] == "model_not_in_plan" and "model_not_in_plan" in outside.value.message
+
+    payg = keys.create(gw.db, keys.KeySpec(name="payg", account="acme", payg=True), caller=caller, now=now())
+    with pytest.raises(openai.RateLimitError) as empty:
+        gw.client(payg[0].secret).responses.create(model="unit", input="x")
+    assert empty.value.body["code"] == "insufficient_quota" and empty.value.body["reason"] == "payg_balance_empty"
+    assert "retry-after" not in empty.value.response.headers
+
+    assert gw.records() == [] and gw.up.requests == []
+    assert ledger_of(gw.db, gw.sub) == (0, 0)
+
+
+def test_a_resetting_limit_is_usage_limit_reached_with_resets_at(gw: Served, caller: Any) -> None:
+    from zoneinfo import ZoneInfo
+
+    from planctl.services import keys
+
+    made = keys.create(gw.db, keys.KeySpec(name="one-a-day", from_plan=gw.sub, rpd=1), caller=caller, now=now())
+    client = gw.client(made[0].secret)
+    client.responses.create(model="unit", input="x")
+    with pytest.raises(openai.RateLimitError) as limited:
+        client.responses.create(model="unit", input="x")
+    body = limited.value.body
+    assert (body["type"], body["reason"]) == ("usage_limit_reached", "key_rpd_reached")
+    beijing = datetime.now(ZoneInfo("Asia/Shanghai"))
+    midnight = (beijing + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    assert body["resets_at"] == int(midnight.timestamp())
+    wait = int(limited.value.response.headers["retry-after"])
+    assert abs(wait - (midnight - beijing).total_seconds()) < 5
+    assert len(gw.records(1)) == 1
+
+
+# ---------------------------------------------------------------- upstreams
+
+
+def test_failover_to_the_next_upstream_before_the_first_byte(db: Any, caller: Any, up: FakeUpstream) -> None:
+    install(db, caller)
+    sub, _key, secret = buy(db, caller)
+    second = FakeUpstream(key=UP_SECRET).start()
+    try:
+        add_upstream(db, caller, "first", up, priority=0)
+        add_upstream(db, caller, "second", second, priority=1)
+        server, thread, port = serve(db, up)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=secret, max_retries=0)
+        up.fail = [503, 429]
+        client.responses.create(model="unit", input="a")  # 503 from first → second
+        with client.responses.create(model="unit", input="b", stream=True) as stream:  # 429 → second
+            assert [e.type for e in stream][-1] == "response.completed"
+        client.responses.create(model="unit", input="c")  # first is fine again
+        rows = wait_for(lambda: len(r := records(db)) == 3 and r)
+        assert [r["upstream"] for r in rows] == ["second", "second", "first"]
+        assert (len(up.requests), len(second.requests)) == (3, 2)
+        assert ledger_of(db, sub) == (3 * cost(2_000, 1_500, 300), 0)
+        server.should_exit = True
+        thread.join(30)
+    finally:
+        second.stop()
+
+
+def test_upstream_refusing_its_key_is_the_operators_fault(gw: Served) -> None:
+    from planctl.services import upstreams
+
+    gw.up.key = "sk-something-else"
+    with pytest.raises(openai.InternalServerError) as failed:
+        gw.client().responses.create(model="unit", input="x")
+    assert failed.value.status_code == 502 and "operator" in failed.value.message
+    row = wait_for(lambda: (r := upstreams.get(gw.db, "fake")) and not r.healthy and r)
+    assert "401" in row.last_error
+    [rec] = gw.records(1)
+    assert rec["status_code"] == 502 and rec["cost"] == 0 and "operator" in rec["error"]
+    assert ledger_of(gw.db, gw.sub) == (0, 0)
+    with pytest.raises(openai.InternalServerError):  # an unhealthy upstream is not tried again
+        gw.client().responses.create(model="unit", input="x")
+    assert len(gw.up.requests) == 1
+
+
+def test_no_upstream_releases_the_hold_at_once(db: Any, caller: Any, up: FakeUpstream) -> None:
+    install(db, caller)
+    sub, _key, secret = buy(db, caller)
+    add_upstream(db, caller, "chat-only", up, apis=["chat"])
+    server, thread, port = serve(db, up)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=secret, max_retries=0)
+        with pytest.raises(openai.InternalServerError) as none:
+            client.responses.create(model="unit", input="x")
+        assert none.value.status_code == 503 and none.value.body["code"] == "no_upstream"
+        assert ledger_of(db, sub) == (0, 0) and records(db) == []
+        with db.read() as session:
+            from sqlalchemy import text
+
+            assert session.execute(text("SELECT status FROM reservations")).scalars().all() == ["released"]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+# ---------------------------------------------------------------- broken streams
+
+
+def test_mid_stream_break_ends_the_clients_stream_with_response_failed(gw: Served) -> None:
+    gw.up.break_after = 6
+    with gw.client().responses.create(model="unit", input="hi", stream=True) as stream:
+        events = list(stream)
+    assert events[-1].type == "response.failed"
+    assert "broke" in events[-1].response.error.message
+    [rec] = gw.records(1)
+    assert rec["status_code"] == 502 and rec["usage_estimated"] and "broke" in rec["error"]
+    assert rec["output_tokens"] == 6  # one token per streamed event, as documented
+    assert ledger_of(gw.db, gw.sub)[1] == 0
+
+
+def test_chat_mid_stream_break_ends_with_an_error_chunk(gw: Served) -> None:
+    gw.up.break_after = 3
+    with pytest.raises(openai.APIError, match="broke"):
+        list(gw.client().chat.completions.create(model="unit", stream=True,
+                                                 messages=[{"role": "user", "content": "hi"}]))
+    assert gw.records(1)[0]["usage_estimated"]
+
+
+def test_client_disconnect_still_settles_the_upstreams_usage(gw: Served) -> None:
+    gw.up.event_delay, gw.up.deltas = 0.05, 10
+    with httpx.Client() as client, client.stream(
+            "POST", gw.base_url + "/responses", headers={"authorization": f"Bearer {gw.secret}"},
+            json={"model": "unit", "input": "hi", "stream": True}) as answer:
+        for line in answer.iter_lines():
+            if "output_text.delta" in line:
+                break  # the client leaves mid-stream
+    [rec] = gw.records(1)
+    assert (rec["input_tokens"], rec["cached_tokens"], rec["output_tokens"]) == (2_000, 1_500, 300)
+    assert not rec["usage_estimated"] and rec["status_code"] == 200
+    assert ledger_of(gw.db, gw.sub) == (cost(2_000, 1_500, 300), 0)
+
+
+# ---------------------------------------------------------------- routes
+
+
+def test_models_lists_the_plans_models_and_healthz(gw: Served) -> None:
+    names = [m.id for m in gw.client().models.list()]
+    assert names == ["gpt-5.4", "unit", "claude*"] or set(names) >= {"gpt-5.4", "unit"}
+    assert "gpt-5.5" not in names
+    health = httpx.get(f"http://127.0.0.1:{gw.port}/healthz")
+    assert health.status_code == 200 and health.json()["database"] == "ok"
+    assert health.headers["x-request-id"].startswith("req_")
+    missing = httpx.get(f"http://127.0.0.1:{gw.port}/v1/nothing")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "invalid_request_error"
+    assert missing.headers["x-request-id"]
