@@ -43,6 +43,6 @@ def run(*, host: str, port: int, workers: int, log_format: str, grace: float) ->
 
     sock = cfg.bind_socket()
     try:
-        Multiprocess(cfg, target=server.run, sockets=[sock]).run()
+        Multiprocess(cfg, sockets=[sock]).run()  # each worker a uvicorn server; SIGTERM drains them
     finally:
         sock.close()
