@@ -264,7 +264,8 @@ class Gateway:
 
     async def settle_answer(self, call: Call, response: httpx.Response, read_usage: Callable[[Any], Tokens | None]
                             ) -> bytes:
-        """A whole (non-stream) answer: read it, settle from its usage, return its bytes."""
+        """A whole (non-stream) answer: read it, return its bytes; it is settled from its usage
+        meanwhile (shutdown waits for it)."""
         try:
             body = await response.aread()
         except httpx.HTTPError as exc:
@@ -283,8 +284,9 @@ class Gateway:
         else:
             error = body[:2000].decode("utf-8", "replace")
         missing = tokens is None and response.status_code < 400
-        await self.settle(call, tokens, response.status_code, error or ("no usage in the answer" if missing else None),
-                          estimated=missing)
+        self.keep(asyncio.get_running_loop().create_task(self.settle(  # the client need not wait for it
+            call, tokens, response.status_code, error or ("no usage in the answer" if missing else None),
+            estimated=missing)))
         return body
 
     # ------------------------------------------------------------ streams

@@ -1,0 +1,198 @@
+"""What `planctl serve` adds on top of an upstream, beside the upstream alone, in one run.
+
+    .venv/bin/python benchmarks/gateway.py [--requests 400] [--concurrent 32] [--seconds 8]
+
+The fake upstream (tests/fake_upstream.py, its own process, TCP_NODELAY) answers a 4 KB
+Responses request with 22 SSE events (or the JSON body); the gateway (`planctl serve`, one
+worker, metering on a SQLite file) forwards to it. The load generator is an aiohttp client in
+this process; every request reads its whole answer. Printed:
+
+- added latency = gateway − direct, p50 and p99, one client, streaming and not;
+- throughput at 32 concurrent streams: requests/s and p50/p99 latency, and the ratio to direct;
+- both for the two upstream clients the gateway can use: plain `httpx.AsyncClient` and httpx
+  on the `httpx-aiohttp` transport (PLANCTL_UPSTREAM_CLIENT).
+
+Everything shares this machine's cores, so the figures are relative to the baseline beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import aiohttp
+
+from common import cpu_model, find_planctl, usable_cores  # benchmarks/common.py
+
+ROOT = Path(__file__).resolve().parent.parent
+UP_KEY = "sk-bench-upstream"
+BODY = {"model": "gpt-5.4", "input": [{"role": "user", "content": "x" * 4000}], "max_output_tokens": 1000}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"error: a server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"error: nothing listens on port {port}")
+
+
+def setup(db: Path, up_port: int) -> str:
+    """A plan with room for every request of the run, a key for it, the upstream: the key's secret."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from planctl.services import accounts, catalog, upstreams
+    from planctl.services.audit import Caller
+    from planctl.services.database import open_database
+    from planctl.services.sales import SaleRequest, sell
+    from planctl.store.location import resolve_target
+
+    now = datetime.now(timezone.utc)
+    caller = Caller(actor="bench", command="benchmark")
+    database = open_database(resolve_target(str(db)), now=now)
+    catalog.import_catalog(database, {"plans": [{
+        "slug": "bench", "name": "Bench", "family": "bench", "tier": 1, "price": "1.00", "validity": "1mo",
+        "total_credit": "10000000", "models": ["gpt-5.4"], "groups": ["default"], "refund_policy": "none"}]},
+        caller=caller, now=now - timedelta(days=1))
+    accounts.create(database, {"name": "bench"}, caller=caller, now=now)
+    secret = sell(database, SaleRequest(kind="buy", account="bench", item="bench"), caller=caller, now=now).secret.secret
+    upstreams.add(database, "fake", upstreams.UpstreamSpec(base_url=f"http://127.0.0.1:{up_port}/v1",
+                                                           key_env="BENCH_UPSTREAM_KEY"), caller=caller, now=now)
+    database.dispose()
+    return secret
+
+
+async def one(session: aiohttp.ClientSession, url: str, headers: dict[str, str], stream: bool) -> float:
+    start = time.perf_counter()
+    async with session.post(url, json={**BODY, "stream": stream}, headers=headers) as answer:
+        await answer.read()
+        if answer.status != 200:
+            raise SystemExit(f"error: {url} answered {answer.status}")
+    return (time.perf_counter() - start) * 1000
+
+
+async def sequential(url: str, headers: dict[str, str], stream: bool, n: int) -> list[float]:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(20):  # warm-up: connections, caches
+            await one(session, url, headers, stream)
+        return [await one(session, url, headers, stream) for _ in range(n)]
+
+
+async def concurrent(url: str, headers: dict[str, str], c: int, seconds: float) -> tuple[float, list[float]]:
+    times: list[float] = []
+    connector = aiohttp.TCPConnector(limit=c)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(one(session, url, headers, True) for _ in range(c)))
+        stop = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            while time.perf_counter() < stop:
+                times.append(await one(session, url, headers, True))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(c)))
+        return len(times) / (time.perf_counter() - start), times
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def measure(url: str, headers: dict[str, str], args: argparse.Namespace) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for stream in (False, True):
+        out["stream" if stream else "plain"] = asyncio.run(sequential(url, headers, stream, args.requests))
+    out["load"] = asyncio.run(concurrent(url, headers, args.concurrent, args.seconds))
+    return out
+
+
+def start_gateway(planctl: Path, db: Path, kind: str, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "BENCH_UPSTREAM_KEY": UP_KEY, "PLANCTL_UPSTREAM_CLIENT": kind}
+    proc = subprocess.Popen([str(planctl), "--db", str(db), "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, proc)
+    time.sleep(1.0)  # application start-up (the port is bound first)
+    return proc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=400, help="sequential requests per case (one client)")
+    parser.add_argument("--concurrent", type=int, default=32, help="concurrent streams for the throughput case")
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each throughput run")
+    parser.add_argument("--clients", default="aiohttp,httpx", help="upstream clients to compare")
+    args = parser.parse_args()
+    planctl = find_planctl()
+    print(f"machine : {platform.system()} {platform.release()} {platform.machine()}, "
+          f"{cpu_model()} ({usable_cores()} cores), Python {platform.python_version()}")
+    print(f"load    : aiohttp {aiohttp.__version__} client in one process; the fake upstream and the gateway "
+          "in their own processes\n")
+    up_port = free_port()
+    upstream = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_upstream.py"), "--port", str(up_port),
+                                 "--deltas", "16", "--key", UP_KEY], stdout=subprocess.DEVNULL)
+    procs = [upstream]
+    try:
+        wait_port(up_port, upstream)
+        with tempfile.TemporaryDirectory() as tmp:
+            db = Path(tmp) / "bench.db"
+            secret = setup(db, up_port)
+            direct = measure(f"http://127.0.0.1:{up_port}/v1/responses", {"authorization": f"Bearer {UP_KEY}"}, args)
+            results = {}
+            for kind in args.clients.split(","):
+                port = free_port()
+                proc = start_gateway(planctl, db, kind, port)
+                procs.append(proc)
+                results[kind] = measure(f"http://127.0.0.1:{port}/v1/responses",
+                                        {"authorization": f"Bearer {secret}"}, args)
+                proc.terminate()
+                proc.wait(30)
+            report(direct, results, args)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
+
+
+def report(direct: dict[str, object], results: dict[str, dict[str, object]], args: argparse.Namespace) -> None:
+    print(f"one client, {args.requests} requests each (ms)      p50      p99   added p50  added p99")
+    for case, label in (("plain", "non-stream"), ("stream", "stream (22 events)")):
+        base = direct[case]
+        print(f"  direct        {label:<22} {pct(base, 50):8.2f} {pct(base, 99):8.2f}")
+        for kind, res in results.items():
+            values = res[case]
+            print(f"  gateway/{kind:<6}{label:<22} {pct(values, 50):8.2f} {pct(values, 99):8.2f}"
+                  f"   {pct(values, 50) - pct(base, 50):+8.2f}  {pct(values, 99) - pct(base, 99):+8.2f}")
+    rps0, t0 = direct["load"]
+    print(f"\n{args.concurrent} concurrent streams for {args.seconds:g} s     req/s    p50 ms   p99 ms   vs direct")
+    print(f"  direct                         {rps0:8.0f} {statistics.median(t0):8.2f} {pct(t0, 99):8.2f}")
+    for kind, res in results.items():
+        rps, t = res["load"]
+        print(f"  gateway/{kind:<22} {rps:8.0f} {statistics.median(t):8.2f} {pct(t, 99):8.2f}   {rps / rps0:6.1%}")
+    print("\n(gateway = planctl serve, 1 worker, admit + settle on SQLite for every request; "
+          "aiohttp = httpx on the httpx-aiohttp transport)")
+
+
+if __name__ == "__main__":
+    main()
