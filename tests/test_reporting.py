@@ -74,6 +74,7 @@ RECORD_FIELDS = [
     "request_id", "at", "local_day", "account_id", "key_id", "subscription_id", "group_name", "requested_model",
     "billed_model", "api", "input_tokens", "cached_tokens", "output_tokens", "cost", "charged_plan",
     "charged_extra", "charged_payg", "pool", "status_code", "latency_ms", "stream", "error", "reservation_id",
+    "ttfb_ms", "upstream", "client_request_id", "session_id", "usage_estimated",
 ]
 CSV_HEADER = ["at", "request_id", "key_id", "billed_model", "api", "status_code", "input_tokens", "cached_tokens",
               "output_tokens", "cost", "pool", "latency_ms"]
@@ -275,7 +276,8 @@ class World:
             "input_tokens": r.input, "cached_tokens": r.cached, "output_tokens": r.output, "cost": cr(r.cost),
             "charged_plan": cr(r.plan), "charged_extra": cr(r.extra), "charged_payg": cr(r.payg), "pool": r.pool,
             "status_code": r.status, "latency_ms": r.latency, "stream": r.stream, "error": r.error,
-            "reservation_id": None,
+            "reservation_id": None, "ttfb_ms": None, "upstream": None, "client_request_id": None,
+            "session_id": None, "usage_estimated": False,
         }
 
 

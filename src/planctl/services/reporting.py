@@ -27,6 +27,7 @@ RECORD_COLUMNS = (
     "request_id", "at", "local_day", "account_id", "key_id", "subscription_id", "group_name", "requested_model",
     "billed_model", "api", "input_tokens", "cached_tokens", "output_tokens", "cost", "charged_plan",
     "charged_extra", "charged_payg", "pool", "status_code", "latency_ms", "stream", "error", "reservation_id",
+    "ttfb_ms", "upstream", "client_request_id", "session_id", "usage_estimated",
 )
 STATUS_FILTERS = ("ok", "error", "1xx", "2xx", "3xx", "4xx", "5xx")
 DIMENSIONS = {"group": "group_name", "user": "account_id", "key": "key_id", "model": "billed_model"}
@@ -277,6 +278,7 @@ def _record(reader: Reader, row: Sequence[Any]) -> dict[str, Any]:
     record = dict(zip(RECORD_COLUMNS, row))
     record["at"] = reader.instant(record["at"])
     record["stream"] = bool(record["stream"])
+    record["usage_estimated"] = bool(record["usage_estimated"])
     return record
 
 
