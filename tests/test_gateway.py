@@ -415,3 +415,40 @@ def test_models_lists_the_plans_models_and_healthz(gw: Served) -> None:
     missing = httpx.get(f"http://127.0.0.1:{gw.port}/v1/nothing")
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "invalid_request_error"
     assert missing.headers["x-request-id"]
+
+
+def test_a_drain_that_times_out_settles_an_estimate(db: Any, caller: Any, up: FakeUpstream) -> None:
+    install(db, caller)
+    sub, _key, secret = buy(db, caller)
+    add_upstream(db, caller, "fake", up)
+    server, thread, port = serve(db, up, drain_timeout=0.3)
+    try:
+        up.event_delay, up.deltas = 0.2, 30  # about 7 s of stream
+        with httpx.Client() as client, client.stream(
+                "POST", f"http://127.0.0.1:{port}/v1/responses", headers={"authorization": f"Bearer {secret}"},
+                json={"model": "unit", "input": "hi", "stream": True}) as answer:
+            for line in answer.iter_lines():
+                if "output_text.delta" in line:
+                    break
+        [rec] = wait_for(lambda: records(db))
+        assert rec["usage_estimated"] and rec["status_code"] == 499 and "did not arrive" in rec["error"]
+        assert rec["output_tokens"] < 30 and rec["input_tokens"] > 0
+        used, reserved = ledger_of(db, sub)
+        assert reserved == 0 and used == rec["cost"] > 0
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_when_every_upstream_fails_the_client_gets_its_error_and_when_to_retry(gw: Served) -> None:
+    gw.up.fail, gw.up.retry_after = [429], "7"
+    with pytest.raises(openai.RateLimitError) as limited:
+        gw.client().responses.create(model="unit", input="x")
+    assert limited.value.response.headers["retry-after"] == "7"
+    assert limited.value.message.endswith("fake upstream failure 429")
+    gw.up.fail, gw.up.retry_after = [400], None
+    with pytest.raises(openai.BadRequestError):
+        gw.client().responses.create(model="unit", input="x", stream=True)
+    rows = gw.records(2)
+    assert [(r["status_code"], r["cost"], r["upstream"]) for r in rows] == [(429, 0, "fake"), (400, 0, "fake")]
+    assert ledger_of(gw.db, gw.sub) == (0, 0)

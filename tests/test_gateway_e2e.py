@@ -92,7 +92,12 @@ def test_sigterm_lets_the_stream_in_flight_finish_settles_it_and_exits_0(db: Any
     [rec] = records(db)
     assert rec["status_code"] == 200 and rec["output_tokens"] == 300
     assert ledger_of(db, sub) == (cost(2_000, 1_500, 300), 0)
-    assert '"level": "info"' in err  # --log-format json
+    import json
+
+    lines = [json.loads(line) for line in err.splitlines()]  # --log-format json: one object a line
+    [logged] = [line for line in lines if line.get("request_id")]
+    assert (logged["request_id"], logged["status"], logged["upstream"]) == (rec["request_id"], 200, "fake")
+    assert logged["cost"] == cost(2_000, 1_500, 300) and secret not in err
 
 
 def test_200_concurrent_requests_never_overdraw_a_subscription(db: Any, db_url: str, caller: Any,

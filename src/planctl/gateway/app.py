@@ -44,10 +44,16 @@ def openai_error(answer: ErrorAnswer, call: Call) -> Response:
 async def forward(request: Request, call: Call, body: dict[str, Any], path: str, *,
                   reader: Callable[[Call], Any], read_usage: Callable[[Any], Tokens | None],
                   render: Callable[[ErrorAnswer, Call], Response] = openai_error,
-                  upstream_body: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Any:
-    """Admit, forward and settle one request whose body is already parsed; `reader` makes the
-    stream reader, `render` the API's error answers, `upstream_body` what is sent upstream
-    (default: the body with the billed model)."""
+                  upstream_body: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                  upstream_api: str | None = None,
+                  answer_body: Callable[[bytes], bytes] | None = None) -> Any:
+    """Admit, forward and settle one request whose body is already parsed.
+
+    `reader` makes the stream reader (it may translate events), `read_usage` reads the usage of a
+    whole answer, `render` words the API's error answers, `upstream_body` makes what is sent
+    upstream from the body (default: the body itself; `model` is then set to the billed model),
+    `upstream_api` is the API type the upstream must serve (default: the request's),
+    `answer_body` turns a successful whole answer into the client's (default: unchanged)."""
     gw: Gateway = request.app.state.gateway
     refusal = await gw.admit(call, secret_of(request.headers), body.get("model"), body)
     if refusal is not None:
@@ -56,13 +62,17 @@ async def forward(request: Request, call: Call, body: dict[str, Any], path: str,
     assert adm is not None
     out = upstream_body(body) if upstream_body else body
     out["model"] = adm.billed_model
-    opened = await gw.open(call, path, orjson.dumps(out))
+    opened = await gw.open(call, path, orjson.dumps(out), upstream_api=upstream_api)
     if isinstance(opened, ErrorAnswer):
         return render(opened, call)
     _route, response = opened
     if call.stream and response.status_code < 400:
         return gw.relay(call, response, reader(call))
     content = await gw.settle_answer(call, response, read_usage)
+    if response.status_code >= 400:  # the upstream's own error (after failover), worded by the route
+        return render(errors.from_upstream(response.status_code, content, response.headers.get("retry-after")), call)
+    if answer_body is not None:
+        content = answer_body(content)
     return Response(content, response.status_code, {"x-request-id": call.request_id},
                     media_type=response.headers.get("content-type", "application/json"))
 

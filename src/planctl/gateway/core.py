@@ -161,33 +161,40 @@ class Gateway:
         if not isinstance(model, str) or not model:
             return errors.bad_request("the request needs a 'model'")
         s = self.settings
+        output = estimate.output_cap(body, s.default_output_tokens)
+
+        def admit() -> Admission:  # one trip to the metering threads
+            cost, _ = self.meter.quote(model, input_tokens=estimate.input_tokens(call.body_size),
+                                       output_tokens=output)
+            return self.meter.admit(secret, model, call.api, estimate.hold(cost, s.max_reserve))
+
         try:
-            cost, _ = await self.call(lambda: self.meter.quote(
-                model, input_tokens=estimate.input_tokens(call.body_size),
-                output_tokens=estimate.output_cap(body, s.default_output_tokens)))
-            adm = await self.call(self.meter.admit, secret, model, call.api, estimate.hold(cost, s.max_reserve))
+            adm = await self.call(admit)
         except Exception as exc:
             log.error("admission failed: %s: %s", type(exc).__name__, exc)
             return errors.overloaded(type(exc).__name__)
         call.admission = adm
         if not adm.allowed:
-            return errors.refusal(adm.reason or "denied", adm.message, adm.next_reset, _now())
+            answer = errors.refusal(adm.reason or "denied", adm.message, adm.next_reset, _now())
+            _log_request(call, answer.status, f"refused: {adm.reason}", key_id=adm.key_id, reason=adm.reason)
+            return answer
         return None
 
     # ------------------------------------------------------------ forwarding
 
-    async def open(self, call: Call, path: str, payload: bytes, extra_headers: dict[str, str] | None = None
-                   ) -> tuple[Route, httpx.Response] | ErrorAnswer:
-        """Send the request to the first upstream that takes it: connect errors, 5xx and 429 fail
-        over to the next; an upstream refusing its own credentials is marked unhealthy. Answers
-        an error (having released the hold) when none took it."""
+    async def open(self, call: Call, path: str, payload: bytes, extra_headers: dict[str, str] | None = None,
+                   upstream_api: str | None = None) -> tuple[Route, httpx.Response] | ErrorAnswer:
+        """Send the request to the first upstream that takes it (serving the billed model and
+        `upstream_api`, by default the request's own API): connect errors, 5xx and 429 fail over
+        to the next; an upstream refusing its own credentials is marked unhealthy. Answers an
+        error (having settled or released the hold) when none took it."""
         adm = call.admission
         assert adm is not None and adm.billed_model is not None and self.client is not None
         tried: list[str] = []
         last: httpx.Response | None = None
         last_route: Route | None = None
         auth_failure: tuple[Route, int] | None = None
-        for route in candidates(self.routes, adm.billed_model, call.api):
+        for route in candidates(self.routes, adm.billed_model, upstream_api or call.api):
             headers = {"authorization": f"Bearer {route.secret}", "content-type": "application/json",
                        "accept": "text/event-stream" if call.stream else "application/json",
                        "accept-encoding": "identity", "x-request-id": call.request_id, **(extra_headers or {})}
@@ -223,7 +230,7 @@ class Gateway:
             return answer
         await self.release(call, "no upstream reached")
         if not tried:
-            return errors.no_upstream(adm.billed_model, call.api)
+            return errors.no_upstream(adm.billed_model, upstream_api or call.api)
         return errors.upstream_unreachable("; ".join(tried))
 
     def _unhealthy(self, route: Route, why: str) -> None:
@@ -250,9 +257,16 @@ class Gateway:
                       call.ttfb_ms, call.stream, error, call.upstream, call.client_request_id, call.session_id,
                       estimated)
         try:
-            await self.call(self.meter.settle, adm, usage)
+            recorded = await self.call(self.meter.settle, adm, usage)
         except Exception as exc:  # the hold expires and is released by the next admission
             log.error("could not settle %s: %s: %s", call.request_id, type(exc).__name__, exc)
+            return
+        if log.isEnabledFor(logging.INFO):
+            cost = recorded.record.cost if recorded.values is not None else None
+            _log_request(call, status, f"{usage.input_tokens}/{usage.cached_tokens}/{usage.output_tokens} tokens, "
+                         f"{cost} µcr" + (" (estimated)" if estimated else ""), key_id=adm.key_id, cost=cost,
+                         input_tokens=usage.input_tokens, cached_tokens=usage.cached_tokens,
+                         output_tokens=usage.output_tokens, usage_estimated=estimated, error=error)
 
     async def release(self, call: Call, reason: str) -> None:
         adm = call.admission
@@ -400,6 +414,18 @@ def routes_from_db(db: Any) -> list[Route]:
         routes.append(Route(row.name, row.base_url, secret, tuple(row.models), tuple(upstreams.split_apis(row.apis)),
                             row.priority, row.weight, row.healthy, row.last_error))
     return routes
+
+
+def _log_request(call: Call, status: int, text: str, **fields: Any) -> None:
+    """One line per request: its id, status, model, upstream and what it used (never the key)."""
+    adm = call.admission
+    model = adm.requested_model if adm else None
+    log.info("%s %s %s %s via %s in %d ms: %s", call.request_id, status, call.api, model, call.upstream,
+             call.elapsed_ms(), text, extra={"fields": {
+                 "request_id": call.request_id, "status": status, "api": call.api, "model": model,
+                 "upstream": call.upstream, "stream": call.stream, "latency_ms": call.elapsed_ms(),
+                 "ttfb_ms": call.ttfb_ms, "client_request_id": call.client_request_id,
+                 "session_id": call.session_id, **fields}})
 
 
 def _now() -> datetime:

@@ -69,6 +69,25 @@ def refusal(reason: str, message: str, next_reset: datetime | None, now: datetim
     return error(429, text, "insufficient_quota", "insufficient_quota", reason=reason)
 
 
+def from_upstream(status: int, content: bytes, retry_after: str | None) -> ErrorAnswer:
+    """An upstream's error answer as it was (an OpenAI error body), or wrapped in one."""
+    import json
+
+    try:
+        body = json.loads(content)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        answer = ErrorAnswer(status, body)
+    else:
+        text = content[:500].decode("utf-8", "replace").strip() or f"HTTP {status}"
+        answer = error(status, f"the upstream answered: {text}", "upstream_error" if status >= 500 else
+                       "invalid_request_error", None)
+    if retry_after:
+        answer.headers["Retry-After"] = retry_after
+    return answer
+
+
 def bad_request(message: str) -> ErrorAnswer:
     return error(400, message, "invalid_request_error", "invalid_request")
 
