@@ -71,3 +71,13 @@ def test_test_sends_one_tiny_request_and_records_health(cli: Any, monkeypatch: p
         assert shown["healthy"] is False and shown["checked_at"]
     finally:
         fake.stop()
+
+
+def test_serve_refuses_bad_options_before_starting(cli: Any, db_url: str) -> None:
+    assert_refused(cli, db_url, [
+        (("serve", "--log-format", "xml"), 2, "unknown log format"),
+        (("serve", "--workers", "0"), 2, "--workers must be"),
+        (("serve", "--port", "70000"), 2, "--port 1-65535"),
+        (("serve", "--default-output-tokens", "0"), 2, "--default-output-tokens"),
+        (("serve", "--max-reserve", "0"), 2, None, "credit"),
+    ])

@@ -36,13 +36,14 @@ def serve(
         raise InvalidInput("--workers must be ≥ 1, --port 1-65535 and --grace ≥ 0")
     if default_output < 1:
         raise InvalidInput("--default-output-tokens must be ≥ 1")
+    reserve = parse_credit(max_reserve, allow_zero=False)
     st = state(ctx)
     target = st.target
     st.db()  # created and migrated once, before the workers start
     st.close()
     os.environ.update({
         "PLANCTL_GATEWAY_DB": str(target.path) if target.path is not None else target.url,
-        "PLANCTL_GATEWAY_MAX_RESERVE": str(parse_credit(max_reserve, allow_zero=False)),
+        "PLANCTL_GATEWAY_MAX_RESERVE": str(reserve),
         "PLANCTL_GATEWAY_DEFAULT_OUTPUT_TOKENS": str(default_output),
         "PLANCTL_GATEWAY_GRACE": str(grace),
     })
