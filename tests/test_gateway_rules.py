@@ -169,3 +169,19 @@ def test_meter_from_many_threads_never_overdraws(db: Any, caller: Any) -> None:
         count = session.execute(text("SELECT count(*) FROM usage_records")).scalar()
     assert count == outcomes.count(True) and used == 250 * count <= 10_000 and reserved == 0
     assert outcomes.count(False) > 0 and all(r.ok for r in check(db))
+
+
+def test_settle_bills_the_model_admission_resolved(db: Any, caller: Any) -> None:
+    from planctl.metering import Meter, Usage
+    from planctl.services import catalog
+
+    _sub, secret = _sold(db, caller, "1")
+    catalog.set_model_price(db, {"id": "dear", "input_price": "100", "cached_price": "100", "output_price": "100"},
+                            create=True, caller=caller, now=datetime.now(timezone.utc))
+    catalog.set_alias(db, "fast*", "unit", caller=caller, now=datetime.now(timezone.utc))
+    meter = Meter(db)
+    adm = meter.admit(secret, "fast-1", "responses", reserve=100)
+    assert adm.allowed and adm.billed_model == "unit"
+    catalog.set_alias(db, "fast*", "dear", caller=caller, now=datetime.now(timezone.utc))  # changed in flight
+    rec = meter.settle(adm, Usage("r-alias", input_tokens=10)).record
+    assert (rec.requested_model, rec.billed_model, rec.cost) == ("fast-1", "unit", 10)

@@ -106,7 +106,7 @@ class Meter:
             output_tokens=usage.output_tokens, status_code=usage.status_code, latency_ms=usage.latency_ms,
             api=admission.api, stream=usage.stream, reservation=admission.reservation_id, error=usage.error,
             ttfb_ms=usage.ttfb_ms, upstream=usage.upstream, client_request_id=usage.client_request_id,
-            session_id=usage.session_id, usage_estimated=usage.estimated)
+            session_id=usage.session_id, usage_estimated=usage.estimated, billed=admission.billed_model)
         with self._writing:
             return engine.record(self.db, u, now=self.clock())
 

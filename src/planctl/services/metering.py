@@ -683,6 +683,7 @@ class UsageInput:
     client_request_id: str | None = None
     session_id: str | None = None
     usage_estimated: bool = False
+    billed: str | None = None  # the billed model admission resolved (the gateway): no second alias lookup
 
 
 @dataclass
@@ -806,7 +807,7 @@ class _Batch:
         """Charge one request: the usage record's values (meter.USAGE_COLUMNS) and a note, if any."""
         at = u.at or self.now
         found = self.key(u)
-        billed = self.cat.billed(u.model)
+        billed = u.billed if u.billed in self.cat.models else self.cat.billed(u.model)
         if billed is None:
             raise InvalidInput(f"unknown model {u.model!r}: no model or alias matches it")
         (day, _), local_day = self.cat.local_day(at)
