@@ -179,10 +179,10 @@ def report(direct: dict[str, object], results: dict[str, dict[str, object]], arg
     print(f"one client, {args.requests} requests each (ms)      p50      p99   added p50  added p99")
     for case, label in (("plain", "non-stream"), ("stream", "stream (22 events)")):
         base = direct[case]
-        print(f"  direct        {label:<22} {pct(base, 50):8.2f} {pct(base, 99):8.2f}")
+        print(f"  direct          {label:<21} {pct(base, 50):8.2f} {pct(base, 99):8.2f}")
         for kind, res in results.items():
             values = res[case]
-            print(f"  gateway/{kind:<6}{label:<22} {pct(values, 50):8.2f} {pct(values, 99):8.2f}"
+            print(f"  gateway/{kind:<7}{label:<21} {pct(values, 50):8.2f} {pct(values, 99):8.2f}"
                   f"   {pct(values, 50) - pct(base, 50):+8.2f}  {pct(values, 99) - pct(base, 99):+8.2f}")
     rps0, t0 = direct["load"]
     print(f"\n{args.concurrent} concurrent streams for {args.seconds:g} s     req/s    p50 ms   p99 ms   vs direct")
