@@ -452,3 +452,25 @@ def test_when_every_upstream_fails_the_client_gets_its_error_and_when_to_retry(g
     rows = gw.records(2)
     assert [(r["status_code"], r["cost"], r["upstream"]) for r in rows] == [(429, 0, "fake"), (400, 0, "fake")]
     assert ledger_of(gw.db, gw.sub) == (0, 0)
+
+
+def test_the_hold_is_sized_from_the_request_and_capped(gw: Served) -> None:
+    from sqlalchemy import text
+
+    def holds() -> list[int]:
+        with gw.db.read() as session:
+            return session.execute(text("SELECT amount FROM reservations ORDER BY created_at")).scalars().all()
+
+    gw.client().responses.create(model="unit", input="hi", max_output_tokens=1_000)
+    # 1,000 output tokens at 2 µcr and a few input tokens at 1, at the dearest group ratio (1.5)
+    assert 3_000 < holds()[0] < 3_100
+    gw.client().chat.completions.create(model="unit", messages=[{"role": "user", "content": "hi"}])
+    assert 4_096 * 3 < holds()[1] < 4_096 * 3 + 200  # no cap in the request: the default 4,096 tokens
+    server, thread, port = serve(gw.db, gw.up, max_reserve=500)
+    try:
+        openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=gw.secret, max_retries=0).responses.create(
+            model="unit", input="hi", max_output_tokens=1_000)
+        assert holds()[2] == 500
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -164,8 +164,8 @@ class Gateway:
         output = estimate.output_cap(body, s.default_output_tokens)
 
         def admit() -> Admission:  # one trip to the metering threads
-            cost, _ = self.meter.quote(model, input_tokens=estimate.input_tokens(call.body_size),
-                                       output_tokens=output)
+            cost = self.meter.quote(model, input_tokens=estimate.input_tokens(call.body_size),
+                                    output_tokens=output)
             return self.meter.admit(secret, model, call.api, estimate.hold(cost, s.max_reserve))
 
         try:

@@ -67,7 +67,7 @@ class Meter:
         self.hold_for = hold_for
         sqlite = getattr(db, "dialect", "sqlite") == "sqlite"
         self._writing: Any = threading.Lock() if sqlite else nullcontext()
-        self._quotes: dict[str, tuple[float, int | None, dict[str, str]]] = {}
+        self._quotes: dict[str, tuple[float, tuple[int, int] | None]] = {}  # model -> (when, µcr per 1M in, out)
 
     @classmethod
     def open(cls, location: str | None = None, **kw: Any) -> Meter:
@@ -127,19 +127,20 @@ class Meter:
 
     # ------------------------------------------------------------ what a gateway asks besides
 
-    def quote(self, model: str, *, input_tokens: int, output_tokens: int) -> tuple[int | None, dict[str, str]]:
+    def quote(self, model: str, *, input_tokens: int, output_tokens: int) -> int | None:
         """The cost of a request of this size at the dearest group ratio (None: unknown model),
-        with the installation settings; reused for a few seconds."""
+        from prices reused for a few seconds."""
         now = time.monotonic()
         hit = self._quotes.get(model)
         if hit is None or now - hit[0] > QUOTE_TTL:
-            per_million, settings = engine.quote(self.db, model, input_tokens=1_000_000, output_tokens=0)
-            out_million = engine.quote(self.db, model, input_tokens=0, output_tokens=1_000_000)[0]
-            hit = self._quotes[model] = (now, None if per_million is None else (per_million, out_million), settings)
-        prices, settings = hit[1], hit[2]
+            per_input = engine.quote(self.db, model, input_tokens=1_000_000, output_tokens=0)
+            per_output = engine.quote(self.db, model, input_tokens=0, output_tokens=1_000_000)
+            hit = self._quotes[model] = (now, None if per_input is None or per_output is None
+                                         else (per_input, per_output))
+        prices = hit[1]
         if prices is None:
-            return None, settings
-        return -(-(input_tokens * prices[0] + output_tokens * prices[1]) // 1_000_000), settings
+            return None
+        return -(-(input_tokens * prices[0] + output_tokens * prices[1]) // 1_000_000)
 
     def models(self, secret: str) -> list[tuple[str, str]] | None:
         """(name, billed model) pairs the key's plan allows; None for an unknown key."""

@@ -64,7 +64,7 @@ class _Catalog:
         self.models = {m[0]: ModelPrices(*m) for m in rows.models}
         self.aliases = dict(rows.aliases)
         self.ratios = dict(rows.groups)
-        settings = self.settings = config.effective(rows.settings)
+        settings = config.effective(rows.settings)
         self.tz = zone(settings["reset_timezone"])
         currency = settings["currency"]
         self.context = Context(currency=currency, currency_decimals=currency_decimals(currency),
@@ -633,17 +633,17 @@ def release_hold(db: MeterDb, reservation_id: str, *, now: datetime) -> bool:
         return True
 
 
-def quote(db: MeterDb, model: str, *, input_tokens: int, output_tokens: int) -> tuple[int | None, dict[str, str]]:
-    """What a request would cost at the dearest group ratio (None for a model nobody knows),
-    and the installation settings: what a gateway needs to size a hold before it knows the key."""
+def quote(db: MeterDb, model: str, *, input_tokens: int, output_tokens: int) -> int | None:
+    """What a request would cost at the dearest group ratio (None for a model nobody knows): what
+    a gateway needs to size a hold before it knows the key."""
     with db.tx(write=False) as tx:
         cat = _catalog(tx, db, write=False)
     billed = cat.billed(model)
     if billed is None:
-        return None, cat.settings
+        return None
     ratio = max(cat.ratios.values(), default=1_000_000)
     return quota.request_cost(cat.models[billed], input_tokens=input_tokens, cached_tokens=0,
-                              output_tokens=output_tokens, ratio_ppm=ratio), cat.settings
+                              output_tokens=output_tokens, ratio_ppm=ratio)
 
 
 def plan_models(db: MeterDb, secret: str, *, now: datetime) -> list[tuple[str, str]] | None:
