@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from anthropic.types import RawMessageStreamEvent
 from pydantic import TypeAdapter
 
 from planctl.gateway import anthropic as a
+from planctl.gateway import errors
+from planctl.gateway.sse import Tokens, responses_usage
 
 FIXTURES = Path(__file__).parent / "fixtures" / "anthropic"
 ENC = "gAAAAABpX3Jz_encrypted_reasoning_sample_0123456789-_abcdef=="
@@ -343,20 +346,22 @@ def test_tool_input_is_always_an_object(arguments: Any, expected: Any) -> None:
 @pytest.mark.parametrize(("usage", "shown", "billed"), [
     ({"input_tokens": 1200, "input_tokens_details": {"cached_tokens": 1024}, "output_tokens": 20,
       "output_tokens_details": {"reasoning_tokens": 8}},
-     (176, 1024, 0, 20), a.Usage(1200, 1024, 20, 8)),
-    ({"input_tokens": 10, "output_tokens": 3}, (10, 0, 0, 3), a.Usage(10, 0, 3, 0)),
-    ({"input_tokens": 5, "input_tokens_details": {"cached_tokens": 9}, "output_tokens": 1},  # clamped
-     (0, 5, 0, 1), a.Usage(5, 5, 1, 0)),
-    (None, (0, 0, 0, 0), a.Usage()),
-    ({"input_tokens": -3, "input_tokens_details": None, "output_tokens": "x"}, (0, 0, 0, 0), a.Usage()),
+     (176, 1024, 0, 20), Tokens(1200, 1024, 20)),
+    ({"input_tokens": 10, "output_tokens": 3}, (10, 0, 0, 3), Tokens(10, 0, 3)),
+    ({"input_tokens": 5, "input_tokens_details": {"cached_tokens": 9}, "output_tokens": 1},  # clamped when shown
+     (0, 5, 0, 1), Tokens(5, 9, 1)),
+    (None, (0, 0, 0, 0), None),
+    ({"input_tokens": -3, "input_tokens_details": None, "output_tokens": "x"}, (0, 0, 0, 0), Tokens(0, 0, 0)),
 ])
-def test_usage_shown_and_billed(usage: Any, shown: tuple[int, ...], billed: a.Usage) -> None:
+def test_usage_shown_and_billed(usage: Any, shown: tuple[int, ...], billed: Tokens | None) -> None:
+    """Shown: Anthropic's split. Billed: the upstream's own figures (sse.responses_usage; Meter.settle
+    clamps cached to input), never the translated ones."""
     u = a.anthropic_usage(usage)
     assert (u["input_tokens"], u["cache_read_input_tokens"], u["cache_creation_input_tokens"],
             u["output_tokens"]) == shown
-    assert a.upstream_usage(usage) == billed
+    assert responses_usage(usage) == billed
     # the cached part is counted once: shown input + cache reads = the upstream's input
-    assert u["input_tokens"] + u["cache_read_input_tokens"] == billed.input_tokens
+    assert u["input_tokens"] + u["cache_read_input_tokens"] == (billed.input if billed else 0)
 
 
 # ---------------------------------------------------------------- streams
@@ -443,7 +448,7 @@ def test_stream_and_whole_answer_agree(stream: str) -> None:
     assert {k: message[k] for k in ("content", "stop_reason", "usage")} == \
         {k: whole[k] for k in ("content", "stop_reason", "usage")}
     assert message["id"] == whole["id"] or stream == "stream_items_only.json"  # that one has no response.created
-    assert t.usage == a.upstream_usage(final_response(stream)["usage"])
+    assert t.response == final_response(stream)
 
 
 def test_stream_arguments_only_in_done_reach_the_client() -> None:
@@ -476,12 +481,13 @@ def test_stream_usage_reaches_message_delta_with_cache_reads() -> None:
 
 
 @pytest.mark.parametrize(("stream", "error_type", "message"), [
-    ("stream_failed_context.json", "invalid_request_error", r"^prompt is too long: 250000 tokens > 249999 maximum$"),
+    ("stream_failed_context.json", "invalid_request_error", r"^prompt is too long: 250007 tokens > 250006 maximum$"),
     ("stream_error_event.json", "overloaded_error", "^upstream overloaded: The server is overloaded.$"),
     ("stream_cut.json", "api_error", "^the upstream stream ended before the answer was complete$"),
 ])
 def test_stream_failures_end_with_an_error_event(stream: str, error_type: str, message: str) -> None:
-    t, out = translate(load(stream), prompt_tokens=250_000)
+    big = req(messages=[{"role": "user", "content": "x" * 1_000_000}])  # about 250,000 tokens
+    t, out = translate(load(stream), request=big)
     name, data = out[-1]
     assert name == "error" and data["type"] == "error" and data["error"]["type"] == error_type
     assert __import__("re").match(message, data["error"]["message"])
@@ -503,13 +509,6 @@ def test_stream_never_ends_silently() -> None:
                 assert starts == stops, (stream, cut)  # every block closed, in order
 
 
-def test_stream_usage_for_billing_is_the_upstreams_own() -> None:
-    t, _ = translate(load("stream_reasoning_tool.json"))
-    assert t.usage == a.Usage(input_tokens=3000, cached_tokens=2048, output_tokens=180, reasoning_tokens=120)
-    t, _ = translate(load("stream_cut.json"))
-    assert t.usage is None  # never arrived: the route settles an estimate
-
-
 def test_sse_bytes() -> None:
     out = a.sse([("message_stop", {"type": "message_stop"}), ("ping", {"type": "ping", "t": "é"})])
     assert out == b'event: message_stop\ndata: {"type":"message_stop"}\n\n' \
@@ -519,16 +518,35 @@ def test_sse_bytes() -> None:
 # ---------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize(("status", "retry_after", "error_type", "headers"), [
-    (401, None, "authentication_error", {"x-should-retry": "false"}),
-    (403, None, "permission_error", {"x-should-retry": "false"}),
-    (429, 3600, "rate_limit_error", {"x-should-retry": "false", "retry-after": "3600"}),
+RESET = datetime(2026, 12, 1, 16, 0, tzinfo=timezone.utc)  # Beijing midnight
+AT = RESET - timedelta(hours=1)
+
+
+@pytest.mark.parametrize(("answer", "status", "error_type", "headers", "says"), [
+    (errors.refusal("key_unknown", "no key has this secret", None, AT), 401, "authentication_error",
+     {"x-should-retry": "false"}, "key_unknown"),
+    (errors.refusal("model_not_in_plan", "the model is not in the plan", None, AT), 403, "permission_error",
+     {"x-should-retry": "false"}, "model_not_in_plan"),
+    (errors.refusal("rpd_reached", "today's request limit (RPD) is reached; it resets at 2026-12-01T16:00:00Z",
+                    RESET, AT), 429, "rate_limit_error", {"x-should-retry": "false", "retry-after": "3600"},
+     "rpd_reached"),
+    (errors.refusal("credit_exhausted", "the plan's total credit is used up", None, AT), 429, "rate_limit_error",
+     {"x-should-retry": "false"}, "credit_exhausted"),
+    (errors.bad_request("the request needs a 'model'"), 400, "invalid_request_error", {}, "needs a 'model'"),
+    (errors.upstream_auth("main", 401), 502, "api_error", {}, "operator"),
+    (errors.no_upstream("gpt-5.4", "claude"), 503, "api_error", {}, "planctl upstreams add"),
+    (errors.overloaded("OperationalError"), 529, "overloaded_error", {}, "cannot meter"),
 ])
-def test_refusals(status: int, retry_after: int | None, error_type: str, headers: dict[str, str]) -> None:
-    msg = "rpd_reached: today's request limit (RPD) is reached; it resets at 2026-12-02T00:00:00+08:00"
-    answer = a.refusal_answer(status, msg, retry_after=retry_after)
-    assert (answer.status, answer.headers) == (status, headers)
-    assert answer.body == {"type": "error", "error": {"type": error_type, "message": msg}}
+def test_gateway_answers_in_the_anthropic_format(answer: errors.ErrorAnswer, status: int, error_type: str,
+                                                  headers: dict[str, str], says: str) -> None:
+    """Refusals (by planctl reason code) and the gateway's own errors, as Claude Code must see them: a refusal
+    never invites a retry (Claude Code retries a 401 for three minutes otherwise)."""
+    out = a.from_openai(answer)
+    assert (out.status, out.body["type"], out.body["error"]["type"], out.headers) == \
+        (status, "error", error_type, headers)
+    assert says in out.body["error"]["message"] and out.body["error"]["message"] == answer.body["error"]["message"]
+    if status == 429 and "retry-after" in headers:
+        assert "resets at 2026-12-01T16:00:00Z" in out.body["error"]["message"]  # the reason and the reset time
 
 
 OVERFLOW = {"error": {"message": "Your input exceeds the context window of this model. Please adjust your input and "
@@ -537,14 +555,14 @@ OVERFLOW = {"error": {"message": "Your input exceeds the context window of this 
 
 
 @pytest.mark.parametrize(("status", "body", "retry_after", "expected_status", "error_type", "message", "headers"), [
-    (400, OVERFLOW, None, 400, "invalid_request_error", "prompt is too long: 1234 tokens > 1233 maximum", {}),
+    (400, OVERFLOW, None, 400, "invalid_request_error", "prompt is too long: 1232 tokens > 1231 maximum", {}),
     (400, {"error": {"code": "context_length_exceeded", "message": "This model's maximum context length is 128000 "
                      "tokens. However, your messages resulted in 130500 tokens."}}, None,
      400, "invalid_request_error", "prompt is too long: 130500 tokens > 128000 maximum", {}),
     (401, {"error": {"message": "Incorrect API key provided: sk-up***"}}, None, 502, "api_error",
-     "the upstream refused the gateway's own credentials or quota: the operator must fix the upstream", {}),
+     "the upstream refused the gateway's own credentials or quota: the operator must fix it", {}),
     (429, {"error": {"code": "insufficient_quota", "message": "You exceeded your current quota"}}, None, 502,
-     "api_error", "the upstream refused the gateway's own credentials or quota: the operator must fix the upstream", {}),
+     "api_error", "the upstream refused the gateway's own credentials or quota: the operator must fix it", {}),
     (429, {"error": {"code": "rate_limit_exceeded", "message": "Slow down"}}, 7, 429, "rate_limit_error",
      "upstream rate limit: Slow down", {"retry-after": "7"}),
     (503, {"error": {"message": "overloaded"}}, None, 529, "overloaded_error", "upstream overloaded: overloaded", {}),
@@ -555,7 +573,8 @@ OVERFLOW = {"error": {"message": "Your input exceeds the context window of this 
 ])
 def test_upstream_errors(status: int, body: Any, retry_after: int | None, expected_status: int, error_type: str,
                          message: str, headers: dict[str, str]) -> None:
-    answer = a.upstream_answer(status, body, prompt_tokens=1234, retry_after=retry_after)
+    answer = a.upstream_answer(status, body, req(messages=[{"role": "user", "content": "x" * 4_900}]),
+                               retry_after=retry_after)
     assert (answer.status, answer.body["error"]["type"], answer.body["error"]["message"], answer.headers) == \
         (expected_status, error_type, message, headers)
     assert "sk-up" not in json.dumps(answer.body)
@@ -565,8 +584,8 @@ def test_overflow_message_is_what_claude_code_matches() -> None:
     import re
 
     pattern = re.compile(r"^prompt is too long: \d+ tokens > \d+ maximum$")  # from the Claude Code binary
-    for prompt_tokens in (0, 1, 999_999):
-        assert pattern.match(a.too_long("Your input exceeds the context window", prompt_tokens))
+    for request in (None, req(), load("claude_code_request.json")):
+        assert pattern.match(a.too_long("Your input exceeds the context window", request))
 
 
 # ---------------------------------------------------------------- count_tokens

@@ -2,8 +2,8 @@
 
 Requests go out with `to_responses`, answers come back with `to_message` (whole
 answers) or `StreamTranslator` (SSE events, one at a time), errors with
-`error_answer` / `refusal_answer` / `upstream_answer`. Billing never uses the
-translated figures: `upstream_usage` returns what the upstream itself reported.
+`error_answer` / `from_openai` / `upstream_answer`. Billing never uses the
+translated figures: it reads the upstream's own usage with `sse.responses_usage`.
 No I/O, no clock: the routes do that. `../shared/research/gateway-wire.md` §2-3
 lists what clients send and which translation bugs other gateways shipped.
 """
@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
+from planctl.gateway.errors import ErrorAnswer
+from planctl.gateway.sse import Tokens, responses_usage
 
 # A thinking block's signature carries the reasoning item's encrypted content, so
 # the next turn can give the upstream its own reasoning back. The prefix tells our
@@ -308,34 +311,12 @@ def message_id(response_id: Any) -> str:
 
 
 def anthropic_usage(usage: Any) -> dict[str, int]:
-    """The upstream's usage as Anthropic reports it: input excludes cache reads; no cache writes."""
-    u = upstream_usage(usage)
-    return {"input_tokens": u.input_tokens - u.cached_tokens, "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": u.cached_tokens, "output_tokens": u.output_tokens}
-
-
-@dataclass(frozen=True)
-class Usage:
-    """The upstream's own figures, as billing takes them (`cached_tokens` is part of `input_tokens`)."""
-    input_tokens: int = 0
-    cached_tokens: int = 0
-    output_tokens: int = 0  # reasoning included
-    reasoning_tokens: int = 0
-
-
-def upstream_usage(usage: Any) -> Usage:
-    """The usage object of a Responses answer as the upstream reported it (cached clamped to input)."""
-    if not isinstance(usage, dict):
-        return Usage()
-    details = usage.get("input_tokens_details") if isinstance(usage.get("input_tokens_details"), dict) else {}
-    out = usage.get("output_tokens_details") if isinstance(usage.get("output_tokens_details"), dict) else {}
-    total_in = _count(usage.get("input_tokens"))
-    return Usage(total_in, min(_count(details.get("cached_tokens")), total_in), _count(usage.get("output_tokens")),
-                 _count(out.get("reasoning_tokens")))
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    """A Responses usage object as Anthropic reports usage: input excludes cache reads (counted once,
+    as `cache_read_input_tokens`), and there are no cache writes. Billing does not read this."""
+    t = responses_usage(usage) or Tokens()
+    cached = min(t.cached, t.input)
+    return {"input_tokens": t.input - cached, "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached,
+            "output_tokens": t.output}
 
 
 def stop_reason(status: Any, incomplete_reason: Any, *, called: bool, refused: bool) -> str:
@@ -440,7 +421,7 @@ class StreamTranslator:
 
     model: str  # the name the client asked for
     show_thinking: bool = True
-    prompt_tokens: int = 0  # the request's estimate, for the "prompt is too long" message
+    request: Any = None  # the client's request: its size goes into a "prompt is too long" message
     response: dict[str, Any] | None = None  # the terminal response object, once seen
     done: bool = False
     _started: bool = False
@@ -448,13 +429,6 @@ class StreamTranslator:
     _open: _Block | None = None
     _called: bool = False
     _refused: bool = False
-
-    @property
-    def usage(self) -> Usage | None:
-        """The upstream's own usage (for billing), once a terminal event carried it."""
-        if self.response is None or not isinstance(self.response.get("usage"), dict):
-            return None
-        return upstream_usage(self.response["usage"])
 
     def feed(self, event: dict[str, Any]) -> list[Event]:
         if self.done or not isinstance(event, dict):
@@ -567,8 +541,7 @@ class StreamTranslator:
         response = ev.get("response") if isinstance(ev.get("response"), dict) else None
         if response is not None:
             self.response = response
-        error_type, message = stream_error(response.get("error") if response is not None else ev,
-                                           prompt_tokens=self.prompt_tokens)
+        error_type, message = stream_error(response.get("error") if response is not None else ev, self.request)
         out.extend(self.fail(error_type, message))
 
     _HANDLERS = {
@@ -645,13 +618,6 @@ def _int(value: Any) -> int:
 # ---------------------------------------------------------------- errors in the Anthropic format
 
 
-@dataclass(frozen=True)
-class ErrorAnswer:
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-
-
 def error_body(error_type: str, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": error_type, "message": message}}
 
@@ -672,49 +638,61 @@ def refusal_answer(status: int, message: str, *, retry_after: int | None = None)
     return error_answer(status, message, retry_after=retry_after if status == 429 else None, retry=False)
 
 
-def upstream_answer(status: int, body: Any, *, prompt_tokens: int, retry_after: int | None = None) -> ErrorAnswer:
-    """The client's answer for an upstream's error answer (`body` parsed JSON, or anything)."""
+def from_openai(answer: ErrorAnswer) -> ErrorAnswer:
+    """One of the gateway's own answers (errors.py, in the OpenAI format) in the Anthropic format."""
+    error = answer.body.get("error") if isinstance(answer.body.get("error"), dict) else {}
+    message = str(error.get("message") or f"HTTP {answer.status}")
+    if error.get("reason"):  # a refusal, by its planctl reason code
+        wait = answer.headers.get("Retry-After")
+        return refusal_answer(answer.status, message, retry_after=int(wait) if wait else None)
+    if error.get("code") == "server_is_overloaded":
+        return error_answer(529, message, error_type="overloaded_error")
+    return error_answer(answer.status, message)
+
+
+def upstream_answer(status: int, body: Any, request: Any, *, retry_after: int | None = None) -> ErrorAnswer:
+    """The client's answer for an upstream's error answer (`body` parsed JSON, or anything) to `request`."""
     error = body.get("error") if isinstance(body, dict) else None
-    error = error if isinstance(error, dict) else {}
-    code, message = error.get("code") or error.get("type"), str(error.get("message") or f"upstream status {status}")
-    if code == "context_length_exceeded":
-        return error_answer(400, too_long(message, prompt_tokens))
-    if status in (401, 403) or code == "insufficient_quota":
-        return error_answer(502, "the upstream refused the gateway's own credentials or quota: "
-                                 "the operator must fix the upstream", error_type="api_error")
-    if status == 429:
-        return error_answer(429, f"upstream rate limit: {message}", retry_after=retry_after)
-    if status in (502, 503, 504) or code in ("server_is_overloaded", "slow_down"):
-        return error_answer(529, f"upstream overloaded: {message}", error_type="overloaded_error")
-    if status >= 500:
-        return error_answer(500, f"upstream error: {message}")
-    return error_answer(status if status in ERROR_TYPES else 400, message)
+    status, kind, message = _upstream_error(status, error if isinstance(error, dict) else {}, request)
+    return error_answer(status, message, error_type=kind, retry_after=retry_after if status == 429 else None)
 
 
-def stream_error(error: Any, *, prompt_tokens: int) -> tuple[str, str]:
-    """(type, message) of the `event: error` for an upstream failure inside a stream."""
+def stream_error(error: Any, request: Any) -> tuple[str, str]:
+    """(type, message) of the `event: error` for an upstream failure inside a stream (`response.failed`'s
+    error, or an `error` event, whose error may be nested)."""
     error = error if isinstance(error, dict) else {}
     nested = error.get("error")
-    error = nested if isinstance(nested, dict) else error
-    code, message = error.get("code") or error.get("type"), str(error.get("message") or "the upstream failed")
+    _status, kind, message = _upstream_error(None, nested if isinstance(nested, dict) else error, request)
+    return kind, message
+
+
+def _upstream_error(status: int | None, error: dict[str, Any], request: Any) -> tuple[int, str, str]:
+    """(status, type, message) for the client, from an upstream's status (None inside a stream) and error."""
+    code = error.get("code") or error.get("type")
+    message = str(error.get("message") or (f"upstream status {status}" if status else "the upstream failed"))
     if code == "context_length_exceeded":
-        return "invalid_request_error", too_long(message, prompt_tokens)
-    if code in ("rate_limit_exceeded", "rate_limit_error"):
-        return "rate_limit_error", f"upstream rate limit: {message}"
-    if code in ("server_is_overloaded", "slow_down", "overloaded_error"):
-        return "overloaded_error", f"upstream overloaded: {message}"
-    return "api_error", f"upstream error: {message}"
+        return 400, "invalid_request_error", too_long(message, request)
+    if status in (401, 403) or code == "insufficient_quota":
+        return 502, "api_error", "the upstream refused the gateway's own credentials or quota: the operator must fix it"
+    if status == 429 or code in ("rate_limit_exceeded", "rate_limit_error"):
+        return 429, "rate_limit_error", f"upstream rate limit: {message}"
+    if status in (502, 503, 504) or code in ("server_is_overloaded", "slow_down", "overloaded_error"):
+        return 529, "overloaded_error", f"upstream overloaded: {message}"
+    if status is None or status >= 500:
+        return 500, "api_error", f"upstream error: {message}"
+    status = status if status in ERROR_TYPES else 400
+    return status, ERROR_TYPES[status], message
 
 
-def too_long(upstream_message: str, prompt_tokens: int) -> str:
+def too_long(upstream_message: str, request: Any) -> str:
     """Claude Code compacts the conversation when it reads exactly `prompt is too long: N tokens > M maximum`.
 
     The figures come from the upstream's message when it has them (Chat-style "maximum context length is M
-    tokens … resulted in N tokens"); the Responses API gives none, so N is the request's estimate and M is
-    just below it."""
+    tokens … resulted in N tokens"); the Responses API gives none, so N is the request's estimate
+    (`estimate_tokens`) and M just below it."""
     limit = re.search(r"maximum context length is (\d+)", upstream_message)
     used = re.search(r"(?:resulted in|requested(?: about)?) (\d+) tokens", upstream_message)
-    n = int(used.group(1)) if used else max(prompt_tokens, 1)
+    n = int(used.group(1)) if used else estimate_tokens(request)
     m = int(limit.group(1)) if limit else n - 1
     return f"prompt is too long: {max(n, m + 1)} tokens > {m} maximum"
 
