@@ -8,8 +8,12 @@ SSE (deltas, `finish_reason`, the usage chunk when `stream_options.include_usage
 
 What it does is set on the object (tests run it in a thread and change it between requests):
 `usage`, `deltas`, `delay` (seconds before the answer), `event_delay`, `fail` (statuses to answer
-the next requests with, one each), `break_after` (events sent before the connection is cut),
-`key` (the secret it expects; another one gets 401). It records each request in `requests`.
+the next requests with, one each; `fail_error` is their error object), `break_after` (events
+sent before the connection is cut), `key` (the secret it expects; another one gets 401),
+`scripts` (Responses event lists, e.g. the recorded samples in tests/fixtures/anthropic/, to
+answer the next requests with, one each: reasoning items with encrypted content, arguments only
+in `function_call_arguments.done`, parallel calls, refusals, `response.failed`…; a whole answer
+is the final event's response). It records each request in `requests`.
 
 Plain asyncio with HTTP/1.1 keep-alive and TCP_NODELAY (a server that writes headers and
 body separately stalls about 40 ms on delayed ACKs otherwise), so it is also the baseline
@@ -44,6 +48,8 @@ class FakeUpstream:
     delay: float = 0.0
     event_delay: float = 0.0
     fail: list[int] = field(default_factory=list)
+    fail_error: dict[str, Any] | None = None
+    scripts: list[list[dict[str, Any]]] = field(default_factory=list)
     break_after: int | None = None
     retry_after: str | None = None
     record: bool = True
@@ -137,11 +143,17 @@ class FakeUpstream:
         if self.fail:
             status = self.fail.pop(0)
             extra = {"Retry-After": self.retry_after} if self.retry_after else {}
-            return self._json(writer, status, {"error": {"message": f"fake upstream failure {status}",
-                                                         "type": "server_error", "code": None}}, extra)
+            error = self.fail_error or {"message": f"fake upstream failure {status}", "type": "server_error",
+                                        "code": None}
+            return self._json(writer, status, {"error": error}, extra)
         if method != "POST" or not (path.endswith("/responses") or path.endswith("/chat/completions")):
             return self._json(writer, 404, {"error": {"message": "not found", "type": "invalid_request_error"}})
         chat = path.endswith("/chat/completions")
+        if self.scripts and not chat:
+            events: list[tuple[str | None, Any]] = [(e["type"], e) for e in self.scripts.pop(0)]
+            if not body.get("stream"):
+                return self._json(writer, 200, events[-1][1].get("response") or events[-1][1])
+            return await self._stream(writer, events, chat)
         events = chat_events(self, body) if chat else responses_events(self, body)
         if not body.get("stream"):
             return self._json(writer, 200, chat_body(self, body) if chat else events[-1][1]["response"])

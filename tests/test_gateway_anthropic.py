@@ -518,6 +518,9 @@ def test_sse_bytes() -> None:
 # ---------------------------------------------------------------- errors
 
 
+OVERFLOW = {"error": {"message": "Your input exceeds the context window of this model. Please adjust your input and "
+                                 "try again.", "type": "invalid_request_error", "param": "input",
+                      "code": "context_length_exceeded"}}
 RESET = datetime(2026, 12, 1, 16, 0, tzinfo=timezone.utc)  # Beijing midnight
 AT = RESET - timedelta(hours=1)
 
@@ -536,22 +539,24 @@ AT = RESET - timedelta(hours=1)
     (errors.upstream_auth("main", 401), 502, "api_error", {}, "operator"),
     (errors.no_upstream("gpt-5.4", "claude"), 503, "api_error", {}, "planctl upstreams add"),
     (errors.overloaded("OperationalError"), 529, "overloaded_error", {}, "cannot meter"),
+    (errors.upstream_unreachable("main: ConnectError"), 502, "api_error", {}, "no upstream could be reached"),
+    (errors.from_upstream(400, json.dumps(OVERFLOW).encode(), None), 400, "invalid_request_error", {},
+     "prompt is too long: "),
+    (errors.from_upstream(429, b'{"error": {"code": "rate_limit_exceeded", "message": "slow"}}', "7"), 429,
+     "rate_limit_error", {"retry-after": "7"}, "upstream rate limit: slow"),
+    (errors.from_upstream(503, b"<html>busy</html>", None), 529, "overloaded_error", {}, "upstream overloaded"),
 ])
 def test_gateway_answers_in_the_anthropic_format(answer: errors.ErrorAnswer, status: int, error_type: str,
                                                   headers: dict[str, str], says: str) -> None:
-    """Refusals (by planctl reason code) and the gateway's own errors, as Claude Code must see them: a refusal
-    never invites a retry (Claude Code retries a 401 for three minutes otherwise)."""
-    out = a.from_openai(answer)
+    """Refusals (by planctl reason code), the gateway's own errors and the upstream's (as errors.py hands
+    them to a route), as Claude Code must see them: a refusal never invites a retry (Claude Code retries a
+    401 for three minutes otherwise); an upstream's trouble may pass, so it may."""
+    out = a.from_openai(answer, req())
     assert (out.status, out.body["type"], out.body["error"]["type"], out.headers) == \
         (status, "error", error_type, headers)
-    assert says in out.body["error"]["message"] and out.body["error"]["message"] == answer.body["error"]["message"]
-    if status == 429 and "retry-after" in headers:
+    assert says in out.body["error"]["message"]
+    if answer.body["error"].get("reason") == "rpd_reached":
         assert "resets at 2026-12-01T16:00:00Z" in out.body["error"]["message"]  # the reason and the reset time
-
-
-OVERFLOW = {"error": {"message": "Your input exceeds the context window of this model. Please adjust your input and "
-                                 "try again.", "type": "invalid_request_error", "param": "input",
-                      "code": "context_length_exceeded"}}
 
 
 @pytest.mark.parametrize(("status", "body", "retry_after", "expected_status", "error_type", "message", "headers"), [

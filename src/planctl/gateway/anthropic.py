@@ -638,16 +638,23 @@ def refusal_answer(status: int, message: str, *, retry_after: int | None = None)
     return error_answer(status, message, retry_after=retry_after if status == 429 else None, retry=False)
 
 
-def from_openai(answer: ErrorAnswer) -> ErrorAnswer:
-    """One of the gateway's own answers (errors.py, in the OpenAI format) in the Anthropic format."""
+# The codes of the gateway's own errors (errors.py); any other non-refusal is an upstream's own error.
+GATEWAY_CODES = frozenset({"invalid_request", "no_upstream", "upstream_auth_failed", "upstream_unreachable"})
+
+
+def from_openai(answer: ErrorAnswer, request: Any = None) -> ErrorAnswer:
+    """An answer in the OpenAI format (errors.py) in the Anthropic one: a refusal by its planctl reason
+    code, the gateway's own errors by status, an upstream's own error (errors.from_upstream, after
+    failover) as `upstream_answer` words it for `request`."""
     error = answer.body.get("error") if isinstance(answer.body.get("error"), dict) else {}
     message = str(error.get("message") or f"HTTP {answer.status}")
-    if error.get("reason"):  # a refusal, by its planctl reason code
-        wait = answer.headers.get("Retry-After")
-        return refusal_answer(answer.status, message, retry_after=int(wait) if wait else None)
-    if error.get("code") == "server_is_overloaded":
-        return error_answer(529, message, error_type="overloaded_error")
-    return error_answer(answer.status, message)
+    wait = answer.headers.get("Retry-After")
+    retry_after = int(wait) if wait and wait.isdigit() else None
+    if error.get("reason"):
+        return refusal_answer(answer.status, message, retry_after=retry_after)
+    if error.get("code") in GATEWAY_CODES:
+        return error_answer(answer.status, message)
+    return upstream_answer(answer.status, answer.body, request, retry_after=retry_after)
 
 
 def upstream_answer(status: int, body: Any, request: Any, *, retry_after: int | None = None) -> ErrorAnswer:

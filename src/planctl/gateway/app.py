@@ -1,5 +1,6 @@
 """The OpenAI routes of `planctl serve` (Starlette): /v1/responses, /v1/chat/completions,
-/v1/models and /healthz. Every answer carries `x-request-id` (the usage record's request id).
+/v1/models and /healthz; the app also serves the Claude API routes of claude.py. Every answer
+carries `x-request-id` (the usage record's request id).
 
 A route parses its body, then hands it to core.py: admit, forward (only `model` is rewritten, to
 the billed model; Chat streams also ask for usage), relay or read the answer, settle.
@@ -20,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from planctl.gateway import errors
+from planctl.gateway import anthropic, errors
 from planctl.gateway.core import Call, Gateway, Settings, new_call, secret_of
 from planctl.gateway.errors import ErrorAnswer
 from planctl.gateway.sse import ChatStream, ResponsesStream, Tokens, chat_usage, responses_usage
@@ -157,6 +158,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
                                                      "method not allowed" if status == 405 else "internal error")
     if status >= 500:
         log.error("%s failed: %s", request.url.path, type(exc).__name__)
+    if request.url.path.startswith("/v1/messages"):  # the Claude API's own error format
+        claude = anthropic.error_answer(status, text)
+        return json_response(claude.body, status, call.request_id, claude.headers)
     return openai_error(errors.error(status, text, kind, None), call)
 
 
@@ -188,7 +192,9 @@ def create_app(gateway: Gateway | None = None, routes: list[Route] | None = None
         finally:
             await gw.stop()
 
-    return Starlette(routes=[*ROUTES, *(routes or [])], lifespan=lifespan,
+    from planctl.gateway import claude  # imported here: its routes build on this module's
+
+    return Starlette(routes=[*ROUTES, *claude.ROUTES, *(routes or [])], lifespan=lifespan,
                      exception_handlers={HTTPException: _http_error, Exception: _http_error})
 
 
