@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -396,19 +396,24 @@ Event = tuple[str, dict[str, Any]]  # (event name, data)
 
 def sse(events: list[Event]) -> bytes:
     """Anthropic server-sent events as bytes."""
-    return b"".join(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n" for name, data in events)
+    return b"".join([b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n" for name, data in events])
 
 
-@dataclass
+@dataclass(slots=True)
 class _Block:
+    key: tuple[int, int]  # (output index, content index or -1)
     index: int
     kind: str  # text, thinking, tool_use
-    sent: str = ""  # text, thinking or argument characters sent so far
+    sent: int = 0  # characters of text, thinking or arguments sent so far (deltas are prefixes of the whole)
     summary_index: int | None = None
     closed: bool = False
 
 
-@dataclass
+# The deltas that make up most of a stream, sent straight on when their block is the open one.
+_FAST = {"response.output_text.delta": ("text", "text_delta", "text"),
+         "response.function_call_arguments.delta": ("tool_use", "input_json_delta", "partial_json")}
+
+
 class StreamTranslator:
     """Fed parsed Responses SSE events in order, yields Anthropic SSE events.
 
@@ -419,22 +424,29 @@ class StreamTranslator:
     interleave: opening one closes the one before.
     """
 
-    model: str  # the name the client asked for
-    show_thinking: bool = True
-    request: Any = None  # the client's request: its size goes into a "prompt is too long" message
-    response: dict[str, Any] | None = None  # the terminal response object, once seen
-    done: bool = False
-    _started: bool = False
-    _blocks: dict[tuple[int, int], _Block] = field(default_factory=dict)
-    _open: _Block | None = None
-    _called: bool = False
-    _refused: bool = False
+    def __init__(self, *, model: str, show_thinking: bool = True, request: Any = None) -> None:
+        self.model = model  # the name the client asked for
+        self.show_thinking = show_thinking
+        self.request = request  # the client's request: its size goes into a "prompt is too long" message
+        self.response: dict[str, Any] | None = None  # the terminal response object, once seen
+        self.done = False
+        self._started = self._called = self._refused = False
+        self._blocks: dict[tuple[int, int], _Block] = {}
+        self._open: _Block | None = None
 
     def feed(self, event: dict[str, Any]) -> list[Event]:
         if self.done or not isinstance(event, dict):
             return []
-        out: list[Event] = []
         kind = event.get("type")
+        block, fast = self._open, _FAST.get(kind)  # type: ignore[arg-type]
+        if fast and block is not None and block.kind == fast[0] and \
+                block.key == (event.get("output_index"), event.get("content_index", -1)):
+            text = event.get("delta")
+            if not isinstance(text, str) or not text:
+                return []
+            block.sent += len(text)
+            return [_delta(block.index, {"type": fast[1], fast[2]: text})]
+        out: list[Event] = []
         if not self._started and kind not in ("error", "response.failed"):
             self._start(event.get("response"), out)
         handler = self._HANDLERS.get(kind)  # type: ignore[arg-type]
@@ -476,11 +488,6 @@ class StreamTranslator:
             self._refused = True
         block = self._block(ev.get("output_index"), ev.get("content_index"), {"type": "text"}, out)
         self._send(block, str(ev.get("delta") or ""), out)
-
-    def _text_done(self, ev: dict[str, Any], out: list[Event]) -> None:
-        final = ev.get("text") if ev.get("type") == "response.output_text.done" else ev.get("refusal")
-        block = self._block(ev.get("output_index"), ev.get("content_index"), {"type": "text"}, out)
-        self._catch_up(block, final, out)
 
     def _thinking_delta(self, ev: dict[str, Any], out: list[Event]) -> None:
         block = self._blocks.get((_int(ev.get("output_index")), -1))
@@ -549,8 +556,6 @@ class StreamTranslator:
         "response.content_part.added": _part_added,
         "response.output_text.delta": _text_delta,
         "response.refusal.delta": _text_delta,
-        "response.output_text.done": _text_done,
-        "response.refusal.done": _text_done,
         "response.reasoning_summary_text.delta": _thinking_delta,
         "response.function_call_arguments.delta": _arguments_delta,
         "response.function_call_arguments.done": _arguments_done,
@@ -560,6 +565,7 @@ class StreamTranslator:
         "response.failed": _failed,
         "error": _failed,
     }
+    HANDLED = frozenset(_HANDLERS)  # the events worth parsing
 
     # -- blocks
 
@@ -579,7 +585,7 @@ class StreamTranslator:
                      "input": {}}
         else:
             start = {"type": "text", "text": ""}
-        block = self._blocks[key] = self._open = _Block(len(self._blocks), start["type"])
+        block = self._blocks[key] = self._open = _Block(key, len(self._blocks), start["type"])
         out.append(("content_block_start", {"type": "content_block_start", "index": block.index,
                                             "content_block": start}))
         return block
@@ -587,7 +593,7 @@ class StreamTranslator:
     def _send(self, block: _Block, text: str, out: list[Event]) -> None:
         if not text or block.closed:
             return
-        block.sent += text
+        block.sent += len(text)
         delta = {"text": {"type": "text_delta", "text": text},
                  "thinking": {"type": "thinking_delta", "thinking": text},
                  "tool_use": {"type": "input_json_delta", "partial_json": text}}[block.kind]
@@ -595,8 +601,8 @@ class StreamTranslator:
 
     def _catch_up(self, block: _Block, final: Any, out: list[Event]) -> None:
         """Send the part of the final text that no delta carried (all of it when none did)."""
-        if isinstance(final, str) and final.startswith(block.sent):
-            self._send(block, final[len(block.sent):], out)
+        if isinstance(final, str) and len(final) > block.sent:
+            self._send(block, final[block.sent:], out)
 
     def _close(self, block: _Block, out: list[Event]) -> None:
         if block.closed:

@@ -30,22 +30,46 @@ log = logging.getLogger("planctl.gateway")
 
 class ClaudeStream(ResponsesStream):
     """Reads the upstream's Responses stream as /v1/responses does (usage, end, error) and writes
-    Anthropic events to the client instead of the upstream's."""
+    Anthropic events to the client instead of the upstream's. Events the translator has no use
+    for are dropped by their name, unparsed (most of a stream's cost is parsing)."""
 
     def __init__(self, request_id: str, translator: anthropic.StreamTranslator) -> None:
         super().__init__(request_id)
         self.translator = translator
 
     def relay(self, event: bytes) -> bytes:
-        super().relay(event)
+        name = _name(event)
+        if name is not None and name not in anthropic.StreamTranslator.HANDLED:
+            return b""
+        if name is None or name in TERMINAL:
+            super().relay(event)
         try:
-            payload = orjson.loads(data_of(event))
+            payload = orjson.loads(_data(event))
         except orjson.JSONDecodeError:
             return b""
         return anthropic.sse(self.translator.feed(payload)) if isinstance(payload, dict) else b""
 
     def fail(self, message: str) -> bytes:
         return anthropic.sse(self.translator.fail("api_error", message))
+
+
+TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def _name(event: bytes) -> str | None:
+    """The `event:` name of an event that starts with one (upstreams send it first), else None."""
+    if not event.startswith(b"event:"):
+        return None
+    return event[6:event.find(b"\n")].strip().decode("utf-8", "replace")
+
+
+def _data(event: bytes) -> bytes:
+    """The `data:` payload: the one line that nearly every event has, else sse.data_of's join."""
+    start = event.find(b"data:")
+    end = event.find(b"\n", start)
+    if start < 0 or end < 0 or event.find(b"data:", end) >= 0:
+        return data_of(event)
+    return event[start + 5:end].strip()
 
 
 def anthropic_error(answer: ErrorAnswer, call: Call) -> Response:
