@@ -20,8 +20,10 @@ def serve(
     default_output: Annotated[int, typer.Option(
         "--default-output-tokens", help="Output tokens assumed by a hold when a request sets no cap.")] = 4096,
 ) -> None:
-    """Serve the OpenAI API (/v1/responses, /v1/chat/completions, /v1/models) to planctl keys.
+    """Serve the OpenAI API and the Claude API to planctl keys.
 
+    /v1/responses, /v1/chat/completions and /v1/models for Codex CLI and OpenAI SDKs;
+    /v1/messages for Claude Code and Anthropic SDKs (translated to the Responses API).
     Every request is authenticated, admitted with a hold, forwarded to an upstream
     (planctl upstreams), metered from the upstream's own usage and settled.
 
