@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -204,8 +205,8 @@ def test_server_tools_dropped_with_a_note() -> None:
 
 def test_sampling_params_dropped_with_a_note() -> None:
     notes = a.to_responses(req(temperature=0.3, stop_sequences=["x"]), model="m").notes
-    assert notes == ("temperature dropped: the upstream reasoning model does not take it",
-                     "stop_sequences dropped: the upstream reasoning model does not take it")
+    assert notes == ("temperature dropped: reasoning models refuse sampling parameters",
+                     "stop_sequences dropped: the Responses API has no stop sequences")
 
 
 def test_claude_code_request_sample() -> None:
@@ -258,6 +259,7 @@ def test_prompt_cache_key_is_stable_per_session() -> None:
      "messages.0.content.0: tool_result needs a tool_use_id"),
     (req(system=5), "system: a string or a list of text blocks is required"),
     (req(tools=[{"description": "no name"}]), "tools: every tool needs a name"),
+    (req(tools=[{"name": "x", "type": 3}]), "tools: every tool needs a name"),
 ])
 def test_bad_requests_say_what_is_wrong(body: Any, message: str) -> None:
     with pytest.raises(a.BadRequest, match=f"^{message}"):
@@ -612,3 +614,51 @@ def test_estimate_grows_with_the_request_and_never_fails() -> None:
     for _ in range(100_000):
         deep = [deep]
     assert a.estimate_tokens({"messages": deep}) >= 1  # no recursion limit
+
+
+# ---------------------------------------------------------------- robustness
+
+
+def _mutations(value: Any, rng: Any, count: int) -> Iterator[Any]:
+    """`count` copies of `value`, each with one node (anywhere in it) replaced by an odd value."""
+    def paths(v: Any, at: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+        yield at
+        children = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
+        for k, child in children:
+            yield from paths(child, (*at, k))
+
+    every = list(paths(value))
+    for _ in range(count):
+        copy_ = copy.deepcopy(value)
+        path = rng.choice(every[1:])
+        node = copy_
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = rng.choice([None, 5, -1, True, "x", "", [], {}, [None], {"type": 5}])
+        yield copy_
+
+
+def test_odd_requests_are_bad_requests_never_crashes() -> None:
+    import random
+
+    rng = random.Random(16)
+    for body in _mutations(load("claude_code_request.json"), rng, 1_500):
+        try:
+            a.to_responses(body, model="m")
+        except a.BadRequest:
+            pass
+        assert a.estimate_tokens(body) >= 1
+
+
+def test_odd_upstream_events_never_crash_and_the_stream_still_ends() -> None:
+    import random
+
+    rng = random.Random(16)
+    for name in ("stream_reasoning_tool.json", "stream_parallel_tools.json", "stream_refusal.json"):
+        for events in _mutations(load(name), rng, 400):
+            t = a.StreamTranslator(model="m")
+            out = [e for ev in events for e in t.feed(ev)] + t.finish()
+            assert out[-1][0] in ("message_stop", "error")
+            a.sse(out)
+            last = events[-1]
+            a.to_message(last.get("response") if isinstance(last, dict) else last, model="m")

@@ -29,6 +29,12 @@ SIGNATURE_PREFIX = "planctl-rs1:"
 MIN_OUTPUT_TOKENS = 16  # the Responses API refuses max_output_tokens below 16
 IMAGE_TOKENS = 1_600  # what Anthropic charges for an image of about 1.15 megapixels, its largest size
 EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
+DROPPED = {  # request fields with no Responses equivalent, and why
+    "temperature": "reasoning models refuse sampling parameters",
+    "top_p": "reasoning models refuse sampling parameters",
+    "top_k": "the Responses API has no top_k",
+    "stop_sequences": "the Responses API has no stop sequences",
+}
 ERROR_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 402: "billing_error", 403: "permission_error",
     404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
@@ -70,6 +76,8 @@ def to_responses(req: Any, *, model: str, session_id: str | None = None) -> Tran
     body["stream"] = bool(req.get("stream"))
     body["store"] = False
     body["include"] = ["reasoning.encrypted_content"]
+    if not isinstance(req.get("tools") or [], list):
+        raise BadRequest("tools: a list of tools is required")
     tools = [t for t in (_tool(t, notes) for t in req.get("tools") or ()) if t is not None]
     if tools:
         body["tools"] = tools
@@ -77,9 +85,7 @@ def to_responses(req: Any, *, model: str, session_id: str | None = None) -> Tran
     show_thinking = _reasoning(req, body)
     _text_format(req, body)
     _identity(req.get("metadata"), session_id, body)
-    for name in ("temperature", "top_p", "top_k", "stop_sequences"):
-        if req.get(name) is not None:
-            notes.append(f"{name} dropped: the upstream reasoning model does not take it")
+    notes.extend(f"{name} dropped: {why}" for name, why in DROPPED.items() if req.get(name) is not None)
     return Translated(body, tuple(notes), show_thinking)
 
 
@@ -211,8 +217,8 @@ def _reasoning_item(b: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _tool(t: Any, notes: list[str]) -> dict[str, Any] | None:
-    if not isinstance(t, dict) or not isinstance(t.get("name"), str):
-        raise BadRequest("tools: every tool needs a name")
+    if not isinstance(t, dict) or not isinstance(t.get("name"), str) or not isinstance(t.get("type", ""), str):
+        raise BadRequest("tools: every tool needs a name (and a type, if any, is text)")
     kind = t.get("type") or "custom"
     if kind == "custom":
         if t.get("defer_loading"):
@@ -255,7 +261,7 @@ def _reasoning(req: dict[str, Any], body: dict[str, Any]) -> bool:
     thinking = req.get("thinking") if isinstance(req.get("thinking"), dict) else {}
     config = req.get("output_config") if isinstance(req.get("output_config"), dict) else {}
     show = thinking.get("display") != "omitted"
-    effort = EFFORTS.get(config.get("effort"))  # type: ignore[arg-type]
+    effort = EFFORTS.get(config["effort"]) if isinstance(config.get("effort"), str) else None
     if thinking.get("type") == "enabled" and effort is None:
         effort = effort_for_budget(thinking.get("budget_tokens"))
     elif thinking.get("type") == "adaptive" and effort is None:
@@ -367,13 +373,13 @@ def to_message(response: Any, *, model: str, show_thinking: bool = True) -> dict
     response = response if isinstance(response, dict) else {}
     content: list[dict[str, Any]] = []
     called = refused = False
-    for item in response.get("output") or ():
+    for item in _list(response.get("output")):
         kind = item.get("type") if isinstance(item, dict) else None
         if kind == "reasoning":
             content.append({"type": "thinking", "thinking": thinking_text(item) if show_thinking else "",
                             "signature": signature(item)})
         elif kind == "message":
-            for part in item.get("content") or ():
+            for part in _list(item.get("content")):
                 text = _part_text(part) if isinstance(part, dict) else None
                 if text is not None:
                     refused = refused or part["type"] == "refusal"
@@ -435,10 +441,10 @@ class StreamTranslator:
         self._open: _Block | None = None
 
     def feed(self, event: dict[str, Any]) -> list[Event]:
-        if self.done or not isinstance(event, dict):
+        kind = event.get("type") if isinstance(event, dict) else None
+        if self.done or not isinstance(kind, str):
             return []
-        kind = event.get("type")
-        block, fast = self._open, _FAST.get(kind)  # type: ignore[arg-type]
+        block, fast = self._open, _FAST.get(kind)
         if fast and block is not None and block.kind == fast[0] and \
                 block.key == (event.get("output_index"), event.get("content_index", -1)):
             text = event.get("delta")
@@ -449,7 +455,7 @@ class StreamTranslator:
         out: list[Event] = []
         if not self._started and kind not in ("error", "response.failed"):
             self._start(event.get("response"), out)
-        handler = self._HANDLERS.get(kind)  # type: ignore[arg-type]
+        handler = self._HANDLERS.get(kind)
         if handler is not None:
             handler(self, event, out)
         return out
@@ -515,7 +521,7 @@ class StreamTranslator:
         item = ev.get("item") if isinstance(ev.get("item"), dict) else {}
         index, kind = ev.get("output_index"), item.get("type")
         if kind == "message":
-            for c, part in enumerate(item.get("content") or ()):
+            for c, part in enumerate(_list(item.get("content"))):
                 text = _part_text(part) if isinstance(part, dict) else None
                 if text is not None:
                     self._refused = self._refused or part["type"] == "refusal"
@@ -615,6 +621,10 @@ class StreamTranslator:
 
 def _delta(index: int, delta: dict[str, Any]) -> Event:
     return ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _int(value: Any) -> int:

@@ -24,14 +24,16 @@ def responses_usage(usage: Any) -> Tokens | None:
     `output_tokens` includes the reasoning tokens)."""
     if not isinstance(usage, dict):
         return None
-    details = usage.get("input_tokens_details") or {}
+    details = usage.get("input_tokens_details")
+    details = details if isinstance(details, dict) else {}
     return Tokens(_int(usage.get("input_tokens")), _int(details.get("cached_tokens")), _int(usage.get("output_tokens")))
 
 
 def chat_usage(usage: Any) -> Tokens | None:
     if not isinstance(usage, dict):
         return None
-    details = usage.get("prompt_tokens_details") or {}
+    details = usage.get("prompt_tokens_details")
+    details = details if isinstance(details, dict) else {}
     return Tokens(_int(usage.get("prompt_tokens")), _int(details.get("cached_tokens")),
                   _int(usage.get("completion_tokens")))
 
