@@ -10,7 +10,11 @@ this process; every request reads its whole answer. Printed:
 - added latency = gateway − direct, p50 and p99, one client, streaming and not;
 - throughput at 32 concurrent streams: requests/s and p50/p99 latency, and the ratio to direct;
 - both for the two upstream clients the gateway can use: plain `httpx.AsyncClient` and httpx
-  on the `httpx-aiohttp` transport (PLANCTL_UPSTREAM_CLIENT).
+  on the `httpx-aiohttp` transport (PLANCTL_UPSTREAM_CLIENT);
+- the Claude route's added latency over the Responses pass-through (first client only): the same
+  question as `POST /v1/messages` (`claude-sonnet-4-5`, billed as gpt-5.4 through the sample
+  catalog's alias) and as `POST /v1/responses`, interleaved, one client, the same upstream answer;
+  target p50 ≤ 0.5 ms more (translating the request, every event and the usage).
 
 Everything shares this machine's cores, so the figures are relative to the baseline beside them.
 """
@@ -37,6 +41,7 @@ from common import cpu_model, find_planctl, usable_cores  # benchmarks/common.py
 ROOT = Path(__file__).resolve().parent.parent
 UP_KEY = "sk-bench-upstream"
 BODY = {"model": "gpt-5.4", "input": [{"role": "user", "content": "x" * 4000}], "max_output_tokens": 1000}
+CLAUDE_BODY = {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "x" * 4000}], "max_tokens": 1000}
 
 
 def free_port() -> int:
@@ -82,12 +87,13 @@ def setup(db: Path, up_port: int) -> str:
     return secret
 
 
-async def one(session: aiohttp.ClientSession, url: str, headers: dict[str, str], stream: bool) -> float:
+async def one(session: aiohttp.ClientSession, url: str, headers: dict[str, str], stream: bool,
+              body: dict[str, object] = BODY) -> float:
     start = time.perf_counter()
-    async with session.post(url, json={**BODY, "stream": stream}, headers=headers) as answer:
-        await answer.read()
-        if answer.status != 200:
-            raise SystemExit(f"error: {url} answered {answer.status}")
+    async with session.post(url, json={**body, "stream": stream}, headers=headers) as answer:
+        data = await answer.read()
+        if answer.status != 200 or b"event: error" in data:
+            raise SystemExit(f"error: {url} answered {answer.status}: {data[-300:]!r}")
     return (time.perf_counter() - start) * 1000
 
 
@@ -112,6 +118,22 @@ async def concurrent(url: str, headers: dict[str, str], c: int, seconds: float) 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(c)))
         return len(times) / (time.perf_counter() - start), times
+
+
+async def claude_vs_responses(port: int, secret: str, stream: bool, n: int) -> tuple[list[float], list[float]]:
+    """The same question through one gateway as a Responses request and as a Claude one, interleaved
+    (drift on a shared machine hits both alike)."""
+    base, headers = f"http://127.0.0.1:{port}/v1", {"authorization": f"Bearer {secret}"}
+    responses: list[float] = []
+    claude: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(20):
+            await one(session, base + "/responses", headers, stream)
+            await one(session, base + "/messages", headers, stream, CLAUDE_BODY)
+        for _ in range(n):
+            responses.append(await one(session, base + "/responses", headers, stream))
+            claude.append(await one(session, base + "/messages", headers, stream, CLAUDE_BODY))
+    return responses, claude
 
 
 def pct(values: list[float], p: float) -> float:
@@ -158,16 +180,20 @@ def main() -> None:
             db = Path(tmp) / "bench.db"
             secret = setup(db, up_port)
             direct = measure(f"http://127.0.0.1:{up_port}/v1/responses", {"authorization": f"Bearer {UP_KEY}"}, args)
-            results = {}
+            results, claude = {}, {}
             for kind in args.clients.split(","):
                 port = free_port()
                 proc = start_gateway(planctl, db, kind, port)
                 procs.append(proc)
                 results[kind] = measure(f"http://127.0.0.1:{port}/v1/responses",
                                         {"authorization": f"Bearer {secret}"}, args)
+                if not claude:
+                    claude = {stream: asyncio.run(claude_vs_responses(port, secret, stream, args.requests))
+                              for stream in (False, True)}
                 proc.terminate()
                 proc.wait(30)
             report(direct, results, args)
+            report_claude(claude, args.clients.split(",")[0], args)
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -192,6 +218,18 @@ def report(direct: dict[str, object], results: dict[str, dict[str, object]], arg
         print(f"  gateway/{kind:<22} {rps:8.0f} {statistics.median(t):8.2f} {pct(t, 99):8.2f}   {rps / rps0:6.1%}")
     print("\n(gateway = planctl serve, 1 worker, admit + settle on SQLite for every request; "
           "aiohttp = httpx on the httpx-aiohttp transport)")
+
+
+
+def report_claude(claude: dict[bool, tuple[list[float], list[float]]], kind: str, args: argparse.Namespace) -> None:
+    print(f"\nClaude route over the Responses pass-through, gateway/{kind}, one client, interleaved, "
+          f"{args.requests} each (ms)")
+    print("                          responses p50  claude p50   added p50  added p99   target p50 ≤ +0.50")
+    for stream, (responses, messages) in claude.items():
+        added = pct(messages, 50) - pct(responses, 50)
+        print(f"  {'stream (22 events)' if stream else 'non-stream':<22} {pct(responses, 50):13.2f} "
+              f"{pct(messages, 50):11.2f} {added:+11.2f} {pct(messages, 99) - pct(responses, 99):+10.2f}   "
+              f"{'met' if added <= 0.5 else 'NOT met'}")
 
 
 if __name__ == "__main__":
