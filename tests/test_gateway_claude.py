@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from fake_upstream import FakeUpstream
-from test_gateway import (UP_SECRET, Served, add_upstream, buy, cost, install, ledger_of, now, plan, records,
-                          serve)
+from test_gateway import (Served, add_upstream, buy, cost, install, ledger_of, now, plan, records, serve,
+                          up)  # noqa: F401 - `up`, the fake upstream fixture, is used by `gw`
 
 FIXTURES = Path(__file__).parent / "fixtures" / "anthropic"
 MODEL = "claude-unit-1"  # billed as `unit` (1 µcr an input token, 0.5 a cached one, 2 an output one)
@@ -39,14 +39,6 @@ class Claude(Served):
     def sent(self) -> dict[str, Any]:
         """The body of the upstream's last request."""
         return self.up.requests[-1].body
-
-
-@pytest.fixture
-def up(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeUpstream]:
-    monkeypatch.setenv("FAKE_UPSTREAM_KEY", UP_SECRET)
-    fake = FakeUpstream(key=UP_SECRET).start()
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture

@@ -113,7 +113,8 @@ async def count_tokens(request: Request) -> Response:
     secret = secret_of(request.headers)
     if secret is None or await gw.call(gw.meter.models, secret) is None:
         reason, why = ("key_unknown", "no key has this secret") if secret else ("no_key", "no API key was sent")
-        return anthropic_error(anthropic.from_openai(errors.refusal(reason, why, None, datetime.now(timezone.utc))), call)
+        refusal = errors.refusal(reason, why, None, datetime.now(timezone.utc))
+        return anthropic_error(anthropic.from_openai(refusal), call)
     try:
         req = orjson.loads(raw)
     except orjson.JSONDecodeError:
