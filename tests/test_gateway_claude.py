@@ -297,6 +297,16 @@ def test_upstream_errors(gw: Claude, status: int, error: Any, raised: type, erro
     assert rec["status_code"] == status and rec["cost"] == 0
 
 
+def test_upstream_error_before_a_stream_is_an_http_error(gw: Claude) -> None:
+    """A stream the upstream refuses at once is an HTTP error, not a 200 stream: the SDK raises it as such."""
+    gw.up.fail, gw.up.fail_error = [400], {"code": "context_length_exceeded", "message": "too long"}
+    with pytest.raises(anthropic.BadRequestError, match="prompt is too long"):
+        with gw.sdk().messages.stream(model=MODEL, max_tokens=10, messages=USER) as stream:
+            list(stream)
+    [rec] = gw.records(1)
+    assert rec["status_code"] == 400 and bool(rec["stream"])
+
+
 def test_upstream_refusing_its_key_is_the_operators_fault(gw: Claude) -> None:
     gw.up.key = "sk-something-else"
     with pytest.raises(anthropic.InternalServerError) as failed:
