@@ -258,9 +258,9 @@ def test_renewal_inside_the_window(cli: Any, when: datetime) -> None:
 def test_renewal_refusals(cli: Any, db_url: str) -> None:
     acme(cli)
     sub = buy(cli)["subscription"]["id"]
-    refusals(cli, db_url, [(("renew", sub), 4, "renewal_window_not_open", "renewal opens at 2026-12-18T04:00:00")],
+    refusals(cli, db_url, [(("renew", sub), 4, "renewal_window_not_open", "renewal opens at 2026-12-18 12:00 CST")],
              when=OPENS - US)
-    refusals(cli, db_url, [(("renew", sub), 4, "subscription_expired", "expired at 2026-12-21T04:00:00")], when=ENDS)
+    refusals(cli, db_url, [(("renew", sub), 4, "subscription_expired", "expired at 2026-12-21 12:00 CST")], when=ENDS)
     ok(cli, NOW, "plans", "update", PRO, "--no-renewal")
     refusals(cli, db_url, [(("renew", sub), 4, "renewal_disabled", "renewal is not enabled")], when=OPENS)
     ok(cli, NOW, "plans", "retire", PRO)
@@ -472,7 +472,7 @@ def test_refund_refusals(cli: Any, db_url: str) -> None:
     acme(cli)
     pro = buy(cli)["order"]["id"]
     day = buy(cli, plan=DAY)["order"]["id"]  # refund policy "none"
-    refusals(cli, db_url, [(("refund", pro, "--yes"), 4, "refund_window_closed", "closed at 2026-11-28T04:00:00")],
+    refusals(cli, db_url, [(("refund", pro, "--yes"), 4, "refund_window_closed", "closed at 2026-11-28 12:00 CST")],
              when=NOW + timedelta(days=7))
     refusals(cli, db_url, [
         (("refund", day, "--yes"), 4, "refund_not_allowed", "--amount and --reason"),

@@ -19,7 +19,7 @@ import pytest
 
 from planctl.domain import lifecycle
 from planctl.domain.catalog import Context, RefundPolicy, parse_plan
-from planctl.domain.clock import Duration, iso
+from planctl.domain.clock import Duration, iso, when
 from planctl.domain.errors import ExitCode, InvalidInput, Refused
 from planctl.domain.lifecycle import (
     RefundFacts,
@@ -205,7 +205,7 @@ def test_off_sale_is_refused() -> None:
 def test_before_purchase_start_is_refused_and_at_start_allowed() -> None:
     plan = replace(BASE, purchase_start=NOW)
     error = refused("purchase_window_closed", check_on_sale, plan, NOW - US)
-    assert iso(NOW) in error.message and "goes on sale" in error.message
+    assert when(NOW, UTC) in error.message and "goes on sale" in error.message
     check_on_sale(plan, NOW)
 
 
@@ -213,7 +213,7 @@ def test_at_purchase_end_is_refused_and_one_microsecond_before_allowed() -> None
     plan = replace(BASE, purchase_start=NOW - timedelta(days=10), purchase_end=NOW)
     check_on_sale(plan, NOW - US)
     error = refused("purchase_window_closed", check_on_sale, plan, NOW)
-    assert "stopped selling" in error.message and iso(NOW) in error.message
+    assert "stopped selling" in error.message and when(NOW, UTC) in error.message
     refused("purchase_window_closed", check_on_sale, plan, NOW + timedelta(days=1))
 
 
@@ -240,15 +240,15 @@ def test_renewal_opens_three_days_before_the_end_by_default() -> None:
 
 def test_renewal_window_edges() -> None:
     error = refused("renewal_window_not_open", check_renewal, renewable(), BASE, OPENS - US, BEIJING)
-    assert iso(OPENS) in error.message  # says when it opens
-    assert "renewal opens at" in error.message and iso(ENDS) in error.message
+    assert when(OPENS, BEIJING) in error.message  # says when it opens
+    assert "renewal opens at" in error.message and when(ENDS, BEIJING) in error.message
     check_renewal(renewable(), BASE, OPENS, BEIJING)  # first instant of the window
     check_renewal(renewable(), BASE, ENDS - US, BEIJING)  # last instant of validity
 
 
 def test_renewal_far_before_the_window_names_the_opening() -> None:
     error = refused("renewal_window_not_open", check_renewal, renewable(), BASE, STARTS, BEIJING)
-    assert iso(OPENS) in error.message
+    assert when(OPENS, BEIJING) in error.message
 
 
 def test_renewal_window_follows_the_plan_setting() -> None:
@@ -275,7 +275,7 @@ def test_renewal_of_a_cancelled_subscription_is_refused() -> None:
 
 def test_renewal_at_the_expiry_instant_is_refused() -> None:
     error = refused("subscription_expired", check_renewal, renewable(), BASE, ENDS, BEIJING)
-    assert iso(ENDS) in error.message and "direct renewal" in error.message
+    assert when(ENDS, BEIJING) in error.message and "direct renewal" in error.message
     refused("subscription_expired", check_renewal, renewable(), BASE, ENDS + timedelta(days=3), BEIJING)
 
 
@@ -622,7 +622,7 @@ def test_unused_refund_within_the_window_is_full_and_reverses_the_credit() -> No
 
 def test_unused_refund_window_closes_exactly_after_n_days() -> None:
     error = refused("refund_window_closed", quote_refund, facts(), PAID + timedelta(days=7), BEIJING)
-    assert iso(PAID + timedelta(days=7)) in error.message
+    assert when(PAID + timedelta(days=7), BEIJING) in error.message
     refused("refund_window_closed", quote_refund, facts(), PAID + timedelta(days=30), BEIJING)
 
 

@@ -669,7 +669,7 @@ def test_override_refunds_are_partial_and_never_exceed_what_was_paid(db: Any, db
     assert first.cancelled_subscription is None
     assert order_row(db, bought.order.id).status == "partially-refunded"
     refused(db_url, lambda: refund(db, caller, bought.order.id, amount=591, reason="x"), "refund_exceeds_paid",
-            "(590)")
+            "(5.90 CNY)")
     last = refund(db, caller, bought.order.id, amount=590, reason="rest")
     assert last.cancelled_subscription == bought.subscription.id  # the whole purchase is refunded now
     o = order_row(db, bought.order.id)

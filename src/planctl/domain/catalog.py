@@ -51,6 +51,7 @@ class Context:
     currency_decimals: int
     models: frozenset[str] = frozenset()
     groups: frozenset[str] = frozenset()
+    zone_has_dst: bool = True  # the reset zone's days can last 23 hours
 
 
 # ---------------------------------------------------------------- refund policy
@@ -267,11 +268,11 @@ def parse_plan(entry: Mapping[str, Any], ctx: Context, *, where: str | None = No
         refund_policy=f.get("refund_policy", parse_refund_policy, RefundPolicy("none")),
         invoice_supported=f.get("invoice_supported", _bool, True),
     )
-    _check_plan(terms, f)
+    _check_plan(terms, f, ctx.zone_has_dst)
     return terms
 
 
-def _check_plan(t: PlanTerms, f: _Fields) -> None:
+def _check_plan(t: PlanTerms, f: _Fields, dst: bool) -> None:
     """Rules that relate several fields."""
     if t.total_credit is None and t.period is None:
         raise f.fail("total_credit", "a plan needs a total credit, a periodic limit, or both")
@@ -282,15 +283,15 @@ def _check_plan(t: PlanTerms, f: _Fields) -> None:
             "period_limit_can_disable",
             "only a plan with both a total credit and a periodic limit can let buyers disable the limit",
         )
-    if _shortest_seconds(t.renewal_window) >= _shortest_seconds(t.validity):
+    if _shortest_seconds(t.renewal_window, dst) >= _shortest_seconds(t.validity, dst):
         raise f.fail("renewal_window", f"must be shorter than the validity ({t.validity})")
     if t.purchase_start and t.purchase_end and t.purchase_end <= t.purchase_start:
         raise f.fail("purchase_end", "must be after purchase_start")
 
 
-def _shortest_seconds(d: Duration) -> int:
-    """The least a duration can last (a month is at least 28 days, a day at least 23 hours)."""
-    return d.months * 28 * 86_400 + d.days * 23 * 3_600 + d.seconds
+def _shortest_seconds(d: Duration, dst: bool) -> int:
+    """The least a duration can last: a month is at least 28 days, a day 24 hours (23 where DST applies)."""
+    return d.months * 28 * 86_400 + d.days * (23 if dst else 24) * 3_600 + d.seconds
 
 
 def update_plan(terms: PlanTerms, changes: Mapping[str, Any], ctx: Context) -> PlanTerms:
@@ -350,6 +351,11 @@ def currency_decimals(code: str) -> int:
         return _DECIMALS[code]
     except KeyError:
         raise InvalidInput(f"unsupported currency {code!r}: use one of {', '.join(_DECIMALS)}") from None
+
+
+def money_text(minor: int, currency: str) -> str:
+    """Money for people: display units and the currency (`5.00 CNY`)."""
+    return f"{format_money(minor, currency_decimals(currency))} {currency}"
 
 
 # ---------------------------------------------------------------- products

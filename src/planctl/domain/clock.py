@@ -15,7 +15,7 @@ from __future__ import annotations
 import calendar
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from planctl.domain.errors import InvalidInput
@@ -51,6 +51,12 @@ def zone(name: str) -> ZoneInfo:
         ) from None
 
 
+def has_dst(tz: tzinfo, years: range = range(2000, 2040)) -> bool:
+    """Whether clocks in `tz` change within `years` (Asia/Shanghai: no; Europe/Berlin: yes)."""
+    offsets = {datetime(y, m, 1, 12, tzinfo=UTC).astimezone(tz).utcoffset() for y in years for m in (1, 4, 7, 10)}
+    return len(offsets) > 1
+
+
 def to_utc(dt: datetime) -> datetime:
     """Return the aware datetime ``dt`` in UTC; a naive datetime is a ValueError."""
     if dt.tzinfo is None or dt.utcoffset() is None:
@@ -65,6 +71,11 @@ def iso(instant: datetime) -> str:
     """
     to_utc(instant)  # rejects naive datetimes
     return instant.isoformat(timespec="microseconds" if instant.microsecond else "seconds")
+
+
+def when(instant: datetime, tz: tzinfo) -> str:
+    """An instant for people: in `tz`, to the minute, with the zone (`2026-12-30 02:38 CST`)."""
+    return to_utc(instant).astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
 
 
 @dataclass(frozen=True)

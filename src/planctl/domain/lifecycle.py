@@ -7,12 +7,12 @@ and gets back what to write, or a `Refused` with its reason code.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone, tzinfo
 from fractions import Fraction
 from zoneinfo import ZoneInfo
 
-from planctl.domain.catalog import PlanTerms, purchase_window_open
-from planctl.domain.clock import add_duration, iso, local_date
+from planctl.domain.catalog import PlanTerms, money_text, purchase_window_open
+from planctl.domain.clock import add_duration, local_date, when
 from planctl.domain.errors import InvalidInput, Refused
 from planctl.domain.money import Rounding, div_round
 
@@ -55,14 +55,14 @@ class Term:
     anchor_day: int
 
 
-def check_on_sale(terms: PlanTerms, now: datetime) -> None:
+def check_on_sale(terms: PlanTerms, now: datetime, tz: tzinfo = timezone.utc) -> None:
     if not terms.on_sale:
         raise Refused(f"plan {terms.slug} has been removed from sale", reason="plan_not_on_sale")
     if not purchase_window_open(terms, now):
         if terms.purchase_start and now < terms.purchase_start:
-            raise Refused(f"plan {terms.slug} goes on sale at {iso(terms.purchase_start)}",
+            raise Refused(f"plan {terms.slug} goes on sale at {when(terms.purchase_start, tz)}",
                           reason="purchase_window_closed")
-        raise Refused(f"plan {terms.slug} stopped selling at {iso(terms.purchase_end)}",  # type: ignore[arg-type]
+        raise Refused(f"plan {terms.slug} stopped selling at {when(terms.purchase_end, tz)}",  # type: ignore[arg-type]
                       reason="purchase_window_closed")
 
 
@@ -70,9 +70,9 @@ def first_term(terms: PlanTerms, now: datetime, start: datetime | None, tz: Zone
     """A new subscription's first term: from now (or --start) for one validity."""
     starts_at = now if start is None else start
     if starts_at < now - START_PAST_TOLERANCE:
-        raise InvalidInput(f"start {iso(starts_at)} is in the past; give now or a later time")
+        raise InvalidInput(f"start {when(starts_at, tz)} is in the past; give now or a later time")
     if starts_at > now + START_FUTURE_LIMIT:
-        raise InvalidInput(f"start {iso(starts_at)} is more than a year ahead")
+        raise InvalidInput(f"start {when(starts_at, tz)} is more than a year ahead")
     anchor = local_date(starts_at, tz).day
     return Term(starts_at, add_duration(starts_at, terms.validity, tz, anchor_day=anchor), anchor)
 
@@ -86,7 +86,7 @@ def check_renewal(sub: SubscriptionState, current: PlanTerms, now: datetime, tz:
         raise Refused("cannot renew: the subscription was cancelled; buy the plan again",
                       reason="subscription_cancelled")
     if now >= sub.ends_at:
-        raise Refused(f"cannot renew: the subscription expired at {iso(sub.ends_at)}; buy again, "
+        raise Refused(f"cannot renew: the subscription expired at {when(sub.ends_at, tz)}; buy again, "
                       "or ask an operator for a direct renewal to keep its keys", reason="subscription_expired")
     if not current.on_sale:
         raise Refused(f"cannot renew: plan {current.slug} has been removed from sale; buy another plan",
@@ -96,8 +96,8 @@ def check_renewal(sub: SubscriptionState, current: PlanTerms, now: datetime, tz:
                       reason="renewal_disabled")
     opens = renewal_opens(sub, current, tz)
     if now < opens:
-        raise Refused(f"cannot renew yet: renewal opens at {iso(opens)} ({current.renewal_window} before "
-                      f"expiry at {iso(sub.ends_at)})", reason="renewal_window_not_open")
+        raise Refused(f"cannot renew yet: renewal opens at {when(opens, tz)} ({current.renewal_window} before "
+                      f"expiry at {when(sub.ends_at, tz)})", reason="renewal_window_not_open")
 
 
 def renewal_opens(sub: SubscriptionState, terms: PlanTerms, tz: ZoneInfo) -> datetime:
@@ -130,12 +130,13 @@ class UpgradeQuote:
     share: Fraction  # terms paid for: whole remaining terms, plus the current one's share
 
 
-def check_upgrade(sub: SubscriptionState, old: PlanTerms, new: PlanTerms, now: datetime) -> None:
+def check_upgrade(sub: SubscriptionState, old: PlanTerms, new: PlanTerms, now: datetime,
+                  tz: tzinfo = timezone.utc) -> None:
     reason = availability(sub, now)
     if reason == "subscription_cancelled":
         raise Refused("cannot upgrade a cancelled subscription", reason=reason)
     if reason == "subscription_expired":
-        raise Refused(f"cannot upgrade: the subscription expired at {iso(sub.ends_at)}; buy the new plan",
+        raise Refused(f"cannot upgrade: the subscription expired at {when(sub.ends_at, tz)}; buy the new plan",
                       reason=reason)
     if new.family != old.family:
         raise Refused(f"cannot upgrade from {old.slug} ({old.family}) to {new.slug} ({new.family}): "
@@ -144,7 +145,7 @@ def check_upgrade(sub: SubscriptionState, old: PlanTerms, new: PlanTerms, now: d
         raise Refused(f"{new.slug} (tier {new.tier}) is not above {old.slug} (tier {old.tier}): downgrades "
                       "are not sold; renew the current plan, then buy the smaller one when it ends",
                       reason="downgrade_refused")
-    check_on_sale(new, now)
+    check_on_sale(new, now, tz)
 
 
 def remaining_share(sub: SubscriptionState, terms: PlanTerms, now: datetime, tz: ZoneInfo) -> Fraction:
@@ -212,6 +213,7 @@ class RefundFacts:
     paid_at: datetime
     policy: str  # str(RefundPolicy), or "unused" for products
     credit_reversed: int = 0  # of this order's credit, taken back by earlier refunds
+    currency: str = "CNY"  # of payable and refunded, for messages
 
 
 def quote_refund(facts: RefundFacts, now: datetime, tz: ZoneInfo, *, override: int | None = None) -> RefundQuote:
@@ -224,7 +226,8 @@ def quote_refund(facts: RefundFacts, now: datetime, tz: ZoneInfo, *, override: i
         if override <= 0:
             raise InvalidInput("refund amount must be greater than zero")
         if override > remaining:
-            raise Refused(f"a refund of {override} minor units exceeds what is left to refund ({remaining})",
+            raise Refused(f"a refund of {money_text(override, facts.currency)} exceeds what is left to refund "
+                          f"({money_text(remaining, facts.currency)})",
                           reason="refund_exceeds_paid")
         credit = min(credit_left, div_round(facts.credit_granted * override, facts.payable, Rounding.DOWN))
         return RefundQuote(override, credit, "override", override == remaining and facts.kind == "buy")
@@ -241,7 +244,7 @@ def quote_refund(facts: RefundFacts, now: datetime, tz: ZoneInfo, *, override: i
         if policy.within is not None:
             closes = add_duration(facts.paid_at, policy.within, tz)
             if now >= closes:
-                raise Refused(f"the refund window ({policy.within}) closed at {iso(closes)}",
+                raise Refused(f"the refund window ({policy.within}) closed at {when(closes, tz)}",
                               reason="refund_window_closed")
         return RefundQuote(remaining, credit_left, str(policy), facts.kind == "buy")
     # prorated: the unused share of the credit, times what was paid

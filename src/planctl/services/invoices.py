@@ -48,8 +48,15 @@ def issue(db: Database, order_id: str, *, caller: Caller, now: datetime) -> Invo
                                  buyer=_buyer(session, order.account_id), sale=_sale(order, name))
         row = Invoice(id=number, kind=docs.INVOICE, order_id=order.id, document=doc, issued_at=now)
         session.add(row)
+        session.flush()
+        # refunds made before the invoice: each gets its credit note now, so that
+        # invoice − credit notes = paid − refunded holds from the moment of issue
+        notes = [note for earlier in session.exec(select(Refund).where(Refund.order_id == order.id)
+                                                  .order_by(col(Refund.id)))
+                 if (note := issue_credit_note(session, order, earlier, now)) is not None]
         audit.record(session, caller, now, f"invoice:{number}",
-                     f"issued for order {order.id}: total {doc['total']} {doc['currency']}")
+                     f"issued for order {order.id}: total {doc['total']} {doc['currency']}"
+                     + (f"; credit notes {', '.join(n.id for n in notes)} for earlier refunds" if notes else ""))
         return row
 
 

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, update
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from planctl.domain import lifecycle
+from planctl.domain.catalog import money_text
+from planctl.domain.money import format_credit
 from planctl.domain.errors import Conflict, InvalidInput, NotFound, Refused
 from planctl.services import audit, settings
 from planctl.services.audit import Caller
@@ -50,9 +52,11 @@ def refund(db: Database, order_id: str, *, amount: int | None, reason: str | Non
             kind=order.kind, payable=order.payable, refunded=order.refunded,
             credit_granted=order.credit_granted, credit_left=_credit_left(session, order),
             paid_at=order.paid_at or order.created_at, policy=_policy(session, order),
-            credit_reversed=_reversed(session, order),
+            credit_reversed=_reversed(session, order), currency=order.currency,
         )
         quote = lifecycle.quote_refund(facts, now, tz, override=amount)
+        if quote.cancels and order.subscription_id:
+            _refuse_while_later_orders_paid(session, order)
         row = Refund(order_id=order.id, amount=quote.amount, credit_reversed=quote.credit_reversed,
                      reason=(reason or f"policy {quote.policy}").strip(), policy=quote.policy,
                      details={k: v for k, v in (details or {}).items() if v}, created_at=now)
@@ -73,12 +77,28 @@ def refund(db: Database, order_id: str, *, amount: int | None, reason: str | Non
 
         result.credit_note = issue_credit_note(session, order, row, now)
         audit.record(session, caller, now, f"order:{order.id}",
-                     f"refunded {quote.amount} minor units ({quote.policy}); credit reversed {quote.credit_reversed} µcr"
+                     f"refunded {money_text(quote.amount, order.currency)} ({quote.policy}); "
+                     f"credit taken back {format_credit(quote.credit_reversed)}"
                      + (f"; subscription {result.cancelled_subscription} cancelled" if result.cancelled_subscription
                         else "")
                      + (f"; credit note {result.credit_note.id}" if result.credit_note else "")
                      + f"; reason: {row.reason}")
         return result
+
+
+def _refuse_while_later_orders_paid(session: Session, order: Order) -> None:
+    """A refund that cancels a subscription waits until its renewals and upgrades are refunded.
+
+    Cancelling would otherwise leave those orders `paid` for a term nobody can
+    use; refunding them first lets each follow its own policy (or an override).
+    """
+    later = session.exec(select(Order.id).where(
+        Order.subscription_id == order.subscription_id, Order.id != order.id,
+        col(Order.kind).in_(PLAN_ORDER_KINDS), Order.payable > Order.refunded,
+        col(Order.status).in_(("paid", "partially-refunded"))).order_by(col(Order.created_at), col(Order.id))).all()
+    if later:
+        raise Refused(f"refunding {order.id} cancels subscription {order.subscription_id}, which later orders "
+                      f"{', '.join(later)} still pay for; refund them first", reason="later_orders_not_refunded")
 
 
 def _policy(session: Session, order: Order) -> str:

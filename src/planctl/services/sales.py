@@ -128,7 +128,7 @@ def _replay(session: Session, req: SaleRequest) -> SaleResult | None:
 def _buy(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, notes: list[str]) -> SaleResult:
     account = _account(session, req.account)
     plan, version, terms = _current_plan(session, req.item)
-    lifecycle.check_on_sale(terms, now)
+    lifecycle.check_on_sale(terms, now, tz)
     term = lifecycle.first_term(terms, now, req.start, tz)
     order = _order(session, req, now, tz, notes, account.id, terms.slug, terms.price, version_id=version.id)
     sub = Subscription(
@@ -164,7 +164,7 @@ def _upgrade(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, no
     sub = _subscription(session, req.subscription)
     old = subscription_terms(session, sub)
     plan, version, new = _current_plan(session, req.item)
-    lifecycle.check_upgrade(subscription_state(sub), old, new, now)
+    lifecycle.check_upgrade(subscription_state(sub), old, new, now, tz)
     quote = lifecycle.quote_upgrade(subscription_state(sub), old, new, now, tz, prorate=req.prorate)
     order = _order(session, req, now, tz, notes, sub.account_id, new.slug, quote.payable, version_id=version.id)
     order.subscription_id = sub.id

@@ -9,7 +9,7 @@ from sqlmodel import Session, select
 
 from planctl.domain import config
 from planctl.domain.catalog import Context, currency_decimals
-from planctl.domain.clock import zone
+from planctl.domain.clock import has_dst, zone
 from planctl.domain.errors import Refused
 from planctl.services import audit
 from planctl.store.engine import Database
@@ -27,12 +27,14 @@ def reset_zone(session: Session) -> ZoneInfo:
 
 def catalog_context(session: Session) -> Context:
     """What catalog entries are validated against: currency, known models and groups."""
-    currency = load(session)["currency"]
+    loaded = load(session)
+    currency = loaded["currency"]
     return Context(
         currency=currency,
         currency_decimals=currency_decimals(currency),
         models=frozenset(session.exec(select(Model.id))),
         groups=frozenset(session.exec(select(Group.name))),
+        zone_has_dst=has_dst(zone(loaded["reset_timezone"])),
     )
 
 

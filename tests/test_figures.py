@@ -1,0 +1,205 @@
+"""Issue #11, "figures that agree": every view of the same money, credit and time tells the same story.
+
+Each test pins one disagreement that used to exist: invoices that ignored refunds,
+a cancelled subscription whose renewals stayed paid, quotes naming ids that would
+never exist, messages in minor units or raw ISO time. Services run on the `db`
+fixture (SQLite, and PostgreSQL when PLANCTL_TEST_DATABASE_URL is set); the CLI
+through `cli` (Typer's CliRunner on the same database).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from conftest import NOW, assert_refused
+from conftest import db_dump as dump
+
+ENDS = datetime(2026, 12, 21, 4, 0, tzinfo=timezone.utc)  # NOW + 1mo for codex-pro-monthly
+OPENS = ENDS - timedelta(days=3)
+PRO, MAX, DAY = "codex-pro-monthly", "codex-max-monthly", "codex-day-pass"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def account(db: Any, caller: Any, name: str = "acme") -> str:
+    from planctl.services import accounts
+
+    return accounts.create(db, {"name": name}, caller=caller, now=NOW).id
+
+
+def sell(db: Any, caller: Any, now: datetime = NOW, dry_run: bool = False, **request: Any) -> Any:
+    from planctl.services.sales import SaleRequest, sell as sell_
+
+    return sell_(db, SaleRequest(**request), caller=caller, now=now, dry_run=dry_run)
+
+
+def refund(db: Any, caller: Any, order_id: str, now: datetime = NOW, *, amount: int | None = None,
+           reason: str | None = None) -> Any:
+    from planctl.services import refunds
+
+    return refunds.refund(db, order_id, amount=amount, reason=reason, details=None, caller=caller, now=now)
+
+
+def invoice(db: Any, caller: Any, order_id: str, now: datetime = NOW) -> Any:
+    from planctl.services import invoices
+
+    return invoices.issue(db, order_id, caller=caller, now=now)
+
+
+def order_row(db: Any, order_id: str) -> Any:
+    from planctl.store.tables import Order
+
+    with db.read() as session:
+        return session.get(Order, order_id)
+
+
+def documents_balance(db: Any) -> dict[str, tuple[int, int]]:
+    """Per order: (invoice total − credit notes, paid − refunded), in minor units; orders without documents
+    count 0 on the left, so a paid order that was never invoiced shows up too (and is filtered by callers)."""
+    from sqlmodel import select
+
+    from planctl.domain.catalog import currency_decimals
+    from planctl.domain.money import parse_money
+    from planctl.store.tables import Invoice, Order
+
+    with db.read() as session:
+        orders = {o.id: o for o in session.exec(select(Order))}
+        docs = list(session.exec(select(Invoice)))
+    out: dict[str, tuple[int, int]] = {}
+    for order_id, o in orders.items():
+        mine = [d for d in docs if d.order_id == order_id]
+        if not mine:
+            continue
+        places = currency_decimals(o.currency)
+        total = sum(parse_money(d.document["total"], places) * (1 if d.kind == "invoice" else -1) for d in mine)
+        out[order_id] = (total, o.payable - o.refunded)
+    return out
+
+
+def last_audit(db: Any, target: str) -> str:
+    from sqlmodel import col, select
+
+    from planctl.store.tables import AuditEntry
+
+    with db.read() as session:
+        return session.exec(select(AuditEntry.summary).where(AuditEntry.target == target)
+                            .order_by(col(AuditEntry.id).desc())).first() or ""
+
+
+def checks_ok(db: Any) -> None:
+    from planctl.services.database import check
+
+    bad = [r for r in check(db) if not r.ok]
+    assert not bad, bad
+
+
+def refused(db_url: str, action: Any, reason: str, text: str = "") -> Any:
+    from planctl.domain.errors import PlanctlError
+
+    before = dump(db_url)
+    with pytest.raises(PlanctlError) as info:
+        action()
+    assert info.value.reason == reason, info.value.message
+    assert text in info.value.message, info.value.message
+    assert dump(db_url) == before, f"{reason}: the database changed"
+    return info.value
+
+
+# ---------------------------------------------------------------- 1. invoices know about refunds
+
+
+def test_an_invoice_issued_after_refunds_carries_a_credit_note_for_each(db: Any, caller: Any) -> None:
+    from planctl.services import invoices
+
+    acc = account(db, caller)
+    order = sell(db, caller, kind="buy", account=acc, item=PRO).order.id
+    refund(db, caller, order, amount=1000, reason="slow start")
+    refund(db, caller, order, NOW + timedelta(hours=1), amount=500, reason="outage")
+    issued = invoice(db, caller, order, NOW + timedelta(hours=2))
+    assert issued.document["total"] == "299.00"  # the sale as sold
+    docs = invoices.list_invoices(db, order=order)
+    assert [(d.kind, d.document["total"], d.references_id, d.document["reason"]) for d in docs] == [
+        ("invoice", "299.00", None, None),
+        ("credit-note", "10.00", issued.id, "slow start"),
+        ("credit-note", "5.00", issued.id, "outage"),
+    ]
+    refund(db, caller, order, NOW + timedelta(hours=3), amount=2000, reason="after the invoice")
+    assert documents_balance(db)[order] == (29900 - 3500, 29900 - 3500)
+    assert len(invoices.list_invoices(db, order=order)) == 4
+
+
+def test_invoice_audit_names_the_credit_notes_for_earlier_refunds(db: Any, caller: Any) -> None:
+    acc = account(db, caller)
+    order = sell(db, caller, kind="extra", account=acc, item="extra-50").order.id
+    refund(db, caller, order, amount=100, reason="goodwill")
+    issued = invoice(db, caller, order)
+    assert "credit notes CN-2026-000001 for earlier refunds" in last_audit(db, f"invoice:{issued.id}")
+
+
+# ---------------------------------------------------------------- 2. a buy's refund and its later orders
+
+
+def test_refunding_a_buy_waits_for_its_renewals_and_upgrades(db: Any, db_url: str, caller: Any) -> None:
+    acc = account(db, caller)
+    bought = sell(db, caller, kind="buy", account=acc, item=PRO)
+    sub = bought.subscription.id
+    renewed = sell(db, caller, OPENS, kind="renew", subscription=sub).order.id
+    upgraded = sell(db, caller, OPENS + timedelta(hours=1), kind="upgrade", subscription=sub, item=MAX).order.id
+    error = refused(db_url, lambda: refund(db, caller, bought.order.id, OPENS + timedelta(hours=2), amount=29900,
+                                           reason="customer left"), "later_orders_not_refunded")
+    assert f"{renewed}, {upgraded}" in error.message and "refund them first" in error.message
+    refund(db, caller, upgraded, OPENS + timedelta(hours=2), amount=order_row(db, upgraded).payable, reason="left")
+    refused(db_url, lambda: refund(db, caller, bought.order.id, OPENS + timedelta(hours=2), amount=29900,
+                                   reason="customer left"), "later_orders_not_refunded", renewed)
+    refund(db, caller, renewed, OPENS + timedelta(hours=2), amount=order_row(db, renewed).payable, reason="left")
+    done = refund(db, caller, bought.order.id, OPENS + timedelta(hours=2), amount=29900, reason="customer left")
+    assert done.cancelled_subscription == sub
+    assert {order_row(db, o).status for o in (bought.order.id, renewed, upgraded)} == {"refunded"}
+    checks_ok(db)
+
+
+def test_a_partial_refund_of_a_buy_with_renewals_is_allowed(db: Any, caller: Any) -> None:
+    acc = account(db, caller)
+    bought = sell(db, caller, kind="buy", account=acc, item=PRO)
+    sell(db, caller, OPENS, kind="renew", subscription=bought.subscription.id)
+    done = refund(db, caller, bought.order.id, OPENS, amount=100, reason="goodwill")
+    assert done.cancelled_subscription is None
+
+
+# ---------------------------------------------------------------- money and time in people's units
+
+
+def test_messages_show_money_with_currency_and_times_in_the_zone(db: Any, db_url: str, caller: Any) -> None:
+    acc = account(db, caller)
+    bought = sell(db, caller, kind="buy", account=acc, item=DAY)
+    error = refused(db_url, lambda: refund(db, caller, bought.order.id, amount=1000, reason="x"),
+                    "refund_exceeds_paid")
+    assert error.message == "a refund of 10.00 CNY exceeds what is left to refund (9.90 CNY)"
+    pro = sell(db, caller, kind="buy", account=acc, item=PRO).subscription.id
+    error = refused(db_url, lambda: sell(db, caller, OPENS - timedelta(minutes=1), kind="renew", subscription=pro),
+                    "renewal_window_not_open")
+    assert "renewal opens at 2026-12-18 12:00 CST (3d before expiry at 2026-12-21 12:00 CST)" in error.message
+
+
+def test_refund_audit_entry_is_in_display_units(db: Any, caller: Any) -> None:
+    acc = account(db, caller)
+    order = sell(db, caller, kind="buy", account=acc, item=PRO).order.id
+    refund(db, caller, order, amount=2990, reason="slow week")
+    summary = last_audit(db, f"order:{order}")
+    assert summary.startswith("refunded 29.90 CNY (override); credit taken back 450.00;"), summary
+
+
+@pytest.mark.parametrize(("tz", "accepted"), [("Asia/Shanghai", True), ("UTC", True), ("Europe/Berlin", False)])
+def test_a_23h_renewal_window_on_a_day_plan_needs_a_zone_without_dst(cli: Any, db_url: str, tz: str,
+                                                                     accepted: bool) -> None:
+    cli.ok("config", "set", "reset_timezone", tz)
+    args = ("plans", "update", DAY, "--renewal-window", "23h")
+    if accepted:
+        cli.ok(*args)
+        assert cli.json("plans", "show", DAY)["renewal_window"] == "23h"
+    else:
+        assert_refused(cli, db_url, [(args, 2, "must be shorter than the validity")])
