@@ -36,7 +36,7 @@ ORDER_KEYS = {
     "validity_granted", "reason", "idempotency_key", "created_at", "paid_at",
 }
 SUB_KEYS = {
-    "id", "account_id", "plan", "plan_version_id", "status", "starts_at", "ends_at", "credit_granted",
+    "id", "account_id", "plan", "plan_version", "status", "starts_at", "ends_at", "credit_granted",
     "credit_used", "credit_remaining", "period_limit_enabled", "cancelled_at",
 }
 KEY_KEYS = {"id", "name", "kind", "subscription_id", "group", "status", "prefix", "last4", "created_at"}
@@ -117,7 +117,7 @@ def test_buy_json_shape_and_values(cli: Any) -> None:
         "status": "paid", "credit_granted": "4500.000000", "validity_granted": "1mo", "reason": None,
         "idempotency_key": None, "created_at": z(NOW), "paid_at": z(NOW),
     }
-    assert {k: v for k, v in sub.items() if k not in ("id", "plan_version_id")} == {
+    assert {k: v for k, v in sub.items() if k not in ("id", "plan_version")} == {
         "account_id": acc, "plan": PRO, "status": "active", "starts_at": z(NOW), "ends_at": z(ENDS),
         "credit_granted": "4500.000000", "credit_used": "0.000000", "credit_remaining": "4500.000000",
         "period_limit_enabled": True, "cancelled_at": None,
@@ -230,6 +230,9 @@ def test_dry_run_prints_the_quote_and_changes_nothing(cli: Any, db_url: str) -> 
                          ("Credit granted", "4500.00"), ("Validity granted", "1mo"), ("Ends", "2026-12-21 04:00")):
         assert re.search(rf"^{label}\s+{re.escape(value)}\s*$", text.stdout, re.M), (label, text.stdout)
     assert "dry run" in text.stderr and "sk-" not in text.stdout + text.stderr
+    for label in ("Order", "Subscription"):  # numbers only a real sale assigns are not invented
+        assert re.search(rf"^{label}\s+assigned on purchase\s*$", text.stdout, re.M), (label, text.stdout)
+    assert "ORD-" not in text.stdout and "sub_" not in text.stdout
     quote = js(cli, NOW, "buy", PRO, "--account", "acme", "--code", "TENOFF", "--dry-run")
     assert quote["dry_run"] is True and "secret" not in quote["key"]
     assert (quote["order"]["list_price"], quote["order"]["discount_amount"], quote["order"]["payable"]) == (
@@ -238,8 +241,12 @@ def test_dry_run_prints_the_quote_and_changes_nothing(cli: Any, db_url: str) -> 
     assert quote["subscription"]["ends_at"] == z(ENDS)
     assert dump(db_url) == before
     assert js(cli, NOW, "discounts", "show", "TENOFF")["redemptions"] == 0
+    assert (quote["order"]["id"], quote["order"]["subscription_id"], quote["subscription"]["id"]) == (None,) * 3
+    assert {k: quote["key"][k] for k in ("id", "subscription_id", "prefix", "last4")} == dict.fromkeys(
+        ("id", "subscription_id", "prefix", "last4"))
+    assert quote["subscription"]["plan_version"] == 1 and "plan_version_id" not in quote["subscription"]
     real = buy(cli, "--code", "TENOFF")
-    assert (real["order"]["id"], real["order"]["payable"]) == (quote["order"]["id"], "269.10")
+    assert (real["order"]["id"], real["order"]["payable"]) == ("ORD-20261121-0001", "269.10")
 
 
 # ---------------------------------------------------------------- renew
@@ -313,7 +320,6 @@ def test_upgrade_with_prorate(cli: Any, when: datetime, payable: str, credit: st
     assert result["order"]["credit_granted"] == credit
     shown = sub_show(cli, sub, when)
     assert (shown["plan"], shown["starts_at"], shown["ends_at"]) == (PRO, z(NOW), z(ENDS))
-    assert shown["plan_version_id"] != sale["subscription"]["plan_version_id"]
     assert shown["keys"] == [{k: v for k, v in sale["key"].items() if k != "secret"}]
     db_check_ok(cli)
 
@@ -342,11 +348,11 @@ def test_editing_the_plan_does_not_change_a_sold_subscription(cli: Any) -> None:
     sub = sale["subscription"]
     ok(cli, NOW, "plans", "update", PRO, "--rpd", "9000", "--price", "279", "--total-credit", "9000")
     shown = sub_show(cli, sub["id"])
-    assert (shown["plan_version_id"], shown["credit_granted"]) == (sub["plan_version_id"], "4500.000000")
+    assert (shown["plan_version"], shown["credit_granted"]) == (sub["plan_version"], "4500.000000") == (1, "4500.000000")
     assert order_show(cli, sale["order"]["id"])["list_price"] == "299.00"
     again = buy(cli)
     assert (again["order"]["payable"], again["subscription"]["credit_granted"]) == ("279.00", "9000.000000")
-    assert again["subscription"]["plan_version_id"] != sub["plan_version_id"]
+    assert again["subscription"]["plan_version"] == 2
 
 
 # ---------------------------------------------------------------- discount codes

@@ -203,3 +203,54 @@ def test_a_23h_renewal_window_on_a_day_plan_needs_a_zone_without_dst(cli: Any, d
         assert cli.json("plans", "show", DAY)["renewal_window"] == "23h"
     else:
         assert_refused(cli, db_url, [(args, 2, "must be shorter than the validity")])
+
+
+# ---------------------------------------------------------------- 10. honest quotes and dry runs
+
+
+def test_a_dry_run_refund_names_no_credit_note_number(cli: Any, db: Any, caller: Any) -> None:
+    acc = account(db, caller)
+    order = sell(db, caller, kind="buy", account=acc, item=PRO).order.id
+    invoice(db, caller, order)
+    quote = cli.json("refund", order, "--amount", "10", "--reason", "x", "--dry-run")
+    assert quote["credit_note"] is None and quote["dry_run"] is True
+    text = cli.ok("refund", order, "--amount", "10", "--reason", "x", "--dry-run").stdout
+    assert "assigned on refund" in text and "CN-" not in text
+
+
+def test_subscription_json_names_the_plan_version_not_a_row_id(cli: Any, db: Any, caller: Any) -> None:
+    acc = account(db, caller)
+    sub = sell(db, caller, kind="buy", account=acc, item=PRO).subscription.id
+    cli.ok("plans", "update", PRO, "--rpd", "9000")
+    listed = cli.json("subscriptions", "list")
+    assert [(s["id"], s["plan_version"]) for s in listed] == [(sub, 1)]
+    assert "plan_version_id" not in listed[0]
+
+
+# ---------------------------------------------------------------- 11. free goodwill renewal
+
+
+def test_direct_renewal_for_free_is_a_paid_order_of_zero_with_its_reason(cli: Any, db: Any, caller: Any) -> None:
+    acc = account(db, caller)
+    bought = sell(db, caller, kind="buy", account=acc, item=PRO)
+    sub = bought.subscription.id
+    result = cli.json("renew", sub, "--direct", "--amount", "0", "--reason", "outage goodwill")
+    order = result["order"]
+    assert (order["kind"], order["status"], order["payable"], order["list_price"], order["reason"]) == (
+        "direct-renewal", "paid", "0.00", "0.00", "outage goodwill")
+    assert order["credit_granted"] == "4500.000000"
+    summary = last_audit(db, f"order:{order['id']}")
+    assert "paid 0.00 CNY" in summary and "reason: outage goodwill" in summary and "priced by the operator" in summary
+    checks_ok(db)
+    # a free renewal has nothing to refund, so it does not hold up the buy's refund
+    done = refund(db, caller, bought.order.id, amount=29900, reason="left")
+    assert done.cancelled_subscription == sub
+
+
+def test_an_amount_without_direct_is_bad_input(cli: Any, db: Any, db_url: str, caller: Any) -> None:
+    acc = account(db, caller)
+    sub = sell(db, caller, kind="buy", account=acc, item=PRO).subscription.id
+    assert_refused(cli, db_url, [
+        (("renew", sub, "--amount", "0"), 2, "invalid_input", "--direct"),
+        (("renew", sub, "--direct", "--amount", "-1", "--reason", "x"), 2, "invalid_input", "--amount"),
+    ], when=OPENS)

@@ -61,13 +61,13 @@ def order_json(o: Any) -> dict[str, Any]:
     }
 
 
-def subscription_json(sub: Any, plan_slug: str, state_name: str) -> dict[str, Any]:
+def subscription_json(sub: Any, plan_slug: str, state_name: str, plan_version: int) -> dict[str, Any]:
     from planctl.domain.clock import iso
     from planctl.domain.money import credit_json
 
     granted = sub.credit_granted
     return {
-        "id": sub.id, "account_id": sub.account_id, "plan": plan_slug, "plan_version_id": sub.plan_version_id,
+        "id": sub.id, "account_id": sub.account_id, "plan": plan_slug, "plan_version": plan_version,
         "status": state_name, "starts_at": iso(sub.starts_at), "ends_at": iso(sub.ends_at),
         "credit_granted": None if granted is None else credit_json(granted),
         "credit_used": credit_json(sub.credit_used),
@@ -89,16 +89,24 @@ def key_json(key: Any, secret: str | None = None) -> dict[str, Any]:
 
 
 def sale_json(result: Any, now: Any) -> dict[str, Any]:
+    """A sale's result; a dry run leaves out what only a real sale assigns (order number, new ids, key prefix)."""
     from planctl.services.sales import state_name
 
-    sub = result.subscription
-    return {
-        "order": order_json(result.order),
-        "subscription": None if sub is None else subscription_json(sub, result.terms.slug, state_name(sub, now)),
-        "key": None if result.key is None else key_json(
-            result.key, None if result.dry_run or result.secret is None else result.secret.secret),
+    sub, order, key = result.subscription, order_json(result.order), result.key
+    data = {
+        "order": order,
+        "subscription": None if sub is None else subscription_json(sub, result.terms.slug, state_name(sub, now),
+                                                                   result.plan_version),
+        "key": None if key is None else key_json(key, None if result.dry_run or result.secret is None
+                                                 else result.secret.secret),
         "replayed": result.replayed, "dry_run": result.dry_run, "notes": result.notes,
     }
+    if result.dry_run:
+        order["id"] = None
+        if result.order.kind == "buy":  # the subscription and its key would be new
+            order["subscription_id"] = data["subscription"]["id"] = None
+            data["key"].update(id=None, subscription_id=None, prefix=None, last4=None)
+    return data
 
 
 def _show_sale(st: State, result: Any, fmt: str) -> None:
@@ -107,11 +115,12 @@ def _show_sale(st: State, result: Any, fmt: str) -> None:
         emit_json(st, data)
         return
     order, sub, key = data["order"], data["subscription"], data["key"]
+    assigned = "assigned on purchase"
     emit_record(st, {
-        "order_id": order["id"], "kind": order["kind"], "item": order["item"], "list_price": order["list_price"],
+        "order_id": order["id"] or assigned, "kind": order["kind"], "item": order["item"], "list_price": order["list_price"],
         "discount": order["discount_amount"], "payable": order["payable"], "currency": order["currency"],
         "credit_granted": order["credit_granted"], "validity_granted": order["validity_granted"],
-        "subscription_id": order["subscription_id"], "ends_at": sub and sub["ends_at"],
+        "subscription_id": order["subscription_id"] or (sub and assigned), "ends_at": sub and sub["ends_at"],
         "key_name": key and key["name"],
     }, SALE_COLUMNS, fmt)
     if key and key.get("secret"):
@@ -184,18 +193,38 @@ def renew(
     ignore_invalid_code: IgnoreInvalid = False,
     direct: Annotated[bool, typer.Option("--direct", help="Operator renewal, also when expired or exhausted.")] = False,
     reason: Annotated[Optional[str], typer.Option(help="Why (required with --direct).")] = None,
+    amount: Annotated[Optional[str], typer.Option(
+        help="With --direct: charge this instead of the plan's price (0 for goodwill).")] = None,
     idempotency_key: IdempotencyKey = None, dry_run: DryRun = False, json_: JsonOpt = False,
 ) -> None:
     """Renew a subscription for one more term: validity and credit stack, keys stay.
 
     Allowed while the subscription is valid, its plan on sale with renewal enabled, and
     inside the renewal window (default 3 days before expiry). --direct (operator, with
-    --reason) also renews an expired or exhausted subscription, from max(now, end).
+    --reason) also renews an expired or exhausted subscription, from max(now, end);
+    --amount 0 makes it a free goodwill renewal (a paid order of 0.00, audited).
     Example: planctl renew sub_k3x9q2mz --payment-method card
     """
     _sell(ctx, json_, dry_run, kind="direct-renewal" if direct else "renew", subscription=subscription,
           payment_method=payment_method, payment_ref=payment_ref, code=code,
-          ignore_invalid_code=ignore_invalid_code, reason=reason, idempotency_key=idempotency_key)
+          ignore_invalid_code=ignore_invalid_code, reason=reason, idempotency_key=idempotency_key,
+          price=_money_option(ctx, amount))
+
+
+def _money_option(ctx: typer.Context, text: Optional[str], *, allow_zero: bool = True) -> Optional[int]:
+    """An `--amount` in the installation's currency, as minor units."""
+    if text is None:
+        return None
+    from planctl.domain.catalog import currency_decimals
+    from planctl.domain.errors import InvalidInput
+    from planctl.domain.money import parse_money
+    from planctl.services import settings
+
+    currency = settings.list_settings(state(ctx).db())["currency"]
+    try:
+        return parse_money(text, currency_decimals(currency), allow_zero=allow_zero)
+    except InvalidInput as exc:
+        raise InvalidInput(f"--amount: {exc.message}") from None
 
 
 def upgrade(
@@ -279,17 +308,12 @@ def refund(
     and its keys. An invoiced order gets a credit note. Example: planctl refund
     ORD-20261121-0001 --reason "delivery issue" --request-id req_123 --yes
     """
-    from planctl.domain.catalog import currency_decimals
-    from planctl.domain.money import parse_money
-    from planctl.services import refunds, sales, settings
+    from planctl.services import refunds, sales
 
     st = state(ctx)
     fmt = output_format(st, json_=json_)
     db = st.db()
-    minor = None
-    if amount is not None:
-        currency = settings.list_settings(db)["currency"]
-        minor = parse_money(amount, currency_decimals(currency), allow_zero=False)
+    minor = _money_option(ctx, amount, allow_zero=False)
     if not dry_run:
         target = sales.get_order(db, order)
         st.confirm(f"Refund order {target.id} ({target.item}, paid {money_json(target.payable, target.currency)} "
@@ -302,12 +326,13 @@ def refund(
         "order": order_json(o), "amount": money_json(r.amount, o.currency), "currency": o.currency,
         "credit_reversed": _credit_json(r.credit_reversed), "policy": r.policy, "reason": r.reason,
         "details": r.details, "cancelled_subscription": result.cancelled_subscription,
-        "credit_note": result.credit_note and result.credit_note.id, "dry_run": dry_run,
-    }
+        "credit_note": None if dry_run or result.credit_note is None else result.credit_note.id, "dry_run": dry_run,
+    }  # a dry run's credit note number would never exist
     if fmt == "json":
         emit_json(st, data)
     else:
-        emit_record(st, {**data, "order": o.id}, (
+        note = data["credit_note"] or (result.credit_note and "assigned on refund")
+        emit_record(st, {**data, "order": o.id, "credit_note": note}, (
             Column("order"), Column("amount", "Refunded", "money"), Column("currency"),
             Column("credit_reversed", "Credit taken back", "credit"), Column("policy"), Column("reason"),
             Column("cancelled_subscription", "Cancelled subscription"), Column("credit_note", "Credit note")), fmt)
@@ -353,7 +378,7 @@ def subscriptions_list(
     st = state(ctx)
     fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
     views = sales.list_subscriptions(st.db(), now=st.now(), account=account, plan=plan, state=status)
-    emit_rows(st, (subscription_json(v.subscription, v.plan_slug, v.state) for v in views), SUB_COLUMNS, fmt)
+    emit_rows(st, (subscription_json(v.subscription, v.plan_slug, v.state, v.plan_version) for v in views), SUB_COLUMNS, fmt)
 
 
 @subscriptions_app.command("show")
@@ -370,7 +395,7 @@ def subscriptions_show(
     st = state(ctx)
     fmt = output_format(st, json_=json_)
     view = sales.get_subscription(st.db(), subscription, now=st.now())
-    data = {**subscription_json(view.subscription, view.plan_slug, view.state),
+    data = {**subscription_json(view.subscription, view.plan_slug, view.state, view.plan_version),
             "keys": [key_json(k) for k in view.keys], "orders": [order_json(o) for o in view.orders]}
     if fmt == "table":
         data["keys"] = [f"{k['name']} ({k['prefix']}…{k['last4']}, {k['status']})" for k in data["keys"]]

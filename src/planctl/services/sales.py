@@ -53,6 +53,7 @@ class SaleRequest:
     prorate: bool = False
     amount: int | None = None  # topup: credit (µcr) for a rate product
     reason: str | None = None  # direct renewal
+    price: int | None = None  # direct renewal: minor units charged instead of the plan's price (0: goodwill)
     idempotency_key: str | None = None
 
     def digest(self) -> str:
@@ -72,6 +73,7 @@ class SaleResult:
     replayed: bool = False
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
+    plan_version: int | None = None  # the subscription's plan version number (not its row id)
 
 
 # ---------------------------------------------------------------- entry points
@@ -92,17 +94,22 @@ def sell(db: Database, req: SaleRequest, *, caller: Caller, now: datetime, dry_r
         notes: list[str] = []
         result = _HANDLERS[req.kind](session, req, now, tz, notes)
         result.dry_run, result.notes = dry_run, notes + result.notes
+        if result.subscription is not None:
+            result.plan_version = version_number(session, result.subscription.plan_version_id)
         order = result.order
         audit.record(session, caller, now, f"order:{order.id}",
                      f"{order.kind} {order.item} for {order.account_id}: paid {_money(session, order.payable)}"
                      + (f" with code {order.discount_code}" if order.discount_code else "")
-                     + (f"; reason: {req.reason}" if req.reason else ""))
+                     + (f"; reason: {req.reason}" if req.reason else "")
+                     + ("; priced by the operator" if req.price is not None else ""))
         return result
 
 
 def _check_request(req: SaleRequest) -> None:
     if req.kind == "direct-renewal" and not (req.reason and req.reason.strip()):
         raise InvalidInput("a direct renewal needs --reason (it is recorded in the audit log)")
+    if req.price is not None and (req.kind != "direct-renewal" or req.price < 0):
+        raise InvalidInput("--amount sets the price of a direct renewal (--direct), zero or more")
     if not req.payment_method or not req.payment_method.replace("-", "").replace("_", "").isalnum():
         raise InvalidInput(f"invalid payment method {req.payment_method!r}: use a word such as alipay or card")
     if req.idempotency_key is not None and not (1 <= len(req.idempotency_key) <= 200):
@@ -119,7 +126,7 @@ def _replay(session: Session, req: SaleRequest) -> SaleResult | None:
     sub = session.get(Subscription, order.subscription_id) if order.subscription_id else None
     terms = subscription_terms(session, sub) if sub else None
     return SaleResult(order=order, subscription=sub, terms=terms, replayed=True,
-                      notes=[f"idempotency key seen before: this is order {order.id}, nothing was charged again"])
+                      plan_version=sub and version_number(session, sub.plan_version_id), notes=[f"idempotency key seen before: this is order {order.id}, nothing was charged again"])
 
 
 # ---------------------------------------------------------------- plan sales
@@ -192,9 +199,13 @@ def _direct_renewal(session: Session, req: SaleRequest, now: datetime, tz: ZoneI
     sub = _subscription(session, req.subscription)
     terms = subscription_terms(session, sub)
     term = lifecycle.direct_renewal_term(subscription_state(sub), terms, now, tz)
-    order = _order(session, req, now, tz, notes, sub.account_id, terms.slug, terms.price,
+    price = terms.price if req.price is None else req.price
+    order = _order(session, req, now, tz, notes, sub.account_id, terms.slug, price,
                    version_id=sub.plan_version_id, discounts_allowed=False)
     order.subscription_id, order.validity_granted, order.reason = sub.id, str(terms.validity), req.reason
+    if req.price is not None:
+        notes.append(f"priced by the operator at {_money(session, price)} "
+                     f"(plan price {_money(session, terms.price)})")
     was_expired = now >= sub.ends_at
     sub.ends_at, sub.anchor_day, sub.updated_at = term.ends_at, term.anchor_day, now
     if terms.total_credit is not None:
@@ -365,6 +376,11 @@ def _plan_slug(session: Session, sub: Subscription) -> str:
     return session.get(Plan, sub.plan_id).slug  # type: ignore[union-attr]
 
 
+def version_number(session: Session, plan_version_id: int) -> int:
+    """The plan's own version number (1, 2, …) of a plan-version row: what people and JSON see."""
+    return session.get(PlanVersion, plan_version_id).version  # type: ignore[union-attr]
+
+
 def subscription_terms(session: Session, sub: Subscription) -> PlanTerms:
     from planctl.services.catalog import plan_version_terms
 
@@ -409,6 +425,7 @@ class SubscriptionView:
     plan_slug: str
     terms: PlanTerms
     state: str  # active | expired | cancelled | not-started
+    plan_version: int  # the plan's version number
     keys: list[ApiKey] = field(default_factory=list)
     orders: list[Order] = field(default_factory=list)
 
@@ -433,21 +450,23 @@ def list_subscriptions(db: Database, *, now: datetime, account: str | None = Non
                        state: str | None = None) -> list[SubscriptionView]:
     _one_of(state, SUBSCRIPTION_STATES, "status")
     with db.read() as session:
-        query = select(Subscription, Plan.slug).join(Plan, Plan.id == Subscription.plan_id)
+        query = (select(Subscription, Plan.slug, PlanVersion.version).join(Plan, Plan.id == Subscription.plan_id)
+                 .join(PlanVersion, PlanVersion.id == Subscription.plan_version_id))
         if account:
             query = query.where(Subscription.account_id == accounts.resolve(session, account).id)
         if plan:
             query = query.where(Plan.slug == plan)
         query = query.order_by(col(Subscription.created_at).desc(), Subscription.id)
-        views = [SubscriptionView(sub, slug, subscription_terms(session, sub), state_name(sub, now))
-                 for sub, slug in session.exec(query)]
+        views = [SubscriptionView(sub, slug, subscription_terms(session, sub), state_name(sub, now), version)
+                 for sub, slug, version in session.exec(query)]
     return [v for v in views if state is None or v.state == state]
 
 
 def get_subscription(db: Database, ref: str, *, now: datetime) -> SubscriptionView:
     with db.read() as session:
         sub = resolve_subscription(session, ref)
-        view = SubscriptionView(sub, _plan_slug(session, sub), subscription_terms(session, sub), state_name(sub, now))
+        view = SubscriptionView(sub, _plan_slug(session, sub), subscription_terms(session, sub), state_name(sub, now),
+                                version_number(session, sub.plan_version_id))
         view.keys = list(session.exec(select(ApiKey).where(ApiKey.subscription_id == sub.id).order_by(ApiKey.created_at)))
         view.orders = list(session.exec(select(Order).where(Order.subscription_id == sub.id).order_by(Order.created_at)))
         return view
