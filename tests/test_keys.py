@@ -500,14 +500,21 @@ def test_rotation_grace_boundary_keeps_identity_and_limits(cli: Any, db: Any) ->
     assert found_id(db, old, grace_end + timedelta(days=1)) is None
     assert found_id(db, new, rotated_at) == key["id"] and found_id(db, new, grace_end) == key["id"]
 
-    again = rotated_at + timedelta(minutes=5)  # without --grace the old secret stops at once
+    # a second rotation inside the grace would cut the old secret's grace short: refused, saying when
+    assert_refused(cli, cli.db_location, [(("keys", "rotate", key["id"]), 4, "rotation_grace_running",
+                                           "stays valid until 2026-11-21 13:10 CST")],
+                   when=grace_end - US)
+    assert found_id(db, old, grace_end - US) == key["id"]
+    again = grace_end  # from the end of the grace; without --grace the replaced secret stops at once
     newest = js(cli, "keys", "rotate", key["id"], when=again)["secret"]
     assert found_id(db, new, again) is None
-    assert found_id(db, old, again) is None  # the earlier grace ended with it
     assert found_id(db, newest, again) == key["id"]
     assert js(cli, "keys", "show", key["id"])["previous_valid_until"] is None
-    entries = [e for e in audit(cli) if e["target"] == f"key:{key['id']}"]
-    assert len(entries) == 2 and all("rotated" in e["summary"] for e in entries)
+    entries = [e["summary"] for e in audit(cli) if e["target"] == f"key:{key['id']}"]
+    first, second = sorted((e for e in entries if "rotated" in e), key=lambda e: "until" not in e)
+    assert f"old {old[:7]}…{old[-4:]} until 2026-11-21 13:10 CST" in first
+    assert f"valid now: new {new[:7]}…{new[-4:]}" in first
+    assert f"old {new[:7]}…{new[-4:]} stopped working" in second
 
 
 # ---------------------------------------------------------------- status changes and edits

@@ -15,10 +15,11 @@ from sqlmodel import Session, col, select
 
 from planctl.domain import keys as rules
 from planctl.domain import lifecycle
+from planctl.domain.clock import when
 from planctl.domain.errors import Conflict, InvalidInput, NotFound, Refused
 from planctl.domain.ids import short_id
 from planctl.domain.secrets import new_secret
-from planctl.services import accounts, audit, sales
+from planctl.services import accounts, audit, sales, settings
 from planctl.services.audit import Caller
 from planctl.store.engine import Database
 from planctl.store import meter
@@ -230,19 +231,29 @@ def rotate(db: Database, ref: str, *, grace: timedelta | None, caller: Caller, n
            account: str | None = None) -> CreatedKey:
     """A new secret for the same key (identity, history and limits kept).
 
-    With a grace period the old secret keeps working until it ends.
+    With a grace period the old secret keeps working until it ends. A key keeps
+    one previous secret: while one is still in its grace, a second rotation is
+    refused (it would cut that grace short) and says when it can be made.
     """
     with db.write() as session:
         key = resolve(session, ref, account=account)
         if key.status == "revoked":
             raise Refused(f"key {key.id} was revoked; create a new key", reason="key_revoked")
+        tz = settings.reset_zone(session)
+        if key.previous_valid_until is not None and now < key.previous_valid_until:
+            raise Refused(f"key {key.name}: the secret replaced by the last rotation stays valid until "
+                          f"{when(key.previous_valid_until, tz)}; rotate again from then on (or disable the key "
+                          "now if a secret leaked)", reason="rotation_grace_running")
+        old = f"{key.prefix}…{key.last4}"
         secret = new_secret()
         key.previous_sha256 = key.secret_sha256 if grace else None
         key.previous_valid_until = now + grace if grace else None
         key.secret_sha256, key.prefix, key.last4, key.updated_at = secret.sha256, secret.prefix, secret.last4, now
         session.add(key)
         audit.record(session, caller, now, f"key:{key.id}",
-                     f"{key.name}: secret rotated" + (f", old secret valid until {key.previous_valid_until:%Y-%m-%d %H:%M:%S} UTC" if grace else ""))
+                     f"{key.name}: secret rotated; valid now: new {key.prefix}…{key.last4}"
+                     + (f", old {old} until {when(key.previous_valid_until, tz)}" if key.previous_valid_until
+                        else f"; old {old} stopped working"))
         return CreatedKey(key, secret.secret)
 
 
