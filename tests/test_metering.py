@@ -1346,7 +1346,8 @@ def test_cli_usage_record_and_reservations(db: Any, cli: Any, caller: Any, monke
 
 
 LIMITS_FIELDS = {"subscription_id", "key_id", "plan", "blocking", "lifted_by_extra_usage", "total", "period",
-                 "today", "key", "extra_usage", "reset_zone", "suggestions"}
+                 "today", "key", "extra_usage", "reset_zone", "suggestions", "next_reset", "next_reset_local",
+                 "payg_balance"}
 
 
 def test_limits_show_json_answers_why_cant_i_continue_today(db: Any, cli: Any, caller: Any) -> None:
@@ -1362,20 +1363,25 @@ def test_limits_show_json_answers_why_cant_i_continue_today(db: Any, cli: Any, c
     assert (out["subscription_id"], out["key_id"], out["plan"]) == (b.sub, b.key, "meter")
     assert (out["blocking"], out["lifted_by_extra_usage"]) == ("period_limit_reached", False)
     assert out["total"] == {"granted": cr(10_000), "used": cr(100), "held": cr(0), "remaining": cr(9_900)}
-    assert out["period"] == {"limit": cr(100), "used": cr(100), "held": cr(0), "enabled": True, "can_disable": True,
+    assert (out["next_reset"], out["next_reset_local"]) == (z(MIDNIGHT), "2026-11-22T00:00:00+08:00")
+    assert out["period"] == {"limit": cr(100), "used": cr(100), "held": cr(0), "remaining": cr(0), "enabled": True,
+                             "can_disable": True,
                              "starts_at": z(TODAY), "resets_at": z(MIDNIGHT),
                              "resets_at_local": "2026-11-22T00:00:00+08:00"}
-    assert out["today"] == {"requests": 2, "rpd": 10, "tokens": 100, "tpd": 10000, "resets_at": z(MIDNIGHT),
+    assert out["today"] == {"requests": 2, "rpd": 10, "rpd_remaining": 8, "tokens": 100, "tpd": 10000,
+                            "tpd_remaining": 9900, "resets_at": z(MIDNIGHT),
                             "resets_at_local": "2026-11-22T00:00:00+08:00"}
-    assert out["key"] == {"cap": None, "used": cr(60), "daily_limit": None, "used_today": cr(60), "rpd": None,
-                          "requests_today": 1}
+    assert out["key"] == {"cap": None, "used": cr(60), "cap_remaining": None, "daily_limit": None,
+                          "used_today": cr(60), "daily_remaining": None, "rpd": None, "requests_today": 1,
+                          "rpd_remaining": None}
     assert (out["extra_usage"], out["reset_zone"]) == (cr(0), "Asia/Shanghai")
     assert len(out["suggestions"]) == 2
     assert "planctl extra buy" in out["suggestions"][0]
     assert f"planctl limits disable {b.sub}" in out["suggestions"][1]
     by_key = js(cli, "limits", "show", "ci")
     assert by_key["key_id"] == key and by_key["key"] == {
-        "cap": cr(5000), "used": cr(40), "daily_limit": cr(3000), "used_today": cr(40), "rpd": 7, "requests_today": 1}
+        "cap": cr(5000), "used": cr(40), "cap_remaining": cr(4960), "daily_limit": cr(3000), "used_today": cr(40),
+        "daily_remaining": cr(2960), "rpd": 7, "requests_today": 1, "rpd_remaining": 6}
     table = run(cli, "limits", "show", b.sub)
     assert table.exit_code == 0 and "blocking now: period_limit_reached" in table.stdout
     assert "to lift it:" in table.stdout
@@ -1402,6 +1408,57 @@ def test_limits_show_for_exhausted_credit_and_an_empty_payg_balance(db: Any, cli
     assert (payg["blocking"], payg["subscription_id"], payg["plan"]) == ("payg_balance_empty", None, None)
     assert any("planctl topup" in s for s in payg["suggestions"])
     checks_ok(db)
+
+
+def test_limits_show_prints_every_limit_that_applies_with_what_is_left(db: Any, cli: Any, caller: Any) -> None:
+    install(db, caller, plan("meter", period="day", period_credit="0.0001", rpd=10, tpd=10000))
+    acc = account(db, caller)
+    b = buy(db, caller, acc, "meter")
+    key, _ = team(db, caller, b.sub, "ci", credit_cap=50, daily_limit=3000, rpd=7)
+    use(db, key, "r1", 50)
+    table = run(cli, "--tz", "Asia/Shanghai", "limits", "show", "ci")
+    assert table.exit_code == 0, table.stderr
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in table.stdout.splitlines() if line.count("│") >= 5}
+    assert set(rows) >= {"total credit", "this period (limit on)", "requests today (RPD)", "tokens today (TPD)",
+                         "this key (credit cap)", "this key today (daily limit)", "this key's requests today (RPD)",
+                         "extra usage"}, rows
+    assert all(cells[2] not in ("", "-") for cells in rows.values()), rows  # every Left cell is filled
+    assert rows["this key's requests today (RPD)"][:3] == ["1", "7", "6"]
+    assert rows["this key (credit cap)"][2] == "0.00"
+    out = js(cli, "limits", "show", "ci")
+    assert out["blocking"] == "key_credit_cap_reached" and out["next_reset"] is None
+    assert any(f"planctl keys edit {key} --credit" in s for s in out["suggestions"])
+    assert "to lift it: raise or clear the key's credit cap" in table.stdout
+
+
+@pytest.mark.parametrize("reason,spec,tokens", [
+    ("key_daily_limit_reached", {"daily_limit": 50}, 50),
+    ("key_rpd_reached", {"rpd": 1}, 1),
+])
+def test_limits_show_suggests_a_way_out_of_each_key_limit(db: Any, cli: Any, caller: Any, reason: str,
+                                                         spec: dict[str, Any], tokens: int) -> None:
+    _, b = _setup(db, caller)
+    key, _ = team(db, caller, b.sub, "ci", **spec)
+    use(db, key, "r1", tokens)
+    out = js(cli, "limits", "show", "ci")
+    assert out["blocking"] == reason and out["next_reset"] == z(MIDNIGHT)
+    assert any(f"planctl keys edit {key}" in s for s in out["suggestions"]), out["suggestions"]
+
+
+def test_next_reset_of_a_weekly_limit_is_the_weeks(db: Any, cli: Any, caller: Any) -> None:
+    _, b = _setup(db, caller, period="week", period_credit="0.0001", rpd=100)
+    use(db, b.key, "r1", 100)
+    out = js(cli, "limits", "show", b.sub)
+    assert out["blocking"] == "period_limit_reached"
+    assert out["next_reset"] == out["period"]["resets_at"] != out["today"]["resets_at"]
+    from planctl.domain.clock import iso
+    from planctl.services import metering
+
+    denied = metering.authorize(db, b.secret, model="unit", now=NOW)
+    assert (denied.reason, iso(denied.next_reset)) == ("period_limit_reached", out["period"]["resets_at"])
+    assert out["period"]["resets_at"] == "2026-11-22T16:00:00+00:00"  # Monday 00:00 in Beijing
+    assert denied.message.endswith("it resets at 2026-11-23 00:00 CST")
 
 
 # ---------------------------------------------------------------- several processes, one subscription

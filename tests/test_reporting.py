@@ -824,6 +824,11 @@ HEALTH_RANGES = [
     ("head-days-tail", ["--since", "2026-11-15T07:30:00Z", "--until", "2026-11-20T15:59:59Z"],
      lambda r: utc(2026, 11, 15, 7, 30) <= r.at < EDGE_BEFORE, False),
     ("since-yesterday-open", ["--since", "yesterday"], lambda r: r.at >= EDGE_AFTER - D, False),
+    # an open range that starts today has no whole day behind it: read raw, exact like "--until now"
+    ("since-10h-open", ["--since", "10h"], lambda r: r.at >= NOW - timedelta(hours=10), True),
+    ("since-10h-until-now", ["--since", "10h", "--until", "now"], lambda r: NOW - timedelta(hours=10) <= r.at < NOW,
+     True),
+    ("since-today-open", ["--since", "today"], lambda r: r.at >= EDGE_AFTER, True),
     ("exact-status-raw", ["--since", "2026-11-16", "--until", "2026-11-20", "--status", "200"],
      lambda r: bj("2026-11-16") <= r.at < bj("2026-11-20") and r.status == 200, True),
     ("status-class-rollups", ["--since", "2026-11-16", "--until", "2026-11-20", "--status", "error"],

@@ -376,21 +376,37 @@ def limits_json(v: Any, zone: Any) -> dict[str, Any]:
     from planctl.domain.clock import iso
 
     c, lim = v.counters, v.limits
+
+    def left(limit: int | None, *used: int) -> int | None:
+        return None if limit is None else max(0, limit - sum(used))
+
+    def credit_left(limit: int | None, *used: int) -> str | None:
+        return _credit(left(limit, *used))
+
     return {
         "subscription_id": v.subscription_id, "key_id": v.key_id, "plan": v.plan,
         "blocking": v.blocking, "lifted_by_extra_usage": v.lifted_by_extra,
+        "next_reset": v.next_reset and iso(v.next_reset),
+        "next_reset_local": v.next_reset and iso(v.next_reset.astimezone(zone)),
         "total": {"granted": _credit(c.plan_granted), "used": _credit(c.plan_used),
                   "held": _credit(c.plan_reserved), "remaining": _credit(c.plan_remaining)},
         "period": None if lim.period_credit is None else {
             "limit": _credit(lim.period_credit), "used": _credit(c.period_used), "held": _credit(c.period_reserved),
+            "remaining": credit_left(lim.period_credit, c.period_used, c.period_reserved),
             "enabled": lim.period_limit_enabled, "can_disable": v.can_disable_limit,
             "starts_at": v.period and iso(v.period[0]), "resets_at": v.period and iso(v.period[1]),
             "resets_at_local": v.period and iso(v.period[1].astimezone(zone))},
-        "today": {"requests": c.day_requests, "rpd": lim.rpd, "tokens": c.day_tokens, "tpd": lim.tpd,
+        "today": {"requests": c.day_requests, "rpd": lim.rpd, "rpd_remaining": left(lim.rpd, c.day_requests),
+                  "tokens": c.day_tokens, "tpd": lim.tpd, "tpd_remaining": left(lim.tpd, c.day_tokens),
                   "resets_at": iso(v.day[1]), "resets_at_local": iso(v.day[1].astimezone(zone))},
-        "key": {"cap": _credit(lim.key_cap), "used": _credit(c.key_used), "daily_limit": _credit(lim.key_daily_limit),
-                "used_today": _credit(c.key_day_credit), "rpd": lim.key_rpd, "requests_today": c.key_day_requests},
+        "key": {"cap": _credit(lim.key_cap), "used": _credit(c.key_used),
+                "cap_remaining": credit_left(lim.key_cap, c.key_used, c.key_reserved),
+                "daily_limit": _credit(lim.key_daily_limit), "used_today": _credit(c.key_day_credit),
+                "daily_remaining": credit_left(lim.key_daily_limit, c.key_day_credit),
+                "rpd": lim.key_rpd, "requests_today": c.key_day_requests,
+                "rpd_remaining": left(lim.key_rpd, c.key_day_requests)},
         "extra_usage": _credit(c.extra_available),
+        "payg_balance": None if v.subscription_id else _credit(c.payg_available),
         "reset_zone": v.reset_zone, "suggestions": v.suggestions,
     }
 
@@ -400,6 +416,7 @@ def limits_show(ctx: typer.Context, target: Annotated[str, typer.Argument(help="
                 json_: JsonOpt = False) -> None:
     """"I still have balance, why can't I continue today?": every quota side by side.
 
+    One row per limit that applies (plan and key), each with what is left.
     Example: planctl limits show sub_k3x9q2mz
     """
     from planctl.services import metering
@@ -417,26 +434,39 @@ def limits_show(ctx: typer.Context, target: Annotated[str, typer.Argument(help="
 
         return None if v is None else display(v, "credit", st.display_zone)
 
-    def left(limit: Any, used: Any) -> Any:
-        return None if limit is None else limit - used
-
-    rows = [
-        {"quota": "total credit", "used": cr(t["used"]), "limit": cr(t["granted"]), "left": cr(t["remaining"]),
-         "resets": None},
-        *([{"quota": f"this period (limit {'on' if p['enabled'] else 'off'})", "used": cr(p["used"]),
-            "limit": cr(p["limit"]), "left": None, "resets": p["resets_at"]}] if p else []),
-        {"quota": "requests today (RPD)", "used": d["requests"], "limit": d["rpd"],
-         "left": left(d["rpd"], d["requests"]), "resets": d["resets_at"]},
-        {"quota": "tokens today (TPD)", "used": d["tokens"], "limit": d["tpd"], "left": left(d["tpd"], d["tokens"]),
-         "resets": d["resets_at"]},
-        {"quota": "this key", "used": cr(k["used"]), "limit": cr(k["cap"]), "left": None, "resets": None},
-        {"quota": "extra usage", "used": None, "limit": None, "left": cr(data["extra_usage"]), "resets": None},
+    candidates = [
+        (t["granted"], {"quota": "total credit", "used": cr(t["used"]), "limit": cr(t["granted"]),
+                        "left": cr(t["remaining"]), "resets": None}),
+        (p, p and {"quota": f"this period (limit {'on' if p['enabled'] else 'off'})", "used": cr(p["used"]),
+                   "limit": cr(p["limit"]), "left": cr(p["remaining"]), "resets": p["resets_at"]}),
+        (d["rpd"], {"quota": "requests today (RPD)", "used": d["requests"], "limit": d["rpd"],
+                    "left": d["rpd_remaining"], "resets": d["resets_at"]}),
+        (d["tpd"], {"quota": "tokens today (TPD)", "used": d["tokens"], "limit": d["tpd"],
+                    "left": d["tpd_remaining"], "resets": d["resets_at"]}),
+        (k["cap"], {"quota": "this key (credit cap)", "used": cr(k["used"]), "limit": cr(k["cap"]),
+                    "left": cr(k["cap_remaining"]), "resets": None}),
+        (k["daily_limit"], {"quota": "this key today (daily limit)", "used": cr(k["used_today"]),
+                            "limit": cr(k["daily_limit"]), "left": cr(k["daily_remaining"]),
+                            "resets": d["resets_at"]}),
+        (k["rpd"], {"quota": "this key's requests today (RPD)", "used": k["requests_today"], "limit": k["rpd"],
+                    "left": k["rpd_remaining"], "resets": d["resets_at"]}),
+        (data["payg_balance"], {"quota": "pay-as-you-go balance", "used": None, "limit": None,
+                                "left": cr(data["payg_balance"]), "resets": None}),
+        (True, {"quota": "extra usage", "used": None, "limit": None, "left": cr(data["extra_usage"]),
+                "resets": None}),
     ]
+    rows = [row for applies, row in candidates if applies is not None and applies is not False]
     emit_rows(st, rows, (Column("quota"), Column("used", kind="int"), Column("limit", kind="int"),
                          Column("left", kind="int"), Column("resets", "Resets (local)", "time")), fmt)
     blocking = data["blocking"]
+    from datetime import datetime
+
+    from planctl.domain.clock import when
+
+    reset = data["next_reset"] and when(datetime.fromisoformat(data["next_reset"]), st.display_zone)
     print(f"blocking now: {blocking or 'nothing'}"
           + (" (extra usage absorbs it)" if data["lifted_by_extra_usage"] else "")
+          + (f"; next reset {reset}" if blocking and reset else "")
           + f"; natural days in {data['reset_zone']}")
     for s in data["suggestions"]:
         print(f"to lift it: {s}")

@@ -61,7 +61,7 @@ def _filter(st: State, reader: Any, since: Optional[str], until: Optional[str], 
         except InvalidInput as exc:
             raise InvalidInput(f"{option}: {exc.message}") from None
 
-    return reporting.UsageFilter(since=when(since, "--since"), until=when(until, "--until"), **rest)
+    return reporting.UsageFilter(since=when(since, "--since"), until=when(until, "--until"), now=st.now(), **rest)
 
 
 def record_json(r: dict[str, Any]) -> dict[str, Any]:

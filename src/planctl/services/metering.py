@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from planctl.domain import config, lifecycle, quota
 from planctl.domain import keys as key_rules
 from planctl.domain.catalog import Context, ModelPrices, PlanTerms, currency_decimals, parse_plan, resolve_model
-from planctl.domain.clock import iso, period_bounds, start_of_local_day, zone
+from planctl.domain.clock import iso, period_bounds, start_of_local_day, when, zone
 from planctl.domain.errors import InvalidInput, NotFound, Refused
 from planctl.domain.ids import short_id
 from planctl.domain.latency import bucket_of
@@ -309,7 +309,7 @@ def authorize(db: MeterDb, secret: str, *, model: str, api: str = "responses", r
         billed = cat.billed(model)
         limits, counters = state.limits(), state.counters()
         decision = quota.decide(_request(state, billed, api, reserve or 0, now), limits, counters)
-        auth = _answer(state, decision, model, billed, limits, counters)
+        auth = _answer(state, decision, model, billed, limits, counters, cat.tz)
         if decision.allowed and reserve:
             res = _hold(tx, state, decision, limits, reserve, now, hold_for)
             auth.reservation_id, auth.reservation_expires_at = res.id, res.expires_at
@@ -317,7 +317,7 @@ def authorize(db: MeterDb, secret: str, *, model: str, api: str = "responses", r
 
 
 def _answer(state: _State, decision: quota.Decision, requested: str, billed: str | None, limits: quota.Limits,
-            c: quota.Counters) -> Authorization:
+            c: quota.Counters, tz: Any) -> Authorization:
     win = state.windows
     remaining: dict[str, Any] = {
         "total": c.plan_remaining,
@@ -328,15 +328,11 @@ def _answer(state: _State, decision: quota.Decision, requested: str, billed: str
         "extra": c.extra_available,
         "payg": c.payg_available if state.key.kind == "payg" else None,
     }
-    blocking = decision.reason or decision.lifted
-    if blocking == "period_limit_reached" and win.period:
-        next_reset = win.period[1]
-    elif blocking in ("rpd_reached", "tpd_reached", "key_daily_limit_reached", "key_rpd_reached"):
-        next_reset = win.day[1]
-    else:
+    next_reset = reset_of(decision.reason or decision.lifted, win)
+    if next_reset is None:  # what blocks does not reset by itself: say when the next counter does anyway
         next_reset = min([win.day[1]] + ([win.period[1]] if win.period else []))
     return Authorization(
-        allowed=decision.allowed, reason=decision.reason, message=explain(decision, next_reset),
+        allowed=decision.allowed, reason=decision.reason, message=explain(decision, next_reset, tz),
         requested_model=requested, billed_model=billed, key_id=state.key.id, account_id=state.key.account_id,
         subscription_id=state.sub.id if state.sub else None, pool=decision.pool, lifted=decision.lifted,
         remaining=remaining, next_reset=next_reset,
@@ -365,14 +361,29 @@ MESSAGES = {
 }
 
 
-def explain(decision: quota.Decision, next_reset: datetime) -> str:
+DAILY_REASONS = ("rpd_reached", "tpd_reached", "key_daily_limit_reached", "key_rpd_reached")
+
+
+def reset_of(blocking: str | None, win: Any) -> datetime | None:
+    """When the boundary named by `blocking` resets: the period's end for the periodic limit (a week
+    for a weekly plan), the natural day's for daily limits; None when nothing blocks or it never resets."""
+    if blocking == "period_limit_reached" and win.period:
+        return win.period[1]
+    if blocking in DAILY_REASONS:
+        return win.day[1]
+    if blocking is None:
+        return min([win.day[1]] + ([win.period[1]] if win.period else []))
+    return None
+
+
+def explain(decision: quota.Decision, next_reset: datetime, tz: Any) -> str:
     if decision.allowed:
         if decision.lifted:
             return f"allowed on extra usage ({MESSAGES[decision.lifted]})"
         return f"allowed, charged to {decision.pool}"
     text = MESSAGES.get(decision.reason or "", decision.reason or "denied")
-    if decision.reason in quota.BOUNDARIES or decision.reason in ("key_daily_limit_reached", "key_rpd_reached"):
-        text += f"; it resets at {iso(next_reset)}"
+    if decision.reason in quota.BOUNDARIES or decision.reason in DAILY_REASONS:
+        text += f"; it resets at {when(next_reset, tz)}"
     return text
 
 
@@ -1052,6 +1063,7 @@ class LimitsView:
     reset_zone: str
     can_disable_limit: bool
     suggestions: list[str]
+    next_reset: datetime | None = None  # when what blocks resets (None: it does not reset by itself)
 
 
 def limits_view(db: Any, ref: str, *, now: datetime) -> LimitsView:
@@ -1088,22 +1100,45 @@ def limits_view(db: Any, ref: str, *, now: datetime) -> LimitsView:
             period=state.windows.period, day=state.windows.day, reset_zone=cat.tz.key,
             can_disable_limit=bool(terms and terms.period_limit_can_disable),
             suggestions=_suggestions(decision, boundary, state, counters),
+            next_reset=reset_of(decision.reason or boundary, state.windows),
         )
 
 
 def _suggestions(decision: quota.Decision, boundary: str | None, state: _State, c: quota.Counters) -> list[str]:
+    """What would lift each reason that blocks now (the decision's, and a plan boundary extra usage absorbs)."""
     out = []
     reason = decision.reason
-    sub = state.sub
+    sub, key = state.sub, state.key
     if boundary and not c.extra_available and sub is not None:
         out.append(f"buy extra usage: planctl extra buy extra-50 --account {sub.account_id}")
     if boundary == "period_limit_reached" and state.terms and state.terms.period_limit_can_disable \
             and sub is not None and sub.period_limit_enabled:
         out.append(f"disable the periodic limit to use the total credit: planctl limits disable {sub.id}")
+    if reason in quota.BOUNDARIES and not out:
+        out.append("wait for the reset shown above (this plan offers no other way)")
     if reason in ("credit_exhausted", "subscription_expired") and sub is not None:
         out.append(f"renew (inside the renewal window) or ask for a direct renewal: planctl renew {sub.id}")
-    if reason == "payg_balance_empty":
-        out.append(f"top up: planctl topup {state.account.id} 100")
+    fixes = {
+        "payg_balance_empty": f"top up: planctl topup {state.account.id} 100",
+        "key_credit_cap_reached": f"raise or clear the key's credit cap: planctl keys edit {key.id} --credit none",
+        "key_daily_limit_reached": f"raise or clear the key's daily limit: planctl keys edit {key.id} "
+                                   "--daily-limit none (or wait for the reset)",
+        "key_rpd_reached": f"raise or clear the key's RPD: planctl keys edit {key.id} --rpd none (or wait for the reset)",
+        "key_disabled": f"enable the key: planctl keys enable {key.id}",
+        "key_expired": f"extend the key: planctl keys edit {key.id} --expires none",
+        "key_revoked": "a revoked key stays revoked: create a new one with planctl keys create --from-plan "
+                       + (sub.id if sub is not None else "PLAN"),
+        "subscription_cancelled": f"buy the plan again: planctl buy {state.terms.slug if state.terms else 'PLAN'} "
+                                  f"--account {state.extra_owner_id}",
+        "subscription_not_started": "wait for the subscription's start (planctl subscriptions show)",
+        "subuser_quota_reached": f"raise or clear the sub-user's quota: planctl accounts update {key.account_id} "
+                                 "--quota none",
+        "group_not_in_plan": f"move the key to one of the plan's groups: planctl keys edit {key.id} --group GROUP",
+        "model_not_in_plan": "use a model of the plan, or upgrade to a plan that has it: planctl upgrade",
+        "api_type_not_in_plan": "use an API type of the plan, or upgrade to a plan that has it: planctl upgrade",
+    }
+    if reason in fixes:
+        out.append(fixes[reason])
     return out
 
 

@@ -112,6 +112,7 @@ class UsageFilter:
     status: str | None = None
     api: str | None = None
     subscription: str | None = None
+    now: datetime | None = None  # when the question is asked: a range from today on with no end is read raw
 
 
 @dataclass
@@ -241,14 +242,19 @@ class _Plan:
     days: tuple[date, date | None] | None
 
 
-def split_range(since: datetime | None, until: datetime | None, tz: ZoneInfo, *, rollups: bool) -> _Plan:
+def split_range(since: datetime | None, until: datetime | None, tz: ZoneInfo, *, rollups: bool,
+                now: datetime | None = None) -> _Plan:
     """Whole natural days go to rollups; the partial days at the ends stay raw.
 
     Without `until` the range runs to the newest record, and rollups (kept at
-    record time) hold today's records too, so no raw tail is needed.
+    record time) hold today's records too, so no raw tail is needed; but a
+    range with no end that starts today (`--since 1h`) has no whole day behind
+    it, so it is read raw, like the same range with `--until now`.
     """
     if not rollups or since is None:
         return _Plan([(since, until)], None)
+    if until is None and now is not None and local_date(since, tz) >= local_date(now, tz):
+        return _Plan([(since, None)], None)
     first = local_date(since, tz)
     if start_of_local_day(first, tz) < since:
         first += timedelta(days=1)
@@ -375,7 +381,7 @@ def aggregate(reader: Reader, f: UsageFilter, *, by: str | None = None, tz: Zone
     r = resolve(reader, f)
     tz = tz or reset_zone(reader)
     dim = DIMENSIONS[by] if by else None
-    plan = split_range(r.since, r.until, tz, rollups=r.rollup_ok)
+    plan = split_range(r.since, r.until, tz, rollups=r.rollup_ok, now=f.now)
     out: dict[str | None, Aggregate] = {}
 
     def merge(rows: Iterator[tuple[Any, ...]]) -> None:
