@@ -21,7 +21,7 @@ from conftest import NOW, sqlite_dump
 
 SUMMARY_KEYS = {
     "mode", "charged", "seed", "days", "since", "until", "accounts", "subscriptions", "orders", "extra_packs",
-    "keys", "records", "rejected", "consumption", "request_id_prefix", "elapsed_seconds", "setup_seconds",
+    "keys", "records", "rejected", "refused", "consumption", "request_id_prefix", "elapsed_seconds", "setup_seconds",
     "usage_seconds", "records_per_second", "notes",
 }
 
@@ -208,3 +208,52 @@ def cli_factory() -> Any:
     from conftest import Cli
 
     return Cli
+
+
+def test_the_demo_obeys_the_limits_it_demonstrates(tmp_path: Path, caller: Any) -> None:
+    """Tight plans: traffic goes through admission; refused requests are recorded as refused, never charged,
+    and no subscription ends up using more credit than it was granted."""
+    from planctl.services import catalog, database, demo
+    from planctl.store.location import resolve_target
+
+    path = tmp_path / "tight.db"
+    db = database.open_database(resolve_target(str(path)), now=NOW)
+    try:
+        for slug in ("codex-weekly", "codex-lite-monthly"):
+            catalog.update_plan(db, slug, {"total_credit": "6", "period_credit": "2"}, caller=caller,
+                                now=NOW - timedelta(days=30))
+        summary = demo.run(db, demo.DemoSpec(days=3, records=2_000, accounts=5, seed=3), caller=caller, now=NOW)
+        results = database.check(db)
+    finally:
+        db.dispose()
+    assert all(r.ok for r in results), [(r.name, r.detail) for r in results if not r.ok]
+    assert summary.refused > 0 and summary.records == 2_000 and summary.rejected == 0
+    assert any("refused by admission" in n for n in summary.notes)
+    assert query(path, "SELECT id, credit_used, credit_granted FROM subscriptions "
+                       "WHERE credit_used > credit_granted") == []
+    refused = query(path, "SELECT COUNT(*), SUM(cost), SUM(charged_plan + charged_extra + charged_payg), "
+                          "MIN(status_code), MAX(status_code) FROM usage_records WHERE error LIKE 'refused by admission: %'")
+    assert refused == [(summary.refused, 0, 0, 429, 429)]
+    assert query(path, "SELECT SUM(cost) = SUM(charged_plan + charged_extra + charged_payg) FROM usage_records") \
+        == [(1,)]
+    assert query(path, "SELECT COUNT(*) FROM reservations WHERE status = 'held'") == [(0,)]
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["charged", "fast"])
+def test_db_check_is_clean_after_the_demo(tmp_path: Path, caller: Any, fast: bool) -> None:
+    from planctl.services import database
+
+    path = tmp_path / "demo.db"
+    run_demo(path, caller, days=2, records=600, accounts=3, seed=11, fast=fast)
+    db = database.open_database(resolve_target_of(path), now=NOW)
+    try:
+        assert all(r.ok for r in database.check(db))
+    finally:
+        db.dispose()
+    assert query(path, "SELECT COUNT(*) FROM subscriptions WHERE credit_used > credit_granted") == [(0,)]
+
+
+def resolve_target_of(path: Path) -> Any:
+    from planctl.store.location import resolve_target
+
+    return resolve_target(str(path))

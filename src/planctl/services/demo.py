@@ -20,9 +20,15 @@ accounts, keys, records and costs (ids and key secrets are random, as always).
 
 Two ways of recording the usage:
 
-- default: every request goes through the real metering path
-  (`metering.import_usage`), so balances, counters, extra usage, daily
-  rollups and the ledger agree and `planctl db check` is clean;
+- default: every request is admitted first (`metering.authorize`, as the
+  gateway does) and recorded through the real metering path
+  (`metering.import_usage`); a refused request is recorded as refused (status
+  429, no tokens, nothing charged, the reason in its error text). Balances,
+  counters, extra usage, daily rollups and the ledger agree, `planctl db
+  check` is clean, and no subscription uses more than it was granted. Records
+  far from every limit are recorded in batches; near a limit each request
+  holds its exact cost (`reserve`) and is settled at once, so no limit is
+  overshot by requests still waiting in a batch;
 - `fast` (benchmarks, millions of records): records are bulk-inserted one
   local day per transaction and each day's rollups are built from them with one
   `INSERT … SELECT … GROUP BY` (the same rows `metering.rollups` would make,
@@ -112,6 +118,7 @@ class DemoSummary:
     keys: int = 0
     records: int = 0
     rejected: int = 0
+    refused: int = 0  # requests admission refused (recorded as refused, not charged)
     consumption: int = 0  # µcr, the sum of the records' cost
     request_id_prefix: str = ""
     setup_seconds: float = 0.0
@@ -188,6 +195,7 @@ class _Key:
     error_factor: float = 1.0
     error_rate: float = ERROR_RATE
     group_index: int = 0
+    secret: str = ""  # for admission, like a client sending it
 
 
 # ---------------------------------------------------------------- entry point
@@ -325,7 +333,9 @@ def _setup(db: Database, spec: DemoSpec, summary: DemoSummary, *, caller: Caller
         sub = sale.subscription
         summary.orders += _renew_until(db, sub.id, sub.ends_at, now, caller, tz)
         profile = "agent" if i % 2 else "interactive"
-        demo_keys.append(_Key(sale.key.id, account.id, sub.id, sale.key.group_name, profile, 1.5, 0.4))
+        assert sale.secret is not None
+        demo_keys.append(_Key(sale.key.id, account.id, sub.id, sale.key.group_name, profile, 1.5, 0.4,
+                              secret=sale.secret.secret))
         if i == 0:
             demo_keys += _team(db, summary, account.id, company, sub.id, taken, caller, t)
         else:
@@ -336,10 +346,12 @@ def _setup(db: Database, spec: DemoSpec, summary: DemoSummary, *, caller: Caller
             summary.keys += 1
             if plan == EXTRA_BUYER_PLAN and buyer is None:
                 buyer = account.id
-                backfill = _Key(made[0].key.id, account.id, sub.id, group, "backfill", 0.0, 0.0)
+                backfill = _Key(made[0].key.id, account.id, sub.id, group, "backfill", 0.0, 0.0,
+                                secret=made[0].secret)
             demo_keys.append(_Key(made[0].key.id, account.id, sub.id, group,
                                   "batch" if group == "economy" else "interactive",
-                                  0.5 if group == "economy" else 1.0, 1.5 if group == "economy" else 0.3))
+                                  0.5 if group == "economy" else 1.0, 1.5 if group == "economy" else 0.3,
+                                  secret=made[0].secret))
     buyer = buyer or demo_keys[0].account_id
     sales.sell(db, sales.SaleRequest(kind="extra", account=buyer, item=EXTRA_PACK, payment_method="alipay",
                                      payment_ref=f"demo-{spec.seed}-extra"), caller=caller, now=t())
@@ -360,7 +372,8 @@ def _team(db: Database, summary: DemoSummary, account_id: str, company: str, sub
         made = keys.create(db, keys.KeySpec(name=key_name, from_plan=sub_id, account=account_id, group=group),
                            caller=caller, now=t())
         summary.keys += 1
-        out.append(_Key(made[0].key.id, account_id, sub_id, group, profile, day, night, flaky))
+        out.append(_Key(made[0].key.id, account_id, sub_id, group, profile, day, night, flaky,
+                        secret=made[0].secret))
     sub_name = _free_name(f"{company} Research", taken)
     subuser = accounts.create(db, {"name": sub_name, "parent": account_id, "subuser_quota": 2_000 * 1_000_000},
                               caller=caller, now=t())
@@ -368,7 +381,7 @@ def _team(db: Database, summary: DemoSummary, account_id: str, company: str, sub
     made = keys.create(db, keys.KeySpec(name="notebook", from_plan=sub_id, account=subuser.id, group="priority"),
                        caller=caller, now=t())
     summary.keys += 1
-    out.append(_Key(made[0].key.id, subuser.id, sub_id, "priority", "agent", 1.2, 0.2))
+    out.append(_Key(made[0].key.id, subuser.id, sub_id, "priority", "agent", 1.2, 0.2, secret=made[0].secret))
     return out
 
 
@@ -567,29 +580,79 @@ class _Traffic:
 # ---------------------------------------------------------------- recording: through metering
 
 
+BATCH = 2_000  # records per import transaction, far from every limit
+NEAR = 20_000_000  # µcr: closer than this (plus the request's cost) to a limit, a request holds its cost
+
+
 def _record_charged(db: Database, traffic: _Traffic, summary: DemoSummary, now: datetime,
                     progress: Progress | None) -> None:
+    """Admit each request, then record it (refused: as refused); see the module docstring."""
     total = traffic.records
+    chunk: list[tuple[int, metering.UsageInput]] = []
+    pending: dict[str, int] = {}  # µcr in `chunk` per pool owner (subscription, or account for PAYG)
+    number = 0
 
-    def inputs() -> Iterator[tuple[int, metering.UsageInput]]:
-        number = 0
-        for start, _local, events in traffic.minutes_iter():
-            for offset, key, s in events:
-                number += 1
-                yield number, metering.UsageInput(
-                    request_id=f"{traffic.prefix}{number:08d}", key=key.id, model=s[0], api=s[2],
-                    input_tokens=s[3], cached_tokens=s[4], output_tokens=s[5], status_code=s[6], latency_ms=s[7],
-                    stream=s[8], error=s[9], at=start + timedelta(microseconds=offset))
+    def flush(when: datetime = now) -> None:
+        if chunk:
+            report = metering.import_usage(db, chunk, now=when, batch_size=len(chunk))
+            summary.records += report.new
+            summary.rejected += report.rejected
+            if report.rejected and not any(n.startswith("records rejected") for n in summary.notes):
+                summary.notes.append(f"records rejected, the first: {report.rejected_lines[0][1]}")
+            chunk.clear()
+            pending.clear()
+            if progress:
+                progress(summary.records + summary.rejected, total)
 
-    report = metering.import_usage(db, inputs(), now=now, batch_size=2_000,
-                                   progress=(lambda r: progress(r.new + r.rejected, total)) if progress else None)
-    summary.records, summary.rejected = report.new, report.rejected
-    if report.rejected:
-        summary.notes.append(f"{report.rejected} records rejected, the first: {report.rejected_lines[0][1]}")
+    for start, _local, events in traffic.minutes_iter():
+        for offset, key, s in events:
+            number += 1
+            at = start + timedelta(microseconds=offset)
+            cost, owner = s[10][key.group_index], key.subscription_id or key.account_id
+            usage = metering.UsageInput(
+                request_id=f"{traffic.prefix}{number:08d}", key=key.id, model=s[0], api=s[2], input_tokens=s[3],
+                cached_tokens=s[4], output_tokens=s[5], status_code=s[6], latency_ms=s[7], stream=s[8],
+                error=s[9], at=at)
+            auth = metering.authorize(db, key.secret, model=s[0], api=s[2], now=at)
+            if auth.allowed and _headroom(auth.remaining) - pending.get(owner, 0) < cost + NEAR:
+                flush()  # near a limit: hold the exact cost, and settle it at once
+                auth = metering.authorize(db, key.secret, model=s[0], api=s[2], reserve=max(cost, 1), now=at)
+                if auth.allowed:
+                    usage.reservation = auth.reservation_id
+                    chunk.append((number, usage))
+                    flush(at)  # settled at the request's own time, long before its hold expires
+                    continue
+            if not auth.allowed:
+                summary.refused += 1
+                usage = _refused(usage, auth.reason)
+            chunk.append((number, usage))
+            pending[owner] = pending.get(owner, 0) + cost * auth.allowed
+            if len(chunk) >= BATCH:
+                flush()
+    flush()
+    if summary.refused:
+        summary.notes.append(f"{summary.refused} requests were refused by admission and recorded as refused "
+                             "(status 429, nothing charged)")
     with db.read() as session:
         lo, hi = traffic.prefix, traffic.prefix[:-1] + "."
         summary.consumption = int(session.exec(select(func.coalesce(func.sum(UsageRecord.cost), 0)).where(
             UsageRecord.request_id >= lo, UsageRecord.request_id < hi)).one())
+
+
+def _headroom(remaining: dict[str, Any]) -> int:
+    """The least credit (µcr) left before any credit limit the admission answer names."""
+    left = [v for v in (remaining["total"], remaining["payg"]) if v is not None]
+    if remaining["period"] is not None and remaining["period_limit_enabled"]:
+        left.append(remaining["period"] + remaining["extra"])
+    return min(left, default=NEAR * 1_000)
+
+
+def _refused(u: metering.UsageInput, reason: str | None) -> metering.UsageInput:
+    """The record of a request admission refused: it never reached the model, so it costs nothing."""
+    from dataclasses import replace
+
+    return replace(u, input_tokens=0, cached_tokens=0, output_tokens=0, status_code=429, latency_ms=1,
+                   stream=False, error=f"refused by admission: {reason}")
 
 
 # ---------------------------------------------------------------- recording: bulk (--fast)
@@ -698,6 +761,7 @@ def summary_json(s: DemoSummary) -> dict[str, Any]:
         "since": iso(s.since), "until": iso(s.until),
         "accounts": s.accounts, "subscriptions": s.subscriptions, "orders": s.orders,
         "extra_packs": s.extra_packs, "keys": s.keys, "records": s.records, "rejected": s.rejected,
+        "refused": s.refused,
         "consumption": credit_json(s.consumption), "request_id_prefix": s.request_id_prefix,
         "elapsed_seconds": round(s.elapsed_seconds, 3), "setup_seconds": round(s.setup_seconds, 3),
         "usage_seconds": round(s.usage_seconds, 3),
