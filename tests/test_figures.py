@@ -254,3 +254,159 @@ def test_an_amount_without_direct_is_bad_input(cli: Any, db: Any, db_url: str, c
         (("renew", sub, "--amount", "0"), 2, "invalid_input", "--direct"),
         (("renew", sub, "--direct", "--amount", "-1", "--reason", "x"), 2, "invalid_input", "--amount"),
     ], when=OPENS)
+
+
+# ---------------------------------------------------------------- the identities, over random sequences
+
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+PLANS = (PRO, "codex-lite-monthly", "codex-weekly", DAY)
+BUY = st.tuples(st.just("buy"), st.sampled_from(PLANS))
+OPS = st.tuples(BUY, st.lists(st.one_of(  # the simplest examples hypothesis tries first: refunds and invoices
+    st.tuples(st.just("refund"), st.integers(-2, 0), st.sampled_from(["part", "policy", "rest"])),
+    st.tuples(st.just("invoice"), st.integers(-2, 0)),
+    st.tuples(st.just("record"), st.integers(0, 3), st.integers(0, 3_000_000)),
+    BUY,
+    st.tuples(st.just("renew"), st.integers(0, 3)),
+    st.tuples(st.just("direct"), st.integers(0, 3), st.sampled_from([None, 0])),
+    st.tuples(st.just("upgrade"), st.integers(0, 3)),
+    st.tuples(st.just("wait"), st.sampled_from([timedelta(hours=5), timedelta(days=1), timedelta(days=6)])),
+), min_size=4, max_size=12)).map(lambda first_rest: [first_rest[0], *first_rest[1]])
+
+
+OUTCOMES: list[tuple[str, str]] = []
+
+
+class _Run:
+    """One random sequence against the shared database, with its own account and clock."""
+
+    def __init__(self, db: Any, caller: Any, n: int) -> None:
+        self.db, self.caller = db, caller
+        self.now = NOW + timedelta(days=60 * n)
+        self.acc = account(db, caller, f"prop-{n}")
+        self.subs: list[tuple[str, str]] = []  # (subscription id, its key's secret)
+        self.orders: list[str] = []
+        self.requests = 0
+
+    def apply(self, op: tuple[Any, ...]) -> None:
+        from planctl.domain.errors import PlanctlError
+
+        try:
+            getattr(self, "do_" + op[0])(*op[1:])
+        except PlanctlError as exc:
+            OUTCOMES.append((op[0], exc.reason))  # a refusal is a legal outcome; the identities must hold
+        else:
+            OUTCOMES.append((op[0], "ok"))
+        self.now += timedelta(minutes=7)
+
+    def sub(self, i: int) -> tuple[str, str] | None:
+        return self.subs[i % len(self.subs)] if self.subs else None
+
+    def order(self, i: int) -> str | None:
+        return self.orders[i % len(self.orders)] if self.orders else None
+
+    def do_buy(self, plan: str) -> None:
+        sale = sell(self.db, self.caller, self.now, kind="buy", account=self.acc, item=plan)
+        self.subs.append((sale.subscription.id, sale.secret.secret))
+        self.orders.append(sale.order.id)
+
+    def _sale(self, **request: Any) -> None:
+        self.orders.append(sell(self.db, self.caller, self.now, **request).order.id)
+
+    def do_renew(self, i: int) -> None:
+        if (s := self.sub(i)) is not None:
+            self._sale(kind="renew", subscription=s[0])
+
+    def do_direct(self, i: int, price: int | None) -> None:
+        if (s := self.sub(i)) is not None:
+            self._sale(kind="direct-renewal", subscription=s[0], reason="goodwill", price=price)
+
+    def do_upgrade(self, i: int) -> None:
+        if (s := self.sub(i)) is not None:
+            self._sale(kind="upgrade", subscription=s[0], item=MAX)
+
+    def do_refund(self, i: int, how: str) -> None:
+        if (o := self.order(i)) is None:
+            return
+        row = order_row(self.db, o)
+        amount = {"policy": None, "part": max(1, (row.payable - row.refunded) // 3),
+                  "rest": row.payable - row.refunded}[how]
+        refund(self.db, self.caller, o, self.now, amount=amount, reason=None if amount is None else "test")
+
+    def do_invoice(self, i: int) -> None:
+        if (o := self.order(i)) is not None:
+            invoice(self.db, self.caller, o, self.now)
+
+    def do_record(self, i: int, tokens: int) -> None:
+        from planctl.services import metering
+
+        if (s := self.sub(i)) is None:
+            return
+        self.requests += 1
+        auth = metering.authorize(self.db, s[1], model="gpt-5.4", reserve=max(1, tokens * 9), now=self.now)
+        if auth.allowed:
+            metering.record(self.db, metering.UsageInput(
+                request_id=f"{self.acc}-{self.requests}", secret=s[1], model="gpt-5.4", input_tokens=tokens,
+                output_tokens=tokens // 10, status_code=200, at=self.now, reservation=auth.reservation_id),
+                now=self.now)
+
+    def do_wait(self, delta: timedelta) -> None:
+        self.now += delta
+
+
+def assert_identities(db: Any) -> None:
+    """db check clean; invoice − credit notes = paid − refunded; counters = their records; nothing below zero."""
+    from sqlmodel import col, select
+
+    from planctl.store.tables import Account, ExtraPack, Subscription, UsageCounter, UsageRecord
+
+    checks_ok(db)
+    for order_id, (documents, money) in documents_balance(db).items():
+        assert documents == money, f"order {order_id}: documents say {documents}, money says {money}"
+    with db.read() as session:
+        records = list(session.exec(select(UsageRecord).order_by(col(UsageRecord.at))))
+        counters = list(session.exec(select(UsageCounter).where(col(UsageCounter.scope).in_(("sub-period", "sub-day")))
+                                     .order_by(col(UsageCounter.window_start))))
+        subs = list(session.exec(select(Subscription)))
+        packs = list(session.exec(select(ExtraPack)))
+        accounts_ = list(session.exec(select(Account)))
+    for owner, scope in {(c.owner, c.scope) for c in counters}:
+        rows = [c for c in counters if (c.owner, c.scope) == (owner, scope)]
+        mine = [r for r in records if r.subscription_id == owner]
+        for row, following in zip(rows, rows[1:] + [None]):
+            inside = [r for r in mine if _utc(row.window_start) <= _utc(r.at)
+                      and (following is None or _utc(r.at) < _utc(following.window_start))]
+            if scope == "sub-period":
+                assert row.credit == sum(r.charged_plan for r in inside), (owner, scope, row.window_start)
+            else:
+                assert (row.requests, row.tokens) == (len(inside), sum(r.input_tokens + r.output_tokens
+                                                                        for r in inside)), (owner, row.window_start)
+    for s in subs:
+        assert s.credit_granted is None or s.credit_granted - s.credit_used - s.credit_reserved >= 0, s.id
+    for p in packs:
+        assert p.credit - p.used - p.reserved >= 0, p.id
+    for a in accounts_:
+        assert a.payg_balance - a.payg_reserved >= 0, a.id
+
+
+def _utc(instant: datetime) -> datetime:
+    return instant if instant.tzinfo else instant.replace(tzinfo=timezone.utc)
+
+
+def test_random_sales_refunds_invoices_and_usage_keep_every_figure_in_agreement(db: Any, caller: Any) -> None:
+    runs = iter(range(1, 10_000))
+
+    @settings(max_examples=10, deadline=None, database=None, derandomize=True, phases=(Phase.generate,),
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(OPS)
+    def sequence(ops: list[tuple[Any, ...]]) -> None:
+        run = _Run(db, caller, next(runs))
+        for op in ops:
+            run.apply(op)
+        for i in range(len(run.orders)):  # every order asks for its invoice at the end, after its refunds
+            run.apply(("invoice", i))
+        assert_identities(db)
+
+    sequence()
+
