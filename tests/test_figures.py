@@ -410,3 +410,26 @@ def test_random_sales_refunds_invoices_and_usage_keep_every_figure_in_agreement(
 
     sequence()
 
+
+
+# ---------------------------------------------------------------- 9. an upgrade that drops a group in use
+
+
+def test_an_upgrade_that_drops_a_group_its_keys_use_warns_and_lists_them(cli: Any, db: Any, caller: Any) -> None:
+    from planctl.services import catalog, keys
+
+    catalog.update_plan(db, MAX, {"groups": ["default", "economy"]}, caller=caller, now=NOW - timedelta(days=1))
+    acc = account(db, caller)
+    sub = sell(db, caller, kind="buy", account=acc, item=PRO).subscription.id
+    for name, group in (("svc", "priority"), ("bot", "priority"), ("cron", "economy")):
+        keys.create(db, keys.KeySpec(name=name, from_plan=sub, group=group), caller=caller, now=NOW)
+    quote = cli("upgrade", sub, "--to", MAX, "--dry-run")
+    assert quote.exit_code == 0, quote.stderr
+    warning = [line for line in quote.stderr.splitlines() if "warning:" in line]
+    assert len(warning) == 1 and "no group 'priority'" in warning[0] and "keys svc, bot will be refused" in warning[0]
+    assert "cron" not in warning[0]
+    done = cli.json("upgrade", sub, "--to", MAX)
+    assert any("keys svc, bot" in note for note in done["notes"])
+    same_groups = sell(db, caller, kind="buy", account=acc, item="codex-lite-monthly").subscription.id
+    assert not any("warning" in n for n in sell(db, caller, kind="upgrade", subscription=same_groups,
+                                                 item=PRO).notes)

@@ -188,11 +188,24 @@ def _upgrade(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, no
     _grant(session, order, sub, quote.credit, now)
     share = quote.share
     result = SaleResult(order=order, subscription=sub, terms=new)
+    result.notes += _dropped_groups(session, sub, new)
     terms_left = format_units(div_round(share.numerator * 10_000, share.denominator, Rounding.DOWN), 4)
     result.notes.append(f"charged the price difference for {terms_left} term(s) of the current subscription"
                         if req.prorate else
                         f"charged the full price difference for each of the {terms_left} remaining term(s)")
     return result
+
+
+def _dropped_groups(session: Session, sub: Subscription, new: PlanTerms) -> list[str]:
+    """A warning per group the new terms drop while keys of the subscription still use it."""
+    stranded: dict[str, list[str]] = {}
+    for key in session.exec(select(ApiKey).where(ApiKey.subscription_id == sub.id, ApiKey.status != "revoked")
+                            .order_by(col(ApiKey.created_at))):
+        if key.group_name not in new.groups:
+            stranded.setdefault(key.group_name, []).append(key.name)
+    return [f"warning: {new.slug} has no group {group!r}; keys {', '.join(names)} will be refused "
+            f"(group_not_in_plan) until moved to one of {', '.join(new.groups)}: "
+            f"planctl keys edit KEY --group {new.groups[0]}" for group, names in stranded.items()]
 
 
 def _direct_renewal(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, notes: list[str]) -> SaleResult:
