@@ -433,3 +433,47 @@ def test_an_upgrade_that_drops_a_group_its_keys_use_warns_and_lists_them(cli: An
     same_groups = sell(db, caller, kind="buy", account=acc, item="codex-lite-monthly").subscription.id
     assert not any("warning" in n for n in sell(db, caller, kind="upgrade", subscription=same_groups,
                                                  item=PRO).notes)
+
+
+# ---------------------------------------------------------------- 9. plan versions per term
+
+US = timedelta(microseconds=1)
+
+
+def test_a_renewal_keeps_the_sold_terms_until_the_current_term_ends(cli: Any, db: Any, caller: Any) -> None:
+    from planctl.services import catalog
+
+    acc = account(db, caller)
+    sub = sell(db, caller, kind="buy", account=acc, item=PRO).subscription.id
+    catalog.update_plan(db, PRO, {"rpd": 9000}, caller=caller, now=NOW + timedelta(days=1))  # version 2
+    renewal = sell(db, caller, OPENS, kind="renew", subscription=sub)
+    assert renewal.plan_version == 1  # sold today, the current term still runs under version 1
+    stored = [(o["kind"], o["id"]) for o in cli.json("subscriptions", "show", sub)["orders"]]
+    assert stored[-1] == ("renew", renewal.order.id)
+
+    def seen(when: datetime) -> tuple[int, int]:
+        from freezegun import freeze_time
+
+        with freeze_time(when):
+            shown, limits = cli.json("subscriptions", "show", sub), cli.json("limits", "show", sub)
+        return shown["plan_version"], limits["today"]["rpd"]
+
+    assert seen(OPENS) == (1, 5000)
+    assert seen(ENDS - US) == (1, 5000)  # the last instant of the term sold under version 1
+    assert seen(ENDS) == (2, 9000)  # the renewed term: the version current when it was sold, from its start
+
+
+def test_an_upgrade_replaces_the_terms_of_every_remaining_term(cli: Any, db: Any, caller: Any) -> None:
+    from freezegun import freeze_time
+
+    from planctl.services import catalog
+
+    acc = account(db, caller)
+    sub = sell(db, caller, kind="buy", account=acc, item=PRO).subscription.id
+    catalog.update_plan(db, PRO, {"rpd": 9000}, caller=caller, now=NOW + timedelta(days=1))
+    sell(db, caller, OPENS, kind="renew", subscription=sub)
+    sell(db, caller, OPENS + timedelta(hours=1), kind="upgrade", subscription=sub, item=MAX)
+    with freeze_time(ENDS + timedelta(days=1)):
+        shown = cli.json("subscriptions", "show", sub)
+    assert (shown["plan"], shown["plan_version"]) == (MAX, 1)
+    checks_ok(db)

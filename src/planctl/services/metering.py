@@ -199,7 +199,7 @@ Found = tuple[KeyRow, AccountRow, SubRow | None]
 def _frame(tx: Tx, cat: _Catalog, found: Found, at: datetime) -> _State:
     """A key's state without its counters and packs: the windows it counts in at `at`."""
     key, account, sub = found
-    terms = cat.terms(tx, sub.plan_version_id) if sub is not None else None
+    terms = cat.terms(tx, _version_at(tx, sub, at)) if sub is not None else None
     win = _windows(cat, terms, sub, at)
     window: dict[str, Window] = {"key_day": (key.id, "key-day", win.day[0])}
     if sub is not None:
@@ -209,6 +209,13 @@ def _frame(tx: Tx, cat: _Catalog, found: Found, at: datetime) -> _State:
     if account.parent_id:
         window["subuser"] = (account.id, "subuser", EPOCH)
     return _State(key, account, sub, terms, win, window, at)
+
+
+def _version_at(tx: Tx, sub: SubRow, at: datetime) -> int:
+    """The plan version of the subscription's term in force at `at` (as sales.version_at)."""
+    row = tx.one("SELECT plan_version_id FROM subscription_terms WHERE subscription_id = :s AND starts_at <= :at "
+                 "ORDER BY starts_at DESC LIMIT 1", {"s": sub.id, "at": tx.at(at)})
+    return sub.plan_version_id if row is None else int(row[0])
 
 
 def _counted(limits: quota.Limits) -> bool:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import text, update
+from sqlalchemy import delete, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 from zoneinfo import ZoneInfo
@@ -32,6 +32,7 @@ from planctl.store.engine import Database
 from planctl.store.queries import starts_with
 from planctl.store.tables import (
     Account, ApiKey, Counter, ExtraPack, LedgerEntry, Order, Plan, PlanVersion, Product, Subscription,
+    SubscriptionTerm,
 )
 
 SUBSCRIPTION_KEY_PREFIX = "Subscription Access - "
@@ -95,7 +96,7 @@ def sell(db: Database, req: SaleRequest, *, caller: Caller, now: datetime, dry_r
         result = _HANDLERS[req.kind](session, req, now, tz, notes)
         result.dry_run, result.notes = dry_run, notes + result.notes
         if result.subscription is not None:
-            result.plan_version = version_number(session, result.subscription.plan_version_id)
+            result.plan_version = version_number(session, version_at(session, result.subscription, now))
         order = result.order
         audit.record(session, caller, now, f"order:{order.id}",
                      f"{order.kind} {order.item} for {order.account_id}: paid {_money(session, order.payable)}"
@@ -157,8 +158,10 @@ def _renew(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, note
     lifecycle.check_renewal(subscription_state(sub), current, now, tz)
     order = _order(session, req, now, tz, notes, sub.account_id, current.slug, current.price, version_id=version.id)
     order.subscription_id, order.validity_granted = sub.id, str(current.validity)
+    # the current term keeps the terms it was sold under; the renewed one, today's, from its start
+    session.add(SubscriptionTerm(subscription_id=sub.id, starts_at=sub.ends_at, plan_version_id=version.id,
+                                 order_id=order.id))
     sub.ends_at = lifecycle.extend(sub.ends_at, current, sub.anchor_day, tz)
-    sub.plan_version_id = version.id  # the renewed term is sold under today's terms
     if current.total_credit is not None:
         sub.credit_granted = (sub.credit_granted or 0) + current.total_credit
     sub.updated_at = now
@@ -169,13 +172,15 @@ def _renew(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, note
 
 def _upgrade(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, notes: list[str]) -> SaleResult:
     sub = _subscription(session, req.subscription)
-    old = subscription_terms(session, sub)
+    old = subscription_terms(session, sub, now)
     plan, version, new = _current_plan(session, req.item)
     lifecycle.check_upgrade(subscription_state(sub), old, new, now, tz)
     quote = lifecycle.quote_upgrade(subscription_state(sub), old, new, now, tz, prorate=req.prorate)
     order = _order(session, req, now, tz, notes, sub.account_id, new.slug, quote.payable, version_id=version.id)
     order.subscription_id = sub.id
     sub.plan_id, sub.plan_version_id, sub.updated_at = plan.id, version.id, now
+    # the upgrade pays for every remaining term: all of them now run under the new plan
+    session.execute(delete(SubscriptionTerm).where(SubscriptionTerm.subscription_id == sub.id))
     if quote.credit is None:
         if sub.credit_granted:  # the new plan has no total pool: close the old one in the ledger
             session.add(LedgerEntry(at=now, account_id=sub.account_id, pool="plan", subscription_id=sub.id,
@@ -210,11 +215,14 @@ def _dropped_groups(session: Session, sub: Subscription, new: PlanTerms) -> list
 
 def _direct_renewal(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, notes: list[str]) -> SaleResult:
     sub = _subscription(session, req.subscription)
-    terms = subscription_terms(session, sub)
+    from planctl.services.catalog import plan_version_terms
+
+    last = version_at(session, sub, max(now, sub.ends_at - timedelta(microseconds=1)))  # the last term's
+    terms = plan_version_terms(session, last)
     term = lifecycle.direct_renewal_term(subscription_state(sub), terms, now, tz)
     price = terms.price if req.price is None else req.price
     order = _order(session, req, now, tz, notes, sub.account_id, terms.slug, price,
-                   version_id=sub.plan_version_id, discounts_allowed=False)
+                   version_id=last, discounts_allowed=False)
     order.subscription_id, order.validity_granted, order.reason = sub.id, str(terms.validity), req.reason
     if req.price is not None:
         notes.append(f"priced by the operator at {_money(session, price)} "
@@ -394,10 +402,19 @@ def version_number(session: Session, plan_version_id: int) -> int:
     return session.get(PlanVersion, plan_version_id).version  # type: ignore[union-attr]
 
 
-def subscription_terms(session: Session, sub: Subscription) -> PlanTerms:
+def version_at(session: Session, sub: Subscription, at: datetime) -> int:
+    """The plan version of the subscription's term in force at `at` (see tables.SubscriptionTerm)."""
+    later = session.exec(select(SubscriptionTerm.plan_version_id).where(
+        SubscriptionTerm.subscription_id == sub.id, SubscriptionTerm.starts_at <= at)
+        .order_by(col(SubscriptionTerm.starts_at).desc()).limit(1)).first()
+    return sub.plan_version_id if later is None else later
+
+
+def subscription_terms(session: Session, sub: Subscription, at: datetime | None = None) -> PlanTerms:
+    """The terms in force at `at` (default: those the subscription was last sold or upgraded under)."""
     from planctl.services.catalog import plan_version_terms
 
-    return plan_version_terms(session, sub.plan_version_id)
+    return plan_version_terms(session, sub.plan_version_id if at is None else version_at(session, sub, at))
 
 
 def subscription_state(sub: Subscription) -> lifecycle.SubscriptionState:
@@ -463,23 +480,23 @@ def list_subscriptions(db: Database, *, now: datetime, account: str | None = Non
                        state: str | None = None) -> list[SubscriptionView]:
     _one_of(state, SUBSCRIPTION_STATES, "status")
     with db.read() as session:
-        query = (select(Subscription, Plan.slug, PlanVersion.version).join(Plan, Plan.id == Subscription.plan_id)
-                 .join(PlanVersion, PlanVersion.id == Subscription.plan_version_id))
+        query = select(Subscription, Plan.slug).join(Plan, Plan.id == Subscription.plan_id)
         if account:
             query = query.where(Subscription.account_id == accounts.resolve(session, account).id)
         if plan:
             query = query.where(Plan.slug == plan)
         query = query.order_by(col(Subscription.created_at).desc(), Subscription.id)
-        views = [SubscriptionView(sub, slug, subscription_terms(session, sub), state_name(sub, now), version)
-                 for sub, slug, version in session.exec(query)]
+        views = [SubscriptionView(sub, slug, subscription_terms(session, sub, now), state_name(sub, now),
+                                  version_number(session, version_at(session, sub, now)))
+                 for sub, slug in session.exec(query)]
     return [v for v in views if state is None or v.state == state]
 
 
 def get_subscription(db: Database, ref: str, *, now: datetime) -> SubscriptionView:
     with db.read() as session:
         sub = resolve_subscription(session, ref)
-        view = SubscriptionView(sub, _plan_slug(session, sub), subscription_terms(session, sub), state_name(sub, now),
-                                version_number(session, sub.plan_version_id))
+        view = SubscriptionView(sub, _plan_slug(session, sub), subscription_terms(session, sub, now),
+                                state_name(sub, now), version_number(session, version_at(session, sub, now)))
         view.keys = list(session.exec(select(ApiKey).where(ApiKey.subscription_id == sub.id).order_by(ApiKey.created_at)))
         view.orders = list(session.exec(select(Order).where(Order.subscription_id == sub.id).order_by(Order.created_at)))
         return view

@@ -13,7 +13,7 @@ from planctl.domain.errors import InvalidInput
 
 APP_NAME = "planctl"
 DB_FILE = "planctl.db"
-SCHEMA_VERSION = 5  # the latest migration (store/migrations.py checks it); read without importing the ORM
+SCHEMA_VERSION = 6  # the latest migration (store/migrations.py checks it); read without importing the ORM
 
 
 @dataclass(frozen=True)

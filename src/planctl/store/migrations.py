@@ -84,12 +84,19 @@ def m005_gateway(conn: Connection) -> None:
             conn.execute(text(f"ALTER TABLE usage_records ADD COLUMN {column} {kind}"))
 
 
+def m006_versions_per_term(conn: Connection) -> None:
+    """Renewed terms keep the plan version they were sold under (`subscription_terms`); until
+    one starts, the subscription's own version holds, so existing subscriptions need no rows."""
+    SQLModel.metadata.create_all(conn, tables=[SQLModel.metadata.tables["subscription_terms"]])
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", m001_initial),
     Migration(2, "sales and metering", m002_sales_and_metering),
     Migration(3, "leaner metering writes", m003_leaner_metering_writes),
     Migration(4, "fewer usage indexes", m004_fewer_usage_indexes),
     Migration(5, "gateway", m005_gateway),
+    Migration(6, "plan versions per term", m006_versions_per_term),
 )
 LATEST = MIGRATIONS[-1].version
 assert LATEST == SCHEMA_VERSION, "update SCHEMA_VERSION in store/location.py with each migration"

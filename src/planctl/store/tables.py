@@ -212,6 +212,23 @@ class Subscription(SQLModel, table=True):
     updated_at: datetime = _utc()
 
 
+class SubscriptionTerm(SQLModel, table=True):
+    """A renewed term sold under another plan version than the one in force when it was sold.
+
+    The subscription's own `plan_version_id` holds until the first such term
+    starts; from `starts_at` on, the term's version applies (schema version 6).
+    """
+
+    __tablename__ = "subscription_terms"
+    __table_args__ = (Index("ix_subscription_terms_sub", "subscription_id", "starts_at"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    subscription_id: str = Field(foreign_key="subscriptions.id")
+    starts_at: datetime = _utc()
+    plan_version_id: int = Field(foreign_key="plan_versions.id")
+    order_id: str = Field(foreign_key="orders.id")
+
+
 class ApiKey(SQLModel, table=True):
     """A key. Only a SHA-256 digest of the secret is stored, with a visible prefix and last four."""
 
