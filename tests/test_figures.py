@@ -477,3 +477,14 @@ def test_an_upgrade_replaces_the_terms_of_every_remaining_term(cli: Any, db: Any
         shown = cli.json("subscriptions", "show", sub)
     assert (shown["plan"], shown["plan_version"]) == (MAX, 1)
     checks_ok(db)
+
+
+def test_a_discount_code_names_its_validity_in_the_zone_to_the_minute(db: Any, db_url: str, caller: Any) -> None:
+    from planctl.services import discounts
+
+    discounts.create(db, {"code": "LATER", "value": "10%", "valid_from": NOW + timedelta(hours=1, seconds=30)},
+                     caller=caller, now=NOW - timedelta(days=1))
+    acc = account(db, caller)
+    error = refused(db_url, lambda: sell(db, caller, kind="buy", account=acc, item=PRO, code="LATER"),
+                    "code_not_yet_valid")
+    assert "is valid from 2026-11-21 13:00 CST" in error.message, error.message

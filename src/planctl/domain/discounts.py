@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone, tzinfo
 
-from planctl.domain.clock import iso
+from planctl.domain.clock import when
 from planctl.domain.errors import InvalidInput, Refused
 from planctl.domain.money import Rounding, div_round, format_units, parse_decimal_units
 
@@ -73,6 +73,7 @@ class Sale:
     list_price: int
     redemptions: int  # of this code so far, by everyone
     account_redemptions: int  # by this account
+    tz: tzinfo = timezone.utc  # the zone times in messages are shown in
 
 
 def check(terms: DiscountTerms, sale: Sale) -> int:
@@ -81,9 +82,9 @@ def check(terms: DiscountTerms, sale: Sale) -> int:
     if not terms.active:
         raise Refused(f"discount code {code} has been disabled", reason="code_inactive")
     if terms.valid_from and sale.now < terms.valid_from:
-        raise Refused(f"discount code {code} is valid from {iso(terms.valid_from)}", reason="code_not_yet_valid")
+        raise Refused(f"discount code {code} is valid from {when(terms.valid_from, sale.tz)}", reason="code_not_yet_valid")
     if terms.valid_until and sale.now >= terms.valid_until:
-        raise Refused(f"discount code {code} expired at {iso(terms.valid_until)}", reason="code_expired")
+        raise Refused(f"discount code {code} expired at {when(terms.valid_until, sale.tz)}", reason="code_expired")
     if terms.max_redemptions is not None and sale.redemptions >= terms.max_redemptions:
         raise Refused(f"discount code {code} has been used up ({terms.max_redemptions} redemptions)",
                       reason="code_used_up")

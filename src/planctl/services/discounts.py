@@ -155,8 +155,8 @@ def quote(db: Database, code: str, *, item: str, order_kind: str, payment_method
         if plan is None and product is None:
             raise NotFound(f"unknown plan or product {item!r}; see 'planctl plans list'")
         price = product.price_minor if product is not None else _plan_price(session, plan)
-        sale = rules.Sale(now=now, item=item, order_kind=order_kind, payment_method=payment_method,
-                          list_price=price, redemptions=0, account_redemptions=0)
+        sale = rules.Sale(now=now, tz=settings.reset_zone(session), item=item, order_kind=order_kind,
+                          payment_method=payment_method, list_price=price, redemptions=0, account_redemptions=0)
         account_id = resolve(session, account).id if account else ""
         terms, amount = evaluate(session, code, sale, account_id)
     decimals = currency_decimals(terms.currency)

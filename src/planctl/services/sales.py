@@ -310,7 +310,8 @@ def _order(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, note
 
 def _apply_code(session: Session, req: SaleRequest, order: Order, notes: list[str], now: datetime) -> None:
     assert req.code
-    sale = discount_rules.Sale(now=now, item=order.item, order_kind=order.kind, payment_method=req.payment_method,
+    sale = discount_rules.Sale(now=now, tz=settings.reset_zone(session), item=order.item, order_kind=order.kind,
+                               payment_method=req.payment_method,
                                list_price=order.list_price, redemptions=0, account_redemptions=0)
     try:
         terms, amount = discounts.evaluate(session, req.code, sale, order.account_id)
