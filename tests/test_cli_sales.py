@@ -377,7 +377,7 @@ def test_invalid_codes_are_refused_with_their_reason(cli: Any, db_url: str) -> N
     buy(cli, "--code", "ONCE")
     base = ("buy", PRO, "--account", "acme", "--payment-method", "card", "--code")
     refusals(cli, db_url, [
-        ((*base, "OLD10"), 4, "code_expired", "expired at 2026-11-21T03:59:59"),
+        ((*base, "OLD10"), 4, "code_expired", "expired at 2026-11-21 11:59 CST"),
         ((*base, "ONCE"), 4, "code_used_up", "used up"),
         ((*base, "MAXONLY"), 4, "code_not_for_plan", f"not for {PRO}"),
         ((*base, "ALIPAY"), 4, "code_payment_method", "not supported with payment method card"),
