@@ -670,7 +670,7 @@ def test_the_next_reset_of_a_daily_boundary_is_the_natural_day_even_with_a_short
     a = auth(db, b.secret, now=NOW + timedelta(hours=1))
     assert a.reason == "rpd_reached"
     assert a.next_reset == MIDNIGHT, "RPD resets at the natural day's end, not at the 5h window's end"
-    assert z(MIDNIGHT) in a.message
+    assert "it resets at 2026-11-22 00:00 CST" in a.message
     checks_ok(db)
 
 
