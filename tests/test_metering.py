@@ -23,7 +23,7 @@ import pytest
 from conftest import db_dump as dump
 from freezegun import freeze_time
 
-from conftest import NOW
+from conftest import NOW, assert_refused
 
 US = timedelta(microseconds=1)
 CR = 1_000_000  # µcr per credit
@@ -838,18 +838,37 @@ def test_a_duplicate_request_id_changes_nothing_and_says_so(db: Any, db_url: str
     assert (first["duplicate"], first["cost"], first["pool"]) == (False, cr(140), "plan")
     before = dump(db_url)
     counts = (len(rows(db, UsageRecord)), len(rows(db, LedgerEntry)), len(rows(db, UsageCounter)))
-    for args in (("--input", "120", "--output", "10"), ("--input", "999999", "--output", "5")):
-        result = run(cli, "usage", "record", "--request-id", "req-1", "--key", b.key, "--model", "unit", *args,
-                     "--status", "200", "--json", when=NOW + timedelta(minutes=5))
-        assert result.exit_code == 0, result.stderr
-        out = json.loads(result.stdout)
-        assert out == {"request_id": "req-1", "duplicate": True, "note": out["note"]} and out["note"]
+    result = run(cli, "usage", "record", "--request-id", "req-1", "--key", b.key, "--model", "unit", "--input", "120",
+                 "--output", "10", "--status", "200", "--json", when=NOW + timedelta(minutes=5))
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out == {"request_id": "req-1", "duplicate": True, "note": out["note"]} and out["note"]
     assert dump(db_url) == before
     assert (len(rows(db, UsageRecord)), len(rows(db, LedgerEntry)), len(rows(db, UsageCounter))) == counts
     assert sub_row(db, b.sub).credit_used == 140 and key_row(db, b.key).credit_used == 140
-    dup = use(db, b.key, "req-1", 5)
+    dup = use(db, b.key, "req-1", 120, output_tokens=10)
     assert (dup.duplicate, dup.record) == (True, None)
     checks_ok(db)
+
+
+def test_the_same_request_id_with_other_content_is_a_conflict_naming_the_fields(db: Any, db_url: str, cli: Any,
+                                                                                  caller: Any) -> None:
+    """Issue #11.5: a second record of a request id that says something else is not a silent
+    duplicate: exit 6, the differing fields named, nothing changed."""
+    _, b = _setup(db, caller)
+    other, _ = team(db, caller, b.sub)
+    base = ("usage", "record", "--request-id", "req-1", "--model", "unit", "--status", "200")
+    first = (*base, "--key", b.key, "--input", "120", "--output", "10", "--latency-ms", "900")
+    run(cli, *first, "--time", "2026-11-21T04:30:00+00:00")
+    assert_refused(cli, db_url, [
+        ((*base, "--key", b.key, "--input", "999999", "--output", "5"), 6, "request_id_conflict",
+         "another input_tokens, output_tokens, latency_ms;"),
+        ((*base, "--key", other, "--input", "120", "--output", "10", "--latency-ms", "900"), 6,
+         "request_id_conflict", "another key;"),
+        ((*first, "--time", "2026-11-21T04:30:01+00:00"), 6, "request_id_conflict", "another time;"),
+    ], when=NOW)
+    same = js(cli, *first, "--time", "2026-11-21T12:30:00+08:00")
+    assert same["duplicate"] is True
 
 
 # ---------------------------------------------------------------- reservations
@@ -1041,7 +1060,7 @@ def _lines(key: str, prefix: str) -> list[dict[str, Any]]:
     return [
         {"request_id": f"{prefix}1", "key": key, "model": "unit", "input": 100, "output": 10, "status": 200},
         {"request_id": f"{prefix}2", "key": key, "model": "unit", "input_tokens": 100, "cached_tokens": 40,
-         "output_tokens": 0, "status_code": 200, "time": "2026-11-21T03:00:00Z", "stream": True},
+         "output_tokens": 0, "status_code": 200, "time": "2026-11-21T04:00:00Z", "stream": True},
         {"request_id": f"{prefix}3", "key": key, "model": "claude-haiku-4-5", "input": 100, "output": 0,
          "status": 500, "error": "boom", "latency_ms": 12, "api": "claude"},
     ]
@@ -1073,7 +1092,7 @@ def test_usage_import_jsonl_counts_rejected_lines_and_never_half_applies(
         json.dumps({"request_id": "a9", "key": a.key, "model": "llama", "input": 5, "output": 0,
                     "status": 200}),                                                           # 6 unknown model
         "",                                                                                    # 7 blank
-        json.dumps({"request_id": "a0", "key": a.key, "model": "unit", "input": 1, "output": 0,
+        json.dumps({"request_id": "a0", "key": a.key, "model": "unit", "input": 5, "output": 0,
                     "status": 200}),                                                           # 8 duplicate
         bad_line + f'"reservation": "{foreign}"' + "}",                                        # 9 other key's hold
         good[0],                                                                               # 10 duplicate
@@ -1084,19 +1103,25 @@ def test_usage_import_jsonl_counts_rejected_lines_and_never_half_applies(
         bad_line + '"time": "2026-11-21T03:00:00"}',                                           # 15 no offset
         bad_line.replace('"status": 200', '"status": 99') + '"cached": 0}',                   # 16 bad status
         "[1, 2]",                                                                              # 17 not an object
+        json.dumps({"request_id": "a0", "key": a.key, "model": "unit", "input": 1, "output": 0,
+                    "status": 200}),                                                           # 18 conflicting
     ]
     path = tmp_path / "usage.jsonl"
     path.write_text("\n".join(lines) + "\n")
     result = run(cli, "usage", "import", str(path), "--batch-size", "3", "--json")
     assert result.exit_code == 2, result.stderr
     report = json.loads(result.stdout)
-    assert set(report) == {"new", "duplicate", "rejected", "rejected_lines"}
-    assert (report["new"], report["duplicate"], report["rejected"]) == (3, 2, 11)
+    assert set(report) == {"new", "duplicate", "rejected", "rejected_lines", "conflicting", "conflicting_lines",
+                           "retried"}
+    assert (report["new"], report["duplicate"], report["rejected"], report["conflicting"]) == (3, 2, 11, 1)
     assert sorted(r["line"] for r in report["rejected_lines"]) == [2, 4, 5, 6, 9, 12, 13, 14, 15, 16, 17]
     assert all(r["error"] for r in report["rejected_lines"])
+    assert report["conflicting_lines"] == [
+        {"line": 18, "error": "request id 'a0' was already recorded with another input_tokens"}]
     (path_b := tmp_path / "good.jsonl").write_text("\n".join(json.dumps(x) for x in _lines(b.key, "b")) + "\n")
     ok = js(cli, "usage", "import", str(path_b))
-    assert ok == {"new": 3, "duplicate": 0, "rejected": 0, "rejected_lines": []}
+    assert ok == {"new": 3, "duplicate": 0, "rejected": 0, "rejected_lines": [], "conflicting": 0,
+                  "conflicting_lines": [], "retried": 0}
     from planctl.services import metering
 
     metering.release(db, foreign, caller=caller, now=NOW)
@@ -1119,8 +1144,8 @@ def test_usage_import_jsonl_counts_rejected_lines_and_never_half_applies(
     # re-importing changes nothing: every good line is a duplicate now
     again = run(cli, "usage", "import", str(path), "--json")
     assert again.exit_code == 2
-    assert {k: v for k, v in json.loads(again.stdout).items() if k != "rejected_lines"} == {
-        "new": 0, "duplicate": 5, "rejected": 11}
+    assert {k: v for k, v in json.loads(again.stdout).items() if not k.endswith("_lines")} == {
+        "new": 0, "duplicate": 5, "rejected": 11, "conflicting": 1, "retried": 0}
     assert state(a)[0] == 5 + GOOD_COSTS
     checks_ok(db)
 
@@ -1214,7 +1239,7 @@ def test_usage_import_csv_from_stdin_with_line_numbers_and_idempotent_reimport(
     _, b = _setup(db, caller)
     text = "\n".join([
         "request_id,key,model,input,cached,output,status,time",
-        f"c1,{b.key},unit,100,0,10,200,2026-11-21T01:00:00+00:00",
+        f"c1,{b.key},unit,100,0,10,200,2026-11-21T04:00:00+00:00",
         f"c2,{b.key},unit,x,0,10,200,",
         f"c3,{b.key},unit,100,50,0,429,",
         f"c1,{b.key},unit,100,0,10,200,",
@@ -1315,9 +1340,12 @@ def test_cli_usage_record_and_reservations(db: Any, cli: Any, caller: Any, monke
     assert out["charged"] == {"plan": cr(95), "extra": cr(0), "payg": cr(0)} and out["at"] == z(NOW)
     settled = js(cli, "reservations", "list", "--status", "settled")
     assert [(r["id"], r["request_id"]) for r in settled] == [(hold["reservation_id"], "r1")]
+    early = run(cli, "--json", "usage", "record", "--request-id", "r2", "--key", b.key, "--model", "unit", "--input",
+                "1", "--output", "0", "--status", "200", "--time", "2026-11-20T15:59:59Z")
+    assert early.exit_code == 4 and error_reason(early) == "before_subscription_start"
     at = js(cli, "usage", "record", "--request-id", "r2", "--key", b.key, "--model", "unit", "--input", "1",
-            "--output", "0", "--status", "200", "--time", "2026-11-20T15:59:59Z")
-    assert at["at"] == z(BEFORE_MIDNIGHT)
+            "--output", "0", "--status", "200", "--time", "2026-11-21T12:30:00+08:00")
+    assert at["at"] == z(NOW + timedelta(minutes=30))
     second = js(cli, "authorize", "--model", "unit", "--reserve", "0.0001")
     released = js(cli, "reservations", "release", second["reservation_id"])
     assert (released["status"], released["closed_at"]) == ("released", z(NOW))
@@ -1562,20 +1590,6 @@ def test_processes_admit_and_record_against_one_subscription_until_credit_runs_o
 ROUNDS = 8
 
 
-def _retry(call: Any) -> Any:
-    """What a gateway does when the database says it is busy: try again."""
-    import time
-
-    from planctl.domain.errors import Conflict
-
-    for attempt in range(30):
-        try:
-            return call()
-        except Conflict:
-            time.sleep(0.01 * (attempt + 1))
-    return call()
-
-
 def _expiring_worker(db_url: str, secret: str, key_id: str, wid: int, barrier: Any, out: Any) -> None:
     """Holds that expire while their request is in flight: the other processes' admissions release
     them (each process's clock runs at its own speed), while this one records against them."""
@@ -1592,8 +1606,8 @@ def _expiring_worker(db_url: str, secret: str, key_id: str, wid: int, barrier: A
             barrier.wait(timeout=60)
             for n in range(ROUNDS):
                 now = NOW + timedelta(seconds=n * (wid + 1))
-                a = _retry(lambda: metering.authorize(database, secret, model="unit", reserve=EST, now=now,
-                                                      hold_for=timedelta(seconds=2)))
+                a = metering.authorize(database, secret, model="unit", reserve=EST, now=now,
+                                       hold_for=timedelta(seconds=2))
                 if not a.allowed:
                     log.append(("denied", a.reason))
                     continue
@@ -1601,7 +1615,7 @@ def _expiring_worker(db_url: str, secret: str, key_id: str, wid: int, barrier: A
                 time.sleep(0.003)
                 u = metering.UsageInput(request_id=rid, key=key_id, model="unit", input_tokens=cost,
                                         output_tokens=0, status_code=200, reservation=a.reservation_id)
-                r = _retry(lambda: metering.record(database, u, now=now + timedelta(seconds=1)))
+                r = metering.record(database, u, now=now + timedelta(seconds=1))
                 log.append(("ok", rid, a.reservation_id, cost, r.record.charged_plan, r.duplicate))
         finally:
             database.dispose()
@@ -1623,8 +1637,6 @@ def test_holds_expiring_while_requests_are_in_flight_are_released_once(db: Any, 
     acc = account(db, caller)
     b = buy(db, caller, acc, "shared")
     team_key, team_secret = team(db, caller, b.sub)
-    if "options=" in db_url:  # PostgreSQL: find deadlocks in 0.1 s instead of 1 s, so retries come quickly
-        db_url += "%20-cdeadlock_timeout%3D100"
     creds = [(b.secret, b.key), (b.secret, b.key), (team_secret, team_key), (team_secret, team_key)]
     outcomes = pool.run("_expiring_worker", [(db_url, secret, key, i) for i, (secret, key) in enumerate(creds)])
     admitted = [e for _, _, log in outcomes for e in log if e[0] == "ok"]

@@ -72,7 +72,10 @@ def _usage_error(ctx: Any, exc: UsageError) -> NoReturn:
 
 
 def _report(ctx: Any, reason: str, message: str) -> None:
-    """One stderr line: plain text, or a JSON object when --json was asked for."""
+    """One stderr line: plain text, or a JSON object when --json was asked for; never a secret."""
+    from planctl.domain.secrets import redact
+
+    message = redact(message)
     if isinstance(ctx.obj, State) and ctx.obj.json:
         print(json.dumps({"error": reason, "message": message}, ensure_ascii=False), file=sys.stderr)
     else:

@@ -3,6 +3,7 @@
 
 import csv
 import gc
+import io
 import os
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import typer
 from planctl.cli.context import State, state
 from planctl.cli.output import Column, CsvOpt, JsonlOpt, JsonOpt, emit_json, emit_record, emit_rows, output_format, say
 from planctl.domain.errors import ExitCode
+from planctl.domain.usage import short
 
 usage_app = typer.Typer(help="Usage logs: query (planctl usage [filters]), record, import, prune.",
                         invoke_without_command=True, no_args_is_help=False,
@@ -263,30 +265,41 @@ def _coerce(target: str, name: str, value: Any) -> Any:
         try:
             at = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
         except ValueError:
-            raise ValueError(f"time must be ISO 8601 with an offset, got {value!r}") from None
+            raise ValueError(f"time must be ISO 8601 with an offset, got {short(value)}") from None
         if at.tzinfo is None:
-            raise ValueError(f"time {value!r} needs a UTC offset")
+            raise ValueError(f"time {short(value)} needs a UTC offset")
         return at
     kind = _TYPES[target]
     if kind is int:
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and len(value) < 20 and value.strip().isascii() and value.strip().isdigit():
             return int(value)
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
+        raise ValueError(f"{name} must be a whole number, got {short(value)}")
     if kind is bool:
         return str(value).lower() in ("1", "true", "yes")
     return str(value)
 
 
 def read_rows(handle: Any, kind: str) -> Iterator[tuple[int, Any]]:
-    """(line number, UsageInput or error) from JSON Lines or CSV, streaming."""
+    """(line number, UsageInput or error) from JSON Lines or CSV read as bytes, streaming: a line
+    that is not UTF-8, not JSON or not CSV is one rejected line, never the end of the import."""
     import orjson  # here, not at the top: every command imports this module
 
     parse_line = RowParser()
     if kind == "csv":
-        reader = csv.DictReader(handle)
-        for row in reader:
+        # bytes that are not UTF-8 survive as lone surrogates, which validation rejects per line
+        reader = csv.DictReader(io.TextIOWrapper(handle, encoding="utf-8", errors="surrogateescape", newline=""))
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield reader.line_num + 1, f"not CSV: {exc}"
+                continue
+            if None in row:
+                yield reader.line_num, "more values than the header has columns"
+                continue
             yield reader.line_num, parse_line(row)
-        return
     for number, line in enumerate(handle, start=1):
         if not line.strip():
             continue
@@ -308,8 +321,9 @@ def usage_import(
 ) -> None:
     """Import usage records, streaming, in batches; idempotent by request id.
 
-    Prints how many lines were new, duplicate and rejected; rejected lines are listed
-    with their line numbers and never half-applied. Exit 2 when any line was rejected.
+    Prints how many lines were new, duplicate, rejected and conflicting (a request id
+    recorded before with other content); those lines are listed with their line numbers
+    and never half-applied. Exit 2 when any line was rejected, else 6 when any conflicted.
     Fields: request_id, key, model, input_tokens, cached_tokens, output_tokens, status,
     latency_ms, api, stream, time, reservation, error.
     Example: planctl usage import gateway-2026-11-21.jsonl
@@ -323,7 +337,7 @@ def usage_import(
     if kind not in ("jsonl", "csv"):
         raise InvalidInput(f"unknown format {kind!r}: use jsonl or csv")
     try:
-        handle = sys.stdin if file == "-" else open(file, encoding="utf-8", newline="")
+        handle = sys.stdin.buffer if file == "-" else open(file, "rb")
     except OSError as exc:
         raise InvalidInput(f"cannot read {file}: {exc.strerror}") from None
     gc.freeze()  # the objects made so far live to the end: keep them out of the collections a long import triggers
@@ -331,18 +345,25 @@ def usage_import(
         report = metering.import_usage(st.meter_db(), read_rows(handle, kind), now=st.now(), batch_size=batch_size,
                                        progress=progress)
     data = {"new": report.new, "duplicate": report.duplicate, "rejected": report.rejected,
-            "rejected_lines": [{"line": n, "error": e} for n, e in report.rejected_lines]}
+            "rejected_lines": [{"line": n, "error": e} for n, e in report.rejected_lines],
+            "conflicting": report.conflicting,
+            "conflicting_lines": [{"line": n, "error": e} for n, e in report.conflicting_lines],
+            "retried": report.retried}
     if fmt == "json":
         emit_json(st, data)
     else:
-        print(f"new {report.new}, duplicate {report.duplicate}, rejected {report.rejected}")
-        for number, why in report.rejected_lines[:20]:
-            say(st, f"line {number}: {why}")
-        if report.rejected > 20:
-            say(st, f"… and {report.rejected - 20} more rejected lines (--json lists the first "
-                    f"{report.KEEP:,})")
+        print(f"new {report.new}, duplicate {report.duplicate}, rejected {report.rejected}"
+              + (f", conflicting {report.conflicting}" if report.conflicting else ""))
+        for what, count, lines in (("rejected", report.rejected, report.rejected_lines),
+                                   ("conflicting", report.conflicting, report.conflicting_lines)):
+            for number, why in lines[:20]:
+                say(st, f"line {number}: {why}")
+            if count > 20:
+                say(st, f"… and {count - 20} more {what} lines (--json lists the first {report.KEEP:,})")
     if report.rejected:
         raise typer.Exit(ExitCode.USAGE)
+    if report.conflicting:
+        raise typer.Exit(ExitCode.CONFLICT)
 
 
 class _Progress:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -31,3 +32,12 @@ def digest(secret: str) -> str:
 def masked(prefix: str, last4: str) -> str:
     """How a key is shown after creation: `sk-AbCd…wxyz`."""
     return f"{prefix}…{last4}"
+
+
+_SECRET_LIKE = re.compile(r"(sk-[A-Za-z0-9_-]{4})[A-Za-z0-9_-]{4,}")
+
+
+def redact(text: str) -> str:
+    """Any value shaped like a key secret cut to its visible prefix (`sk-AbCd…`): messages
+    quote what they were given, and a shifted CSV column may hand them a secret."""
+    return _SECRET_LIKE.sub(r"\1…", text) if "sk-" in text else text

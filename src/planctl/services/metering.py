@@ -27,17 +27,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from operator import itemgetter
 from types import SimpleNamespace
 from typing import Any, Protocol
 
 from planctl.domain import config, lifecycle, quota
+from planctl.domain import usage as bounds
 from planctl.domain import keys as key_rules
 from planctl.domain.catalog import Context, ModelPrices, PlanTerms, currency_decimals, parse_plan, resolve_model
 from planctl.domain.clock import iso, period_bounds, start_of_local_day, when, zone
-from planctl.domain.errors import InvalidInput, NotFound, Refused
+from planctl.domain.errors import Conflict, InvalidInput, NotFound, Refused
 from planctl.domain.ids import short_id
 from planctl.domain.latency import bucket_of
-from planctl.domain.secrets import digest
+from planctl.domain.secrets import digest, redact
 from planctl.store import meter
 from planctl.store.meter import AccountRow, CounterRow, HoldRow, KeyRow, PackRow, SubRow, Window
 from planctl.store.sql import Tx
@@ -303,11 +305,8 @@ def authorize(db: MeterDb, secret: str, *, model: str, api: str = "responses", r
     if reserve is not None and reserve <= 0:
         raise InvalidInput("--reserve must be greater than zero")
     write = bool(reserve)
-    if not write:
-        _release_stale(db, now)
+    _release_stale(db, now)  # its own transaction: it locks other keys' rows (see store/meter.py on lock order)
     with db.tx(write=write) as tx:
-        if write:
-            _expire(tx, now)
         found = key_by_secret(tx, secret, now, write=write)
         if found is None:
             return Authorization(False, "key_unknown", "no key has this secret", model)
@@ -490,6 +489,8 @@ class _Changes:
             if any(delta) or (kind == "key" and ident in self.last_used):
                 moved[kind].append((ident, delta))
                 self.read[key] = tuple(now)
+        for rows in moved.values():
+            rows.sort(key=itemgetter(0))  # every writer moves rows in one order: no deadlock
         last = self.last_used
         meter.charge_keys(tx, [{"id": i, "used": d[0], "reserved": d[1], "last": last.get(i)} for i, d in moved["key"]])
         meter.charge_payg(tx, [{"id": i, "balance": d[0], "reserved": d[1]} for i, d in moved["account"]])
@@ -594,6 +595,7 @@ def _expire(tx: Tx, now: datetime) -> int:
     stale = meter.stale_holds(tx, now)
     if not stale:
         return 0
+    meter.lock_owners(tx, [res.key_id for res in stale])
     changes = _Changes()
     released = sum(_release(tx, res, now, "expired", changes) for res in stale)
     changes.apply(tx)
@@ -629,6 +631,7 @@ def release(db: Any, reservation_id: str, *, caller: Any, now: datetime) -> Hold
         res = meter.get_hold(tx, reservation_id)
         if res is None:
             raise NotFound(f"unknown reservation {reservation_id!r}; see 'planctl reservations list'")
+        meter.lock_owners(tx, [res.key_id])
         changes = _Changes()
         if res.status != "held" or not _release(tx, res, now, "released", changes):
             raise Refused(f"reservation {res.id} is already {res.status}", reason="reservation_closed")
@@ -644,6 +647,7 @@ def release_hold(db: MeterDb, reservation_id: str, *, now: datetime) -> bool:
         res = meter.get_hold(tx, reservation_id)
         if res is None or res.status != "held":
             return False
+        meter.lock_owners(tx, [res.key_id])
         changes = _Changes()
         if not _release(tx, res, now, "released", changes):
             return False
@@ -728,37 +732,74 @@ class Recorded:
         return None if row is None else SimpleNamespace(**row)
 
 
-def validate(u: UsageInput) -> None:
-    """Shape checks that need no database (bad lines are rejected before anything is written)."""
-    if not u.request_id or len(u.request_id) > 200:
+_TEXTS = (("request id", "request_id", bounds.MAX_ID), ("model", "model", bounds.MAX_FIELD),
+          ("key", "key", bounds.MAX_FIELD), ("secret", "secret", bounds.MAX_FIELD), ("API", "api", bounds.MAX_FIELD),
+          ("reservation", "reservation", bounds.MAX_FIELD), ("error", "error", 1_000_000))
+
+
+def validate(u: UsageInput, *, now: datetime | None = None) -> None:
+    """Checks that need no database, against the bounds of domain/usage.py (with `now`, the
+    request time's window too): a bad request is refused before anything is written."""
+    for label, name, limit in _TEXTS:
+        value = getattr(u, name)
+        if value is not None and (problem := bounds.text_error(label, value, limit)):
+            raise InvalidInput(problem)
+    if not u.request_id:
         raise InvalidInput("request id must have 1 to 200 characters")
     for name, value in (("input", u.input_tokens), ("cached", u.cached_tokens), ("output", u.output_tokens)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise InvalidInput(f"{name} tokens must be a whole number ≥ 0, got {value!r}")
+        if problem := bounds.token_error(name, value):
+            raise InvalidInput(problem)
     if u.cached_tokens > u.input_tokens:
         raise InvalidInput("cached tokens cannot exceed input tokens (input counts the cached ones)")
-    if not isinstance(u.status_code, int) or not 100 <= u.status_code <= 599:
-        raise InvalidInput(f"status must be an HTTP status code, got {u.status_code!r}")
-    if u.latency_ms is not None and u.latency_ms < 0:
-        raise InvalidInput("latency must be ≥ 0 ms")
+    if type(u.status_code) is not int or not 100 <= u.status_code <= 599:
+        raise InvalidInput(f"status must be an HTTP status code (100 to 599), got {bounds.short(u.status_code)}")
+    if problem := bounds.latency_error(u.latency_ms):
+        raise InvalidInput(problem)
     if u.api not in quota.API_TYPES:
-        raise InvalidInput(f"unknown API type {u.api!r}: use {', '.join(quota.API_TYPES)}")
+        raise InvalidInput(f"unknown API type {bounds.short(u.api)}: use {', '.join(quota.API_TYPES)}")
+    if type(u.stream) is not bool:
+        raise InvalidInput(f"stream must be true or false, got {bounds.short(u.stream)}")
     if (u.key is None) == (u.secret is None):
         raise InvalidInput("give the key (id, name or prefix) or its secret, not both")
-    if u.at is not None and u.at.tzinfo is None:
-        raise InvalidInput("the request time needs a UTC offset")
+    if u.at is not None:
+        if not isinstance(u.at, datetime) or u.at.tzinfo is None:
+            raise InvalidInput("the request time needs a UTC offset")
+        if now is not None and (problem := bounds.time_error(u.at, now)):
+            raise InvalidInput(problem)
+
+
+RETRIES = 3  # a batch that lost a race for a request id to another transaction starts over (PostgreSQL)
+
+
+class _RaceLost(Exception):
+    """Another transaction committed one of the batch's request ids after the batch checked them:
+    the batch is rolled back and run again, when that id is an ordinary duplicate."""
 
 
 def record(db: MeterDb, u: UsageInput, *, now: datetime) -> Recorded:
-    """Record one request; a request id seen before changes nothing (`duplicate`)."""
-    validate(u)
-    with db.tx(write=True) as tx:
-        batch = _Batch(tx, db, now)
-        if batch.known_ids([u.request_id]):
-            return Recorded(u.request_id, True, note="request id already recorded: nothing changed")
-        values, note = batch.charge(u)
-        batch.flush()
-        return Recorded(u.request_id, False, note, values, u.at or now)
+    """Record one request; a request id seen before with the same content changes nothing
+    (`duplicate`), with other content it is a conflict (exit 6, naming the fields that differ)."""
+    validate(u, now=now)
+    for attempt in range(RETRIES + 1):
+        try:
+            with db.tx(write=True) as tx:
+                batch = _Batch(tx, db, now)
+                batch.key(u)  # locks the key, its account and subscription first: then no one else records it
+                stored = batch.recorded([u.request_id]).get(u.request_id)
+                if stored is not None:
+                    differ = batch.differences(u, stored)
+                    if differ:
+                        raise Conflict(f"request id {u.request_id!r} was already recorded with another "
+                                       f"{', '.join(differ)}; nothing changed", reason="request_id_conflict")
+                    return Recorded(u.request_id, True, note="request id already recorded: nothing changed")
+                values, note = batch.charge(u)
+                batch.flush()
+                return Recorded(u.request_id, False, note, values, u.at or now)
+        except _RaceLost:
+            if attempt == RETRIES:
+                raise Conflict(f"request id {u.request_id!r} is being recorded by another process; try again") \
+                    from None
+    raise AssertionError("unreachable")
 
 
 class _Batch:
@@ -778,33 +819,78 @@ class _Batch:
         self.states: dict[tuple[str, datetime], _State] = {}
         self.key_ids: dict[str, str] = {}  # key reference -> key id
         self.found: dict[str, Found] = {}  # key id -> its rows
-        self.seen: set[str] = set()
+        self.index: dict[str, int] = {}  # request id -> its place in `records`
         self.records: list[tuple[Any, ...]] = []  # rows of meter.USAGE_COLUMNS
         self.rollups = Rollups()
 
-    def known_ids(self, request_ids: list[str]) -> set[str]:
-        return meter.known_request_ids(self.tx, request_ids) | (self.seen & set(request_ids))
-
-    def key(self, u: UsageInput) -> Found:
+    def key_id(self, u: UsageInput) -> str:
+        """The id of the key a request names (by id, name, prefix or secret), without locking it."""
         ref = u.key if u.key is not None else "secret:" + (u.secret or "")
         key_id = self.key_ids.get(ref)
         if key_id is None:
             if u.key is not None:
-                hit = meter.key_by(self.tx, "id", u.key, write=True)  # usually the id: one statement
-                if hit is None:
-                    hit = meter.key_by(self.tx, "id", meter.resolve_key(self.tx, u.key), write=True)
+                key_id = meter.resolve_key(self.tx, u.key)
             else:
-                hit = key_by_secret(self.tx, u.secret or "", self.now, write=True)
+                hit = key_by_secret(self.tx, u.secret or "", self.now, write=False)
                 if hit is None:
                     raise NotFound("no key has this secret")
-            assert hit is not None
-            key_id = self.key_ids[ref] = hit[0].id
-            if key_id not in self.found:
-                key, account, sub = hit
-                adopt = self.changes.adopt
-                self.found[key_id] = (adopt("key", key.id, key), adopt("account", account.id, account),
-                                      None if sub is None else adopt("sub", sub.id, sub))
+                key_id = hit[0].id
+            self.key_ids[ref] = key_id
+        return key_id
+
+    def lock(self, inputs: list[UsageInput]) -> None:
+        """Lock every key the requests name, with their owners, in the global order (store/meter.py)."""
+        if self.tx.sqlite:
+            return
+        ids = set()
+        for u in inputs:
+            try:
+                ids.add(self.key_id(u))
+            except (InvalidInput, NotFound):
+                pass  # the line is rejected when it is charged
+        meter.lock_owners(self.tx, ids)
+
+    def key(self, u: UsageInput) -> Found:
+        key_id = self.key_id(u)
+        if key_id not in self.found:
+            hit = meter.key_by(self.tx, "id", key_id, write=True)
+            if hit is None:
+                raise NotFound(f"unknown key {redact(u.key or 'with this secret')!r}")
+            key, account, sub = hit
+            adopt = self.changes.adopt
+            self.found[key_id] = (adopt("key", key.id, key), adopt("account", account.id, account),
+                                  None if sub is None else adopt("sub", sub.id, sub))
         return self.found[key_id]
+
+    def recorded(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The content of the request ids already recorded (call it after `lock`: on PostgreSQL a
+        concurrent writer of the same keys has then committed)."""
+        return meter.recorded_content(self.tx, request_ids)
+
+    def differences(self, u: UsageInput, stored: dict[str, Any]) -> list[str]:
+        """The fields in which a request differs from its stored record (a time only when given)."""
+        try:
+            key_id: str | None = self.key_id(u)
+        except (InvalidInput, NotFound):
+            key_id = None
+        error = u.error[:bounds.MAX_TEXT] if u.error else None
+        mine = {"key": key_id, "model": u.model, "api": u.api, "input_tokens": u.input_tokens,
+                "cached_tokens": u.cached_tokens, "output_tokens": u.output_tokens, "status": u.status_code,
+                "latency_ms": u.latency_ms, "stream": u.stream, "error": error, "reservation": u.reservation}
+        theirs = {"key": stored["key_id"], "model": stored["requested_model"], "api": stored["api"],
+                  "input_tokens": stored["input_tokens"], "cached_tokens": stored["cached_tokens"],
+                  "output_tokens": stored["output_tokens"], "status": stored["status_code"],
+                  "latency_ms": stored["latency_ms"], "stream": bool(stored["stream"]), "error": stored["error"],
+                  "reservation": stored["reservation_id"]}
+        differ = [name for name in mine if mine[name] != theirs[name]]
+        if u.at is not None and self.tx.instant(stored["at"]) != u.at:
+            differ.append("time")
+        return differ
+
+    def content(self, request_id: str) -> dict[str, Any]:
+        """The content of a request this batch recorded, as `recorded` gives it."""
+        values = self.records[self.index[request_id]]
+        return dict(zip(meter.CONTENT_COLUMNS, (values[_USAGE_AT[c]] for c in meter.CONTENT_COLUMNS)))
 
     def state(self, found: Found, at: datetime, day: datetime) -> _State:
         """The key's windows at `at`, in the natural day starting at `day`, with the batch's objects
@@ -828,6 +914,10 @@ class _Batch:
         billed = u.billed if u.billed in self.cat.models else self.cat.billed(u.model)
         if billed is None:
             raise InvalidInput(f"unknown model {u.model!r}: no model or alias matches it")
+        sub = found[2]
+        if sub is not None and at < sub.starts_at:  # it would count in the first period but on an earlier day
+            raise Refused(f"request time {iso(at)} is before subscription {sub.id} started ({iso(sub.starts_at)})",
+                          reason="before_subscription_start")
         (day, _), local_day = self.cat.local_day(at)
         state = self.state(found, at, day)
         key = state.key
@@ -854,9 +944,9 @@ class _Batch:
                   payg, paid_by, u.status_code, u.latency_ms, u.stream, u.error[:2000] if u.error else None,
                   u.reservation, u.ttfb_ms, u.upstream, u.client_request_id and u.client_request_id[:200],
                   u.session_id and u.session_id[:200], u.usage_estimated)
+        self.index[u.request_id] = len(self.records)
         self.records.append(values)
         self.rollups.add(values, at)
-        self.seen.add(u.request_id)
         if cost > charged:
             note = f"cost {cost} µcr exceeded what the hold and the balance allowed; {charged} µcr charged"
         return values, note
@@ -922,15 +1012,17 @@ class _Batch:
     def flush(self) -> None:
         self.changes.apply(self.tx)
         if self.records:
-            meter.insert_usage(self.tx, self.records)
+            if meter.insert_usage(self.tx, self.records) != len(self.records):
+                raise _RaceLost()
             meter.roll_up(self.tx, self.rollups.rows())
-        self.records, self.rollups = [], Rollups()
+        self.records, self.index, self.rollups = [], {}, Rollups()
 
 
 _ROLLED_UP = {2: "local_day", 3: "account_id", 4: "key_id", 5: "subscription_id", 6: "group_name", 8: "billed_model",
               9: "api", 10: "input_tokens", 11: "cached_tokens", 12: "output_tokens", 13: "cost", 14: "charged_plan",
               15: "charged_extra", 16: "charged_payg", 18: "status_code", 19: "latency_ms"}
 assert all(meter.USAGE_COLUMNS[i] == name for i, name in _ROLLED_UP.items()), "Rollups.add reads these positions"
+_USAGE_AT = {c: meter.USAGE_COLUMNS.index(c) for c in meter.CONTENT_COLUMNS}
 
 
 class Rollups:
@@ -989,15 +1081,24 @@ class ImportReport:
     duplicate: int = 0
     rejected: int = 0
     rejected_lines: list[tuple[int, str]] = field(default_factory=list)  # (line number, why): the first ones
+    conflicting: int = 0  # request ids recorded before with other content
+    conflicting_lines: list[tuple[int, str]] = field(default_factory=list)
+    retried: int = 0  # batches started over after losing a race for a request id (PostgreSQL)
 
     KEEP = 1_000  # rejected lines kept with their reasons: a file of bad lines must not fill the memory
 
     def reject(self, lines: list[tuple[int, str]]) -> None:
-        """Count the rejected lines of one batch; keep the first ones, in file order."""
-        self.rejected += len(lines)
-        room = self.KEEP - len(self.rejected_lines)
+        """Count the rejected lines of one batch; keep the first ones, in file order, secrets masked."""
+        self.rejected += self._keep(self.rejected_lines, lines)
+
+    def conflict(self, lines: list[tuple[int, str]]) -> None:
+        self.conflicting += self._keep(self.conflicting_lines, lines)
+
+    def _keep(self, kept: list[tuple[int, str]], lines: list[tuple[int, str]]) -> int:
+        room = self.KEEP - len(kept)
         if room > 0:
-            self.rejected_lines.extend(sorted(lines)[:room])
+            kept.extend((n, redact(why)) for n, why in sorted(lines)[:room])
+        return len(lines)
 
 
 def import_usage(db: MeterDb, lines: Any, *, now: datetime, batch_size: int = 2_000,
@@ -1022,33 +1123,67 @@ def import_usage(db: MeterDb, lines: Any, *, now: datetime, batch_size: int = 2_
     return report
 
 
+@dataclass
+class _ChunkOutcome:
+    new: int = 0
+    duplicate: int = 0
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    conflicting: list[tuple[int, str]] = field(default_factory=list)
+
+
 def _import_chunk(db: MeterDb, chunk: list[tuple[int, Any]], now: datetime, report: ImportReport) -> None:
-    rejected: list[tuple[int, str]] = []
+    invalid: list[tuple[int, str]] = []
     valid: list[tuple[int, UsageInput]] = []
     for number, item in chunk:
         if isinstance(item, str):
-            rejected.append((number, item))
+            invalid.append((number, item))
             continue
         try:
-            validate(item)
+            validate(item, now=now)
             valid.append((number, item))
         except InvalidInput as exc:
-            rejected.append((number, exc.message))
-    with db.tx(write=True) as tx:
-        batch = _Batch(tx, db, now)
-        known = batch.known_ids([u.request_id for _, u in valid])
-        for number, u in valid:
-            if u.request_id in known or u.request_id in batch.seen:
-                report.duplicate += 1
-                continue
-            try:
-                batch.charge(u)  # refuses before it changes anything
-            except (InvalidInput, NotFound) as exc:
-                rejected.append((number, exc.message))
-                continue
-            report.new += 1
-        batch.flush()
-    report.reject(rejected)
+            invalid.append((number, exc.message))
+    for attempt in range(RETRIES + 1):
+        try:
+            with db.tx(write=True) as tx:
+                out = _charge_chunk(_Batch(tx, db, now), valid)
+            break
+        except _RaceLost:
+            if attempt == RETRIES:
+                raise Conflict("request ids of this file are being recorded by another process; run the import "
+                               "again (it is idempotent)") from None
+            report.retried += 1
+    report.new += out.new
+    report.duplicate += out.duplicate
+    report.reject(invalid + out.rejected)
+    report.conflict(out.conflicting)
+
+
+def _charge_chunk(batch: _Batch, valid: list[tuple[int, UsageInput]]) -> _ChunkOutcome:
+    out = _ChunkOutcome()
+    batch.lock([u for _, u in valid])
+    known = batch.recorded([u.request_id for _, u in valid])
+    for number, u in valid:
+        rid = u.request_id
+        stored = known.get(rid)
+        if stored is None and rid in batch.index:
+            stored = batch.content(rid)
+        if stored is not None:
+            differ = batch.differences(u, stored)
+            if differ:
+                out.conflicting.append((number, f"request id {rid!r} was already recorded with another "
+                                                f"{', '.join(differ)}"))
+            else:
+                out.duplicate += 1
+            continue
+        try:
+            batch.charge(u)  # refuses before it changes anything
+        except (InvalidInput, NotFound, Refused) as exc:
+            out.rejected.append((number, exc.message))
+            continue
+        out.new += 1
+    batch.flush()
+    return out
 
 
 # ---------------------------------------------------------------- limits

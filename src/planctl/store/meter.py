@@ -6,9 +6,14 @@ moved by increments, so two transactions can never overwrite each other's
 change. The decisions themselves live in domain/quota.py and
 services/metering.py.
 
-On PostgreSQL a write transaction locks the rows it reads, always in the
-order key → account → subscription (other owners' counters are covered by
-those locks); SQLite's `BEGIN IMMEDIATE` already excludes other writers.
+On PostgreSQL a write transaction locks the rows it reads in one global
+order: keys, then accounts, then subscriptions (each kind by id; see
+`lock_owners`), then reservations, packs and counters, whose rows every
+writer also moves sorted by id. Two transactions therefore never wait on each
+other in a cycle (no deadlock). Locks are `FOR NO KEY UPDATE`: metering never
+changes a row's id, and this strength does not block the foreign-key checks of
+the ledger and usage rows another transaction inserts. SQLite's `BEGIN
+IMMEDIATE` already excludes other writers.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from planctl.domain.errors import InvalidInput, NotFound
@@ -119,8 +125,8 @@ _KEY_SQL = {column: (f"SELECT {_KEY}, {_SUB} FROM api_keys k JOIN accounts a ON 
                      f"LEFT JOIN subscriptions s ON s.id = k.subscription_id WHERE k.{column} = :value")
             for column in ("id", "secret_sha256", "previous_sha256")}
 _KEY_LOCK_SQL = {column: (f"SELECT {_KEY} FROM api_keys k JOIN accounts a ON a.id = k.account_id "
-                          f"WHERE k.{column} = :value FOR UPDATE OF k, a") for column in _KEY_SQL}
-_SUB_LOCK_SQL = f"SELECT {_SUB} FROM subscriptions s WHERE s.id = :value FOR UPDATE"
+                          f"WHERE k.{column} = :value FOR NO KEY UPDATE OF k, a") for column in _KEY_SQL}
+_SUB_LOCK_SQL = f"SELECT {_SUB} FROM subscriptions s WHERE s.id = :value FOR NO KEY UPDATE"
 
 
 def key_by(tx: Tx, column: str, value: str, *, write: bool) -> tuple[KeyRow, AccountRow, SubRow | None] | None:
@@ -142,6 +148,22 @@ def key_by(tx: Tx, column: str, value: str, *, write: bool) -> tuple[KeyRow, Acc
     if sub is None:
         return key, account, None
     return key, account, SubRow(*sub[:4], at(sub[4]), at(sub[5]), *sub[6:10], bool(sub[10]))
+
+
+def lock_owners(tx: Tx, key_ids: Any) -> None:
+    """Lock keys, then their accounts and their subscriptions' accounts, then those
+    subscriptions, each kind sorted by id (PostgreSQL; SQLite's write transaction already
+    excludes other writers). A transaction that will touch several keys calls this first."""
+    ids = sorted(set(key_ids))
+    if tx.sqlite or not ids:
+        return
+    owners = tx.rows("SELECT k.account_id, s.id, s.account_id FROM api_keys k LEFT JOIN subscriptions s "
+                     "ON s.id = k.subscription_id WHERE k.id = ANY(:ids)", {"ids": ids})
+    accounts = sorted({r[0] for r in owners} | {r[2] for r in owners if r[2]})
+    subs = sorted({r[1] for r in owners if r[1]})
+    for table, group in (("api_keys", ids), ("accounts", accounts), ("subscriptions", subs)):
+        if group:
+            tx.rows(f"SELECT id FROM {table} WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE", {"ids": group})
 
 
 def keys_matching(tx: Tx, how: str, ref: str, account_id: str | None, *, limit: int = 6) -> list[tuple[str, str]]:
@@ -333,7 +355,7 @@ USAGE_COLUMNS = ("request_id", "at", "local_day", "account_id", "key_id", "subsc
                  "error", "reservation_id", "ttfb_ms", "upstream", "client_request_id", "session_id",
                  "usage_estimated")
 _INSERT_USAGE = (f"INSERT INTO usage_records ({', '.join(USAGE_COLUMNS)}) "
-                 f"VALUES ({', '.join(':' + c for c in USAGE_COLUMNS)})")
+                 f"VALUES ({', '.join(':' + c for c in USAGE_COLUMNS)}) ON CONFLICT (request_id) DO NOTHING")
 LEDGER_COLUMNS = ("at", "account_id", "pool", "subscription_id", "pack_id", "key_id", "kind", "amount", "order_id",
                   "request_id", "reason")
 _INSERT_LEDGER = (f"INSERT INTO ledger ({', '.join(LEDGER_COLUMNS)}) "
@@ -350,19 +372,29 @@ _ROLL_UP = (f"INSERT INTO usage_daily ({', '.join(_ROLLUP_COLUMNS)}) VALUES ({',
 _ROLL_UP_SQL = {True: _ROLL_UP.format(latest="max"), False: _ROLL_UP.format(latest="greatest")}  # SQLite: max
 
 
-def known_request_ids(tx: Tx, request_ids: list[str]) -> set[str]:
-    found: set[str] = set()
+CONTENT_COLUMNS = ("request_id", "key_id", "requested_model", "api", "input_tokens", "cached_tokens", "output_tokens",
+                   "status_code", "latency_ms", "stream", "error", "reservation_id", "at")  # what a request said
+
+
+def recorded_content(tx: Tx, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The content (CONTENT_COLUMNS, `at` as stored) of the usage records of these request ids
+    that exist."""
+    found: dict[str, dict[str, Any]] = {}
     for i in range(0, len(request_ids), 500):
         chunk = request_ids[i:i + 500]
         marks = ", ".join(f":r{j}" for j in range(len(chunk)))
-        found.update(r[0] for r in tx.rows(f"SELECT request_id FROM usage_records WHERE request_id IN ({marks})",
-                                           {f"r{j}": rid for j, rid in enumerate(chunk)}))
+        for r in tx.rows(f"SELECT {', '.join(CONTENT_COLUMNS)} FROM usage_records WHERE request_id IN ({marks})",
+                         {f"r{j}": rid for j, rid in enumerate(chunk)}):
+            found[r[0]] = dict(zip(CONTENT_COLUMNS, r))
     return found
 
 
-def insert_usage(tx: Tx, records: list[tuple[Any, ...]]) -> None:
-    """Usage records: values in the order of USAGE_COLUMNS, `at` as stored (`tx.at`)."""
-    tx.many_in_order(_INSERT_USAGE, records)
+def insert_usage(tx: Tx, records: list[tuple[Any, ...]]) -> int:
+    """Usage records: values in the order of USAGE_COLUMNS, `at` as stored (`tx.at`), inserted in
+    request id order; returns how many were new (a request id another transaction committed
+    meanwhile is skipped, and the caller starts over)."""
+    records.sort(key=itemgetter(0))
+    return tx.many_in_order(_INSERT_USAGE, records)
 
 
 def insert_ledger(tx: Tx, entries: list[tuple[Any, ...]]) -> None:
@@ -386,6 +418,7 @@ def roll_up(tx: Tx, rows: list[dict[str, Any]]) -> None:
     """Add rollup rows (dicts of the dimensions, sums, account, subscription and last_at) to usage_daily."""
     if tx.sqlite:
         rows = [{**r, "last_at": tx.at(r["last_at"])} for r in rows]
+    rows.sort(key=itemgetter(*ROLLUP_DIMENSIONS))  # rows locked in one order (see the module's docstring)
     tx.many(_ROLL_UP_SQL[tx.sqlite], rows)
 
 

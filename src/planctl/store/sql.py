@@ -65,7 +65,7 @@ class Tx:
     def __init__(self, connection: Any, *, sqlite: bool) -> None:
         self.cur = connection.cursor()
         self.sqlite = sqlite
-        self.lock = "" if sqlite else " FOR UPDATE"  # SQLite's write transaction already excludes writers
+        self.lock = "" if sqlite else " FOR NO KEY UPDATE"  # SQLite's write transaction already excludes writers
 
     def run(self, sql: str, params: dict[str, Any] | None = None) -> int:
         """Execute; returns the affected-row count (what a conditional UPDATE is decided by)."""
@@ -81,15 +81,18 @@ class Tx:
             else:
                 self.cur.executemany(text, map(pick, rows))
 
-    def many_in_order(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    def many_in_order(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
         """Like `many`, for rows that are already sequences in the order of the statement's
-        parameters (bulk inserts build them so: no dict per row, no picking)."""
-        if rows:
-            text = compile_sql(sql, self.sqlite)[0]
-            if len(rows) == 1:
-                self.cur.execute(text, rows[0])
-            else:
-                self.cur.executemany(text, rows)
+        parameters (bulk inserts build them so: no dict per row, no picking); returns the
+        affected-row count of them all."""
+        if not rows:
+            return 0
+        text = compile_sql(sql, self.sqlite)[0]
+        if len(rows) == 1:
+            self.cur.execute(text, rows[0])
+        else:
+            self.cur.executemany(text, rows)
+        return self.cur.rowcount
 
     def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         text, pick = compile_sql(sql, self.sqlite)
