@@ -41,6 +41,8 @@ def read_secret(key_file: Optional[str], key_env: str) -> str:
             text = sys.stdin.read() if key_file == "-" else Path(key_file).read_text("utf-8")
         except OSError as exc:
             raise InvalidInput(f"cannot read key file {key_file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise InvalidInput(f"key file {key_file} is not UTF-8 text") from None
         secret = text.strip()
         where = f"key file {key_file}"
     else:

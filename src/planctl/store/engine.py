@@ -17,13 +17,14 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlmodel import Session, create_engine
 
 from planctl.domain.errors import InvalidInput, PlanctlError
 from planctl.store.location import DbTarget
 from planctl.store.sql import BUSY_TIMEOUT_MS, PRAGMAS, Tx, driver_error, transaction
 _WRITE = "planctl_write"
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 @dataclass
@@ -120,8 +121,14 @@ def _prepare_sqlite_file(path: Path) -> None:
     if path.is_dir():
         raise InvalidInput(f"database path {path} is a directory; {hint}")
     if path.exists():
+        if not path.is_file():
+            raise InvalidInput(f"not a planctl database: {path} is not a regular file; {hint}")
         if not os.access(path, os.R_OK | os.W_OK):
             raise InvalidInput(f"database file {path} is not readable and writable; {hint}")
+        with path.open("rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+        if header and header != SQLITE_HEADER:  # an empty file is a new database
+            raise InvalidInput(f"not a planctl database: {path} is not a SQLite file; {hint}")
         return
     parent = path.parent
     if not parent.is_dir():
@@ -158,7 +165,7 @@ def _translate_errors(target: DbTarget) -> Iterator[None]:
         yield
     except PlanctlError:
         raise
-    except (IntegrityError, OperationalError) as exc:
+    except DatabaseError as exc:  # integrity, operational, or a file that is not a database
         meaning = driver_error(exc.orig or exc, target.display, integrity=isinstance(exc, IntegrityError))
         if meaning is None:
             raise

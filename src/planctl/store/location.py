@@ -31,7 +31,9 @@ class DbTarget:
 
 def resolve_target(db_option: str | None, env: Mapping[str, str] = os.environ) -> DbTarget:
     """Pick the database from the first setting present, in documented order."""
-    if db_option:
+    if db_option is not None:
+        if not db_option.strip():
+            raise InvalidInput("--db is empty: give a SQLite file path or a postgresql://… URL")
         return _from_text(db_option, "--db")
     if env.get("PLANCTL_DATABASE_URL"):
         return _from_url(env["PLANCTL_DATABASE_URL"], "PLANCTL_DATABASE_URL")

@@ -199,7 +199,7 @@ class transaction:  # noqa: N801 - used like the contextmanager it replaces, wit
     def _translate(self, exc: BaseException) -> BaseException:
         if isinstance(exc, self.errors.IntegrityError):
             return driver_error(exc, self.display, integrity=True) or exc
-        if isinstance(exc, self.errors.OperationalError):
+        if isinstance(exc, self.errors.DatabaseError):
             return driver_error(exc, self.display, integrity=False) or exc
         return exc
 
@@ -208,6 +208,8 @@ def driver_error(exc: BaseException, display: str, *, integrity: bool) -> Planct
     """The domain error a driver's integrity or operational error means to a user, if any
     (store/engine.py asks the same of the errors SQLAlchemy wraps)."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if any(words in first for words in ("file is not a database", "disk image is malformed")):
+        return InvalidInput(f"not a planctl database: {display}: {first.split(') ')[-1]}")
     if integrity:
         return Conflict(f"the change conflicts with existing data ({first})")
     text = str(exc).lower()
