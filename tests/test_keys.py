@@ -751,3 +751,89 @@ def test_subusers_up_to_the_maximum_get_keys_from_the_parents_subscription(cli: 
     assert {(k["account_id"], k["subscription_id"]) for k in batch} == {(dev2["id"], sub)}
     assert names(listed(cli, "--account", "dev1")) == {"laptop"}
     assert len(listed(cli, "--subscription", sub)) == 1 + 1 + 1 + 5  # the subscription key and the sub-users'
+
+
+# ---------------------------------------------------------------- a key never outlives its secret (issue #12.4)
+
+_KILLED_AT = """
+import os, signal, sys
+from planctl.cli import keys as cli_keys
+from planctl.services import keys as service
+
+step = sys.argv[1]
+die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+write, create = cli_keys.SecretsFile.write, service.create
+if step == "before the file":
+    cli_keys.SecretsFile.write = lambda self, created: die()
+elif step == "after the file":
+    cli_keys.SecretsFile.write = lambda self, created: (write(self, created), die())
+elif step == "after the commit":
+    service.create = lambda *a, **k: (create(*a, **k), die())
+sys.argv = ["planctl", *sys.argv[2:]]
+from planctl.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("step", ["before the file", "after the file", "after the commit"])
+def test_a_kill_at_any_step_of_a_key_batch_leaves_no_key_without_its_secret(
+        cli: Any, db: Any, db_url: str, tmp_path: Path, step: str) -> None:
+    """kill -9 (fault injection, not timing luck): before the commit no key exists and the file is
+    empty or lists keys that never existed, and a re-run with the same file succeeds; after it
+    every key's secret is in the file, synced, and the file is kept."""
+    import subprocess
+    import sys
+
+    from test_metering import checks_ok
+
+    account(cli)
+    buy(cli)
+    out = tmp_path / "ci.json"
+    args = ["--db", db_url, "keys", "create", "--from-plan", PRO, "--account", "acme", "--name", "ci",
+            "--quantity", "50", "--secrets-file", str(out)]
+    killed = subprocess.run([sys.executable, "-c", _KILLED_AT, step, *args], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    made = listed(cli, "--name", "ci-")
+    checks_ok(db)
+    if step == "after the commit":
+        written = json.loads(out.read_text())
+        assert len(made) == 50 and {r["id"] for r in written} == {k["id"] for k in made}
+        assert all(found_id(db, r["secret"], NOW) == r["id"] for r in written)
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600
+        again = run(cli, "keys", "create", "--from-plan", PRO, "--account", "acme", "--name", "ci", "--quantity",
+                    "50", "--secrets-file", str(out))
+        assert again.exit_code == 6 and "holds secrets of existing keys" in again.stderr
+        assert json.loads(out.read_text()) == written
+        return
+    assert made == [] and out.exists()
+    leftover = out.read_text()
+    assert leftover == "" if step == "before the file" else len(json.loads(leftover)) == 50
+    again = run(cli, "--json", "keys", *args[3:])
+    assert again.exit_code == 0, again.stderr
+    rerun = json.loads(again.stdout)
+    written = json.loads(out.read_text())
+    assert [k["id"] for k in rerun] == [r["id"] for r in written] and len(written) == 50
+    assert all(found_id(db, r["secret"], NOW) == r["id"] for r in written)
+    checks_ok(db)
+
+
+def test_ctrl_c_after_the_commit_keeps_the_secrets_file(cli: Any, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interruption that lands after the commit must not delete the only copy of the secrets."""
+    import planctl.services.keys as key_service
+
+    account(cli)
+    buy(cli)
+    real = key_service.create
+
+    def interrupted(*args: Any, **kw: Any) -> Any:
+        real(*args, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(key_service, "create", interrupted)
+    out = tmp_path / "ci.json"
+    result = run(cli, "keys", "create", "--from-plan", PRO, "--account", "acme", "--name", "ci", "--quantity", "3",
+                 "--secrets-file", str(out))
+    monkeypatch.undo()
+    assert result.exit_code == 130
+    assert {r["id"] for r in json.loads(out.read_text())} == {k["id"] for k in listed(cli, "--name", "ci-")}

@@ -101,21 +101,19 @@ def create(
         credit_cap=_credit(credit, "--credit"), expires_at=_when(st, expires, "--expires"), group=group,
         daily_limit=_credit(daily_limit, "--daily-limit"), rpd=rpd,
     )
-    # The secrets file is created (private, new) before any key exists, and removed if creation fails,
-    # so no key can be left behind whose secret nobody has.
-    handle = _open_private(secrets_file) if secrets_file is not None else None
+    # The secrets file is claimed (private, new) before any key exists and written and synced to disk
+    # inside the keys' transaction, before its commit: no moment leaves a key whose secret is lost.
+    out = SecretsFile(secrets_file, lambda ids: keys.existing(st.db(), ids)) if secrets_file is not None else None
     try:
         with _progress(st, quantity) as progress:
-            created = keys.create(st.db(), spec, caller=st.caller(), now=st.now(), progress=progress)
+            created = keys.create(st.db(), spec, caller=st.caller(), now=st.now(), progress=progress,
+                                  before_commit=out.write if out is not None else None)
     except BaseException:
-        if handle is not None:
-            handle.close()
-            secrets_file.unlink(missing_ok=True)  # type: ignore[union-attr]
+        if out is not None:
+            out.abandon()
         raise
     rows = [key_json(c.key, c.secret) for c in created]
-    if handle is not None:
-        with handle:
-            handle.write(json.dumps(rows, indent=2) + "\n")
+    if out is not None:
         say(st, f"created {len(rows)} key(s); secrets written to {secrets_file} (mode 0600)")
         if fmt == "json":
             emit_json(st, [{k: v for k, v in r.items() if k != "secret"} for r in rows])
@@ -127,17 +125,67 @@ def create(
                          Column("secret", "Secret (shown once)")), fmt)
 
 
-def _open_private(path: Path) -> Any:
-    """Create `path` with mode 0600 for writing; refuse an existing file."""
-    from planctl.domain.errors import Conflict, InvalidInput
+class SecretsFile:
+    """The file `keys create --secrets-file` writes: claimed before the keys exist, written and
+    synced to disk before they are committed, removed only if they were not (README "Keys").
 
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        raise Conflict(f"{path} already exists; secrets are only written to a new file") from None
-    except OSError as exc:
-        raise InvalidInput(f"cannot write {path}: {exc.strerror}") from None
-    return os.fdopen(fd, "w")
+    A file left by an interrupted run is reused when it is empty, or when it lists only keys
+    that do not exist (the run stopped before its commit); any other existing file is refused.
+    """
+
+    def __init__(self, path: Path, existing: Any) -> None:
+        from planctl.domain.errors import Conflict, InvalidInput
+
+        self.path, self.existing, self.ids = path, existing, []
+        try:
+            self.fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            if not self._leftover():
+                raise Conflict(f"{path} already exists and holds secrets of existing keys; secrets are only "
+                               "written to a new file: choose another name") from None
+            self.fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+            os.fchmod(self.fd, 0o600)
+        except OSError as exc:
+            raise InvalidInput(f"cannot write {path}: {exc.strerror}") from None
+
+    def _leftover(self) -> bool:
+        """Is the existing file the trace of a run that never committed its keys?"""
+        if not self.path.is_file():
+            return False
+        try:
+            text = self.path.read_text("utf-8")
+            listed = [row["id"] for row in json.loads(text)] if text.strip() else []
+        except (OSError, ValueError, TypeError, KeyError):
+            return False
+        return not self.existing(listed)
+
+    def write(self, created: list[Any]) -> None:
+        """The secrets, synced to disk (file and directory) before the keys are committed."""
+        self.ids = [c.key.id for c in created]
+        data = (json.dumps([key_json(c.key, c.secret) for c in created], indent=2) + "\n").encode()
+        with os.fdopen(self.fd, "wb", closefd=True) as handle:
+            self.fd = -1
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def abandon(self) -> None:
+        """After a failure: remove the file unless its keys were committed after all (an
+        interruption can land after the commit), in which case it is the only copy of their secrets."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            committed = bool(self.ids) and bool(self.existing(self.ids))
+        except Exception:
+            return  # cannot tell: keep it (a re-run recognises an uncommitted leftover)
+        if not committed:
+            self.path.unlink(missing_ok=True)
 
 
 class _progress:

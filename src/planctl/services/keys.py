@@ -51,7 +51,10 @@ class CreatedKey:
 
 
 def create(db: Database, spec: KeySpec, *, caller: Caller, now: datetime,
-           progress: Progress | None = None) -> list[CreatedKey]:
+           progress: Progress | None = None,
+           before_commit: Callable[[list[CreatedKey]], None] | None = None) -> list[CreatedKey]:
+    """Create the keys in one transaction; `before_commit` gets them (secrets included) while it
+    is still open, so a secrets file can be made durable before any key exists."""
     rules.check_quantity(spec.quantity)
     rules.check_expiry(spec.expires_at, now)
     if spec.rpd is not None and spec.rpd < 1:
@@ -82,7 +85,17 @@ def create(db: Database, spec: KeySpec, *, caller: Caller, now: datetime,
         source = "pay-as-you-go balance" if sub is None else f"subscription {sub.id}"
         names = created[0].key.name if len(created) == 1 else f"{spec.name}-* ({len(created)} keys)"
         audit.record(session, caller, now, f"account:{account.id}", f"created key {names} from {source}, group {group}")
+        if before_commit is not None:
+            before_commit(created)
         return created
+
+
+def existing(db: Database, key_ids: Sequence[str]) -> set[str]:
+    """Which of these key ids exist."""
+    if not key_ids:
+        return set()
+    with db.read() as session:
+        return set(session.exec(select(ApiKey.id).where(col(ApiKey.id).in_(list(key_ids)))).all())
 
 
 def _team_target(session: Session, spec: KeySpec, now: datetime) -> tuple[Account, Subscription, str]:
