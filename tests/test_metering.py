@@ -1051,6 +1051,33 @@ def test_payg_overshoot_without_a_reservation_keeps_db_check_clean(db: Any, call
     assert (r.record.cost, r.record.charged_payg) == (150, 150)
     assert auth(db, secret).reason == "payg_balance_empty"
     checks_ok(db)
+    from planctl.services.database import check
+
+    overdrawn = {r.name: r.detail for r in check(db)}["overdrawn"]
+    assert overdrawn == f"1 balances below zero: account {acc} (pay-as-you-go) by 0.000050"
+
+
+def test_overdraw_is_bounded_and_shown_by_how_much_everywhere(db: Any, db_url: str, cli: Any, caller: Any) -> None:
+    """Issue #12.7: an absurd record is rejected by the bounds; a real overshoot (no hold) shows as
+    overdrawn in limits show, subscriptions list and db check."""
+    from planctl.services.database import check
+
+    _, b = _setup(db, caller, total_credit="0.0001")  # 100 µcr
+    assert_refused(cli, db_url, [(("usage", "record", "--request-id", "huge", "--key", b.key, "--model", "unit",
+                                   "--input", "999999999999", "--output", "0", "--status", "200"), 2,
+                                  "invalid_input", "input tokens must be a whole number from 0 to 100,000,000")],
+                   when=NOW)
+    use(db, b.key, "r1", 70)
+    use(db, b.key, "r2", 80)  # admitted before r1 was recorded: charged in full
+    limits = js(cli, "limits", "show", b.sub)
+    assert limits["total"]["overdrawn"] == cr(50) and limits["total"]["remaining"] == "-" + cr(50)
+    assert "overdrawn: the plan credit is" in run(cli, "limits", "show", b.sub).stdout
+    (listed,) = js(cli, "subscriptions", "list")
+    assert listed["overdrawn"] == cr(50)
+    assert "Overdrawn by" in run(cli, "subscriptions", "list").stdout
+    checks_ok(db)
+    assert {r.name: r.detail for r in check(db)}["overdrawn"] == f"1 balances below zero: subscription {b.sub} by " \
+        + cr(50)
 
 
 # ---------------------------------------------------------------- usage import
@@ -1654,4 +1681,44 @@ def test_holds_expiring_while_requests_are_in_flight_are_released_once(db: Any, 
     assert s.credit_used == sum(e[3] for e in admitted)
     assert s.credit_reserved == sum(h.amount for h in holds if h.status == "held") >= 0
     assert key_row(db, b.key).credit_reserved >= 0 and key_row(db, team_key).credit_reserved >= 0
+    checks_ok(db)
+
+
+# ---------------------------------------------------------------- the period and the day agree (issue #11.3)
+
+
+def _three_views(cli: Any, sub: str, key: str, when: datetime) -> tuple[str, str, str]:
+    limits_sub, limits_key = js(cli, "limits", "show", sub, when=when), js(cli, "limits", "show", key, when=when)
+    total = js(cli, "usage", "--since", "today", "--sum", "--key", key, when=when)["consumption"]
+    return limits_sub["period"]["used"], limits_key["key"]["used_today"], total
+
+
+def test_a_record_before_its_subscription_started_is_refused_so_every_counter_agrees(
+        db: Any, cli: Any, caller: Any, tmp_path: Path) -> None:
+    """Such a record counted in the first period but on an earlier natural day: refused instead
+    (with its line number on import), and limits show's period, the key's day and the usage log's
+    today agree, for a subscription started today and one started days ago."""
+    install(db, caller, plan("daily", period="day", period_credit="1", total_credit="10"))
+    fresh = buy(db, caller, account(db, caller), "daily")  # starts at NOW, 12:00 in Beijing
+    old = buy(db, caller, account(db, caller, "older", now=NOW - timedelta(days=3)), "daily",
+              now=NOW - timedelta(days=3))
+
+    def line(rid: str, key: str, at: datetime | None, tokens: int) -> str:
+        return json.dumps({"request_id": rid, "key": key, "model": "unit", "input": tokens, "output": 0,
+                           "status": 200, **({"time": z(at)} if at else {})})
+
+    lines = [line("f1", fresh.key, NOW - timedelta(hours=13), 100),  # the previous day in Beijing, before start
+             line("f2", fresh.key, NOW - timedelta(minutes=30), 200),  # today in Beijing, before start
+             line("f3", fresh.key, NOW + timedelta(minutes=5), 300), line("f4", fresh.key, None, 400),
+             line("o1", old.key, NOW - timedelta(hours=13), 500),  # yesterday, within the subscription
+             line("o2", old.key, NOW - timedelta(minutes=30), 600), line("o3", old.key, None, 700)]
+    (path := tmp_path / "u.jsonl").write_text("\n".join(lines) + "\n")
+    result = run(cli, "usage", "import", str(path), "--json", when=NOW + timedelta(minutes=10))
+    assert result.exit_code == 2
+    report = json.loads(result.stdout)
+    assert (report["new"], [r["line"] for r in report["rejected_lines"]]) == (5, [1, 2])
+    assert all("before subscription" in r["error"] for r in report["rejected_lines"])
+    later = NOW + timedelta(minutes=20)
+    assert _three_views(cli, fresh.sub, fresh.key, later) == (cr(700),) * 3
+    assert _three_views(cli, old.sub, old.key, later) == (cr(1300),) * 3
     checks_ok(db)

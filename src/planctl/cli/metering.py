@@ -18,7 +18,7 @@ import typer
 from planctl.cli.context import State, state
 from planctl.cli.output import Column, CsvOpt, JsonlOpt, JsonOpt, emit_json, emit_record, emit_rows, output_format, say
 from planctl.domain.errors import ExitCode
-from planctl.domain.usage import short
+from planctl.domain.usage import overdrawn, short
 
 usage_app = typer.Typer(help="Usage logs: query (planctl usage [filters]), record, import, prune.",
                         invoke_without_command=True, no_args_is_help=False,
@@ -412,7 +412,9 @@ def limits_json(v: Any, zone: Any) -> dict[str, Any]:
         "next_reset": v.next_reset and iso(v.next_reset),
         "next_reset_local": v.next_reset and iso(v.next_reset.astimezone(zone)),
         "total": {"granted": _credit(c.plan_granted), "used": _credit(c.plan_used),
-                  "held": _credit(c.plan_reserved), "remaining": _credit(c.plan_remaining)},
+                  "held": _credit(c.plan_reserved), "remaining": _credit(c.plan_remaining),
+                  "overdrawn": _credit(overdrawn(None if c.plan_granted is None else c.plan_granted - c.plan_used))},
+        "payg_overdrawn": _credit(overdrawn(v.payg_balance)),
         "period": None if lim.period_credit is None else {
             "limit": _credit(lim.period_credit), "used": _credit(c.period_used), "held": _credit(c.period_reserved),
             "remaining": credit_left(lim.period_credit, c.period_used, c.period_reserved),
@@ -491,6 +493,9 @@ def limits_show(ctx: typer.Context, target: Annotated[str, typer.Argument(help="
           + (" (extra usage absorbs it)" if data["lifted_by_extra_usage"] else "")
           + (f"; next reset {reset}" if blocking and reset else "")
           + f"; natural days in {data['reset_zone']}")
+    for what, by in (("the plan credit", t["overdrawn"]), ("the pay-as-you-go balance", data["payg_overdrawn"])):
+        if by is not None:
+            print(f"overdrawn: {what} is {cr(by)} below zero (requests recorded without a hold are charged in full)")
     for s in data["suggestions"]:
         print(f"to lift it: {s}")
 

@@ -61,9 +61,16 @@ def order_json(o: Any) -> dict[str, Any]:
     }
 
 
+def _credit_or_none(value: Optional[int]) -> Optional[str]:
+    from planctl.domain.money import credit_json
+
+    return None if value is None else credit_json(value)
+
+
 def subscription_json(sub: Any, plan_slug: str, state_name: str, plan_version: int) -> dict[str, Any]:
     from planctl.domain.clock import iso
     from planctl.domain.money import credit_json
+    from planctl.domain.usage import overdrawn
 
     granted = sub.credit_granted
     return {
@@ -72,6 +79,7 @@ def subscription_json(sub: Any, plan_slug: str, state_name: str, plan_version: i
         "credit_granted": None if granted is None else credit_json(granted),
         "credit_used": credit_json(sub.credit_used),
         "credit_remaining": None if granted is None else credit_json(granted - sub.credit_used),
+        "overdrawn": _credit_or_none(overdrawn(None if granted is None else granted - sub.credit_used)),
         "period_limit_enabled": sub.period_limit_enabled,
         "cancelled_at": sub.cancelled_at and iso(sub.cancelled_at),
     }
@@ -352,7 +360,7 @@ SUB_COLUMNS = (
     Column("id"), Column("account_id", "Account"), Column("plan"), Column("status"),
     Column("starts_at", "Starts", "time"), Column("ends_at", "Ends", "time"),
     Column("credit_granted", "Granted", "credit"), Column("credit_used", "Used", "credit"),
-    Column("period_limit_enabled", "Period limit", "bool"),
+    Column("overdrawn", "Overdrawn by", "credit"), Column("period_limit_enabled", "Period limit", "bool"),
 )
 ORDER_COLUMNS = (
     Column("id"), Column("kind"), Column("account_id", "Account"), Column("item", "Plan/product"),

@@ -65,3 +65,9 @@ def short(value: object, limit: int = 40) -> str:
     """A value quoted in a message, cut to a readable length."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def overdrawn(balance: int | None) -> int | None:
+    """By how much a balance (granted − used, or a PAYG balance) is below zero; None when it is not
+    (a request recorded without a hold is charged in full, so it may overshoot: README "Recording")."""
+    return -balance if balance is not None and balance < 0 else None

@@ -94,7 +94,24 @@ def ledger_checks(session: Session) -> list[CheckResult]:
                for ident, granted, used in session.execute(query) if (granted or 0) - used != ledger.get(ident, 0)]
         out.append(CheckResult(name, not bad, "ok" if not bad else f"{len(bad)} differ: " + "; ".join(bad[:3])))
     out.append(_counter_check(session))
+    out.append(_overdrawn_check(session))
     return out
+
+
+def _overdrawn_check(session: Session) -> CheckResult:
+    """Every balance below zero, by how much: plan credit (granted − used) and PAYG balances. A
+    request recorded without a hold is charged in full, so it can overshoot (SPEC §5): that is no
+    corruption (the check passes), but an operator must see where and by how much."""
+    from planctl.domain.money import credit_json
+
+    found = [f"subscription {i} by {credit_json(-left)}" for i, left in session.execute(
+        select(Subscription.id, Subscription.credit_granted - Subscription.credit_used)
+        .where(Subscription.credit_granted.is_not(None),  # type: ignore[union-attr]
+               Subscription.credit_granted < Subscription.credit_used).order_by(Subscription.id))]
+    found += [f"account {i} (pay-as-you-go) by {credit_json(-balance)}" for i, balance in session.execute(
+        select(Account.id, Account.payg_balance).where(Account.payg_balance < 0).order_by(Account.id))]
+    return CheckResult("overdrawn", True, "none" if not found else f"{len(found)} balances below zero: "
+                       + "; ".join(found))
 
 
 def _counter_check(session: Session) -> CheckResult:

@@ -1206,6 +1206,7 @@ class LimitsView:
     can_disable_limit: bool
     suggestions: list[str]
     next_reset: datetime | None = None  # when what blocks resets (None: it does not reset by itself)
+    payg_balance: int | None = None  # the account's PAYG balance (a PAYG key's pool)
 
 
 def limits_view(db: Any, ref: str, *, now: datetime) -> LimitsView:
@@ -1243,6 +1244,7 @@ def limits_view(db: Any, ref: str, *, now: datetime) -> LimitsView:
             can_disable_limit=bool(terms and terms.period_limit_can_disable),
             suggestions=_suggestions(decision, boundary, state, counters),
             next_reset=reset_of(decision.reason or boundary, state.windows),
+            payg_balance=state.account.payg_balance if state.key.kind == "payg" else None,
         )
 
 
