@@ -140,3 +140,133 @@ def test_four_processes_recording_the_same_ids_all_get_the_sequential_answer(db:
     assert [a for a in answers if not isinstance(a, bool)] == []
     assert answers.count(False) == len(ids) and answers.count(True) == len(ids) * (WORKERS - 1)
     _charged_once(db, sub, set(ids))
+
+
+# ---------------------------------------------------------------- one bad line never stops an import (#12.1)
+
+
+def test_unrepresentable_lines_are_rejected_alone_and_the_import_goes_to_the_end(
+        db: Any, cli: Any, caller: Any, tmp_path: Path) -> None:
+    """Today's killers of a whole import (64-bit overflow, times Python cannot represent, bytes that
+    are not UTF-8, NUL): each is one rejected line with its number; its batch's good lines commit."""
+    from test_metering import run as at_now
+
+    sub, keys = _world(db, caller)
+    good = [_line(f"g{n}", keys[0], n).encode() for n in range(6)]
+    base = {"key": keys[0], "model": "unit", "input": 1, "output": 1, "status": 200}
+    bad = [json.dumps({**base, "request_id": "b1", "input": 2**63 + 5}).encode(),  # overflows SQLite's integers
+           json.dumps({**base, "request_id": "b2", "time": "9999-12-31T23:59:59+00:00"}).encode(),
+           json.dumps({**base, "request_id": "b3", "time": "0001-01-01T00:00:00+05:00"}).encode(),
+           b'{"request_id": "b4", "model": "\xff\xfe", "key": "k"}',
+           json.dumps({**base, "request_id": "b5", "latency_ms": 10**12}).encode(),
+           json.dumps({**base, "request_id": "b6\u0000"}).encode()]
+    lines = [good[0], good[1], bad[0], bad[1], good[2], bad[2], bad[3], good[3], bad[4], bad[5], good[4], good[5]]
+    (path := tmp_path / "u.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    for expected_new, expected_duplicate in ((6, 0), (0, 6)):
+        result = at_now(cli, "usage", "import", str(path), "--batch-size", "4", "--json")
+        assert result.exit_code == 2, result.stderr
+        report = json.loads(result.stdout)
+        assert (report["new"], report["duplicate"]) == (expected_new, expected_duplicate)
+        assert [r["line"] for r in report["rejected_lines"]] == [3, 4, 6, 7, 9, 10]
+    errors = [r["error"] for r in report["rejected_lines"]]
+    assert "from 0 to 100,000,000" in errors[0]
+    assert "outside the accepted window" in errors[1] and "outside the accepted window" in errors[2]
+    assert "not JSON" in errors[3] and "latency" in errors[4] and "NUL" in errors[5]
+    _charged_once(db, sub, {f"g{n}" for n in range(6)})
+
+
+def test_usage_record_flags_out_of_bounds_exit_2(db: Any, db_url: str, cli: Any, caller: Any) -> None:
+    from conftest import assert_refused
+
+    _, keys = _world(db, caller)
+    base = ("usage", "record", "--request-id", "r1", "--key", keys[0], "--model", "unit", "--status", "200")
+    assert_refused(cli, db_url, [
+        ((*base, "--input", str(2**64), "--output", "0"), 2, "invalid_input", "input tokens must be"),
+        ((*base, "--input", "1", "--output", "100000001"), 2, "invalid_input", "output tokens must be"),
+        ((*base, "--input", "1", "--output", "1", "--latency-ms", str(10**12)), 2, "invalid_input", "latency"),
+        ((*base, "--input", "1", "--output", "1", "--time", "9999-12-31T23:59:59+00:00"), 2, "invalid_input",
+         "outside the accepted window"),
+        ((*base, "--input", "1", "--output", "1", "--time", "0001-01-01T00:00:00+05:00"), 2, "invalid_input",
+         "--time"),
+        ((*base, "--input", "1", "--output", "1", "--time", "2024-01-01T00:00:00Z"), 2, "invalid_input",
+         "outside the accepted window"),
+    ], when=NOW)
+
+
+# ---------------------------------------------------------------- a crash mid-import (#12 tests)
+
+_KILLED_IN_BATCH = """
+import os, signal, sys
+from planctl.store import meter
+
+calls = []
+insert = meter.insert_usage
+def dying(tx, records):
+    calls.append(1)
+    if len(calls) == 2:  # the second batch: its rows are written, its commit never comes
+        insert(tx, records)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return insert(tx, records)
+meter.insert_usage = dying
+sys.argv = ["planctl", *sys.argv[1:]]
+from planctl.cli import main
+main()
+"""
+
+
+def test_a_kill_in_the_middle_of_an_import_leaves_whole_batches_and_a_rerun_converges(
+        db: Any, db_url: str, caller: Any, tmp_path: Path) -> None:
+    sub, keys = _world(db, caller)
+    ids = [f"k{n}" for n in range(30)]
+    (path := tmp_path / "u.jsonl").write_text("".join(_line(rid, keys[n % 4], n) + "\n" for n, rid in enumerate(ids)))
+    args = ["--db", db_url, "usage", "import", str(path), "--batch-size", "10", "--json"]
+    killed = subprocess.run([sys.executable, "-c", _KILLED_IN_BATCH, *args], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    _charged_once(db, sub, set(ids[:10]))  # the first batch, whole; nothing of the second
+    rerun = subprocess.run([*PLANCTL, *args], capture_output=True, text=True)
+    assert rerun.returncode == 0 and rerun.stderr == ""
+    assert {k: v for k, v in json.loads(rerun.stdout).items() if not k.endswith("_lines")} == {
+        "new": 20, "duplicate": 10, "rejected": 0, "conflicting": 0, "retried": 0}
+    _charged_once(db, sub, set(ids))
+
+
+# ---------------------------------------------------------------- unusable databases exit 2 (#12.6)
+
+
+def _corrupt(kind: str, tmp_path: Path, good: Path) -> str:
+    import os
+
+    target = tmp_path / f"{kind}.db"
+    data = good.read_bytes()
+    if kind == "truncated":
+        target.write_bytes(data[:3000])
+    elif kind == "zeroed-page":
+        target.write_bytes(data[:4096] + bytes(8192) + data[4096 + 8192:])
+    elif kind == "random-bytes":
+        target.write_bytes(os.urandom(40_000))
+    elif kind == "directory":
+        target.mkdir()
+    else:
+        return {"dev-null": "/dev/null", "empty-option": ""}[kind]
+    return str(target)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "zeroed-page", "random-bytes", "directory", "dev-null", "empty-option"])
+def test_an_unusable_database_is_one_line_and_exit_2_for_every_command(tmp_path: Path, kind: str) -> None:
+    from conftest import Cli
+
+    good = tmp_path / "good.db"
+    Cli(str(good)).ok("plans", "list")
+    location = _corrupt(kind, tmp_path, good)
+    before = Path(location).read_bytes() if Path(location).is_file() else None
+    (tmp_path / "u.jsonl").write_text(_line("r1", "k", 1) + "\n")
+    expected = {"directory": "is a directory", "empty-option": "--db is empty"}.get(kind, "not a planctl database: ")
+    for args in (("plans", "list"), ("db", "check"), ("usage", "import", str(tmp_path / "u.jsonl")),
+                 ("usage", "record", "--request-id", "r", "--key", "k", "--model", "unit", "--input", "1",
+                  "--output", "1", "--status", "200")):
+        result = Cli(location)(*args)
+        assert result.exit_code == 2, (args, result.exit_code, result.stderr)
+        assert result.stdout == "" and len(result.stderr.splitlines()) == 1 and expected in result.stderr, \
+            result.stderr
+    if before is not None:
+        assert Path(location).read_bytes() == before
