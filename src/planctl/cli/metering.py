@@ -152,7 +152,8 @@ def usage_record(
     error: Annotated[Optional[str], typer.Option(help="Error text of a failed request.")] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Record one request and charge it; the same request id twice changes nothing (duplicate: true).
+    """Record one request and charge it; the same request id twice changes nothing (duplicate: true),
+    unless its content differs (exit 6, naming the fields). Bounds: README "Recording".
 
     Example: planctl usage record --request-id req_1 --key ci-runner-k3x9 --model gpt-5.4
     --input 1200 --cached 800 --output 300 --status 200 --latency-ms 950
