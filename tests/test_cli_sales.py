@@ -37,7 +37,7 @@ ORDER_KEYS = {
 }
 SUB_KEYS = {
     "id", "account_id", "plan", "plan_version", "status", "starts_at", "ends_at", "credit_granted",
-    "credit_used", "credit_remaining", "period_limit_enabled", "cancelled_at",
+    "credit_used", "credit_remaining", "overdrawn", "period_limit_enabled", "cancelled_at",
 }
 KEY_KEYS = {"id", "name", "kind", "subscription_id", "group", "status", "prefix", "last4", "created_at"}
 SALE_KEYS = {"order", "subscription", "key", "replayed", "dry_run", "notes"}
@@ -119,7 +119,7 @@ def test_buy_json_shape_and_values(cli: Any) -> None:
     }
     assert {k: v for k, v in sub.items() if k not in ("id", "plan_version")} == {
         "account_id": acc, "plan": PRO, "status": "active", "starts_at": z(NOW), "ends_at": z(ENDS),
-        "credit_granted": "4500.000000", "credit_used": "0.000000", "credit_remaining": "4500.000000",
+        "credit_granted": "4500.000000", "credit_used": "0.000000", "credit_remaining": "4500.000000", "overdrawn": None,
         "period_limit_enabled": True, "cancelled_at": None,
     }
     assert sub["id"].startswith("sub_")

@@ -281,10 +281,13 @@ def test_driver_errors_that_mean_try_again_become_conflicts_and_roll_back() -> N
     from planctl.domain.errors import Conflict, InvalidInput
     from planctl.store.sql import transaction
 
-    class OperationalError(Exception):
+    class DatabaseError(Exception):
         pass
 
-    class IntegrityError(Exception):
+    class OperationalError(DatabaseError):
+        pass
+
+    class IntegrityError(DatabaseError):
         pass
 
     class Connection:
@@ -299,12 +302,15 @@ def test_driver_errors_that_mean_try_again_become_conflicts_and_roll_back() -> N
         def commit(self) -> None:
             self.committed += 1
 
-    errors = SimpleNamespace(OperationalError=OperationalError, IntegrityError=IntegrityError)
+    errors = SimpleNamespace(DatabaseError=DatabaseError, OperationalError=OperationalError,
+                             IntegrityError=IntegrityError)
     for raised, expected in ((OperationalError("deadlock detected\nDETAIL: ..."), Conflict),
                              (OperationalError("could not obtain lock on row"), Conflict),
                              (IntegrityError("duplicate key value"), Conflict),
                              (OperationalError("attempt to write a readonly database"), InvalidInput),
-                             (OperationalError("disk I/O error"), OperationalError)):
+                             (OperationalError("disk I/O error"), OperationalError),
+                             (DatabaseError("file is not a database"), InvalidInput),
+                             (DatabaseError("database disk image is malformed"), InvalidInput)):
         connection = Connection()
         with pytest.raises(expected):
             with transaction(connection, sqlite=False, write=True, display="db", errors=errors):

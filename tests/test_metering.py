@@ -1402,7 +1402,7 @@ def test_cli_usage_record_and_reservations(db: Any, cli: Any, caller: Any, monke
 
 LIMITS_FIELDS = {"subscription_id", "key_id", "plan", "blocking", "lifted_by_extra_usage", "total", "period",
                  "today", "key", "extra_usage", "reset_zone", "suggestions", "next_reset", "next_reset_local",
-                 "payg_balance"}
+                 "payg_balance", "payg_overdrawn"}
 
 
 def test_limits_show_json_answers_why_cant_i_continue_today(db: Any, cli: Any, caller: Any) -> None:
@@ -1417,7 +1417,8 @@ def test_limits_show_json_answers_why_cant_i_continue_today(db: Any, cli: Any, c
     assert set(out) == LIMITS_FIELDS
     assert (out["subscription_id"], out["key_id"], out["plan"]) == (b.sub, b.key, "meter")
     assert (out["blocking"], out["lifted_by_extra_usage"]) == ("period_limit_reached", False)
-    assert out["total"] == {"granted": cr(10_000), "used": cr(100), "held": cr(0), "remaining": cr(9_900)}
+    assert out["total"] == {"granted": cr(10_000), "used": cr(100), "held": cr(0), "remaining": cr(9_900),
+                            "overdrawn": None}
     assert (out["next_reset"], out["next_reset_local"]) == (z(MIDNIGHT), "2026-11-22T00:00:00+08:00")
     assert out["period"] == {"limit": cr(100), "used": cr(100), "held": cr(0), "remaining": cr(0), "enabled": True,
                              "can_disable": True,
