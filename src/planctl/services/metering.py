@@ -305,8 +305,12 @@ def authorize(db: MeterDb, secret: str, *, model: str, api: str = "responses", r
     if reserve is not None and reserve <= 0:
         raise InvalidInput("--reserve must be greater than zero")
     write = bool(reserve)
-    _release_stale(db, now)  # its own transaction: it locks other keys' rows (see store/meter.py on lock order)
+    inline = write and db.url.startswith("sqlite")  # BEGIN IMMEDIATE excludes every other writer: no lock order
+    if not inline:
+        _release_stale(db, now)  # its own transaction: it locks other keys' rows (store/meter.py on lock order)
     with db.tx(write=write) as tx:
+        if inline:
+            _expire(tx, now)
         found = key_by_secret(tx, secret, now, write=write)
         if found is None:
             return Authorization(False, "key_unknown", "no key has this secret", model)
@@ -851,9 +855,14 @@ class _Batch:
         meter.lock_owners(self.tx, ids)
 
     def key(self, u: UsageInput) -> Found:
+        hit = None
+        if u.key is not None and u.key not in self.key_ids:  # usually the id: one statement
+            hit = meter.key_by(self.tx, "id", u.key, write=True)
+            if hit is not None:
+                self.key_ids[u.key] = hit[0].id
         key_id = self.key_id(u)
         if key_id not in self.found:
-            hit = meter.key_by(self.tx, "id", key_id, write=True)
+            hit = hit or meter.key_by(self.tx, "id", key_id, write=True)
             if hit is None:
                 raise NotFound(f"unknown key {redact(u.key or 'with this secret')!r}")
             key, account, sub = hit
