@@ -8,14 +8,15 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func
-from sqlmodel import Session, or_, select
+from sqlmodel import Session, select
 
 from planctl.domain.errors import Conflict, InvalidInput, NotFound, Refused
 from planctl.domain.ids import short_id
 from planctl.services import audit
 from planctl.services.audit import Caller
 from planctl.store.engine import Database
-from planctl.store.queries import starts_with
+from planctl.store import refs
+from planctl.store.sql import Tx
 from planctl.store.tables import Account, Group, Subscription
 
 BILLING_FIELDS = ("billing_name", "billing_email", "billing_address", "billing_tax_id")
@@ -31,21 +32,10 @@ class AccountSpec:
 
 
 def resolve(session: Session, ref: str) -> Account:
-    """An account by id, exact name, or unambiguous id/name prefix."""
-    ref = ref.strip()
-    exact = session.exec(select(Account).where(or_(Account.id == ref, Account.name == ref))).first()
-    if exact is not None:
-        return exact
-    if len(ref) >= 3:
-        found = session.exec(
-            select(Account).where(or_(starts_with(Account.id, ref), starts_with(Account.name, ref))).limit(5)
-        ).all()
-        if len(found) == 1:
-            return found[0]
-        if found:
-            names = ", ".join(f"{a.name} ({a.id})" for a in found)
-            raise InvalidInput(f"{ref!r} matches several accounts: {names}; use the id")
-    raise NotFound(f"unknown account {ref!r}; see 'planctl accounts list'")
+    """An account by id, name, or unambiguous prefix of either (store/refs.py)."""
+    account = session.get(Account, refs.resolve(Tx.within(session), "account", ref))
+    assert account is not None
+    return account
 
 
 def create(db: Database, fields: Mapping[str, Any], *, caller: Caller, now: datetime) -> Account:

@@ -92,11 +92,10 @@ def set_on_sale(db: Database, slug: str, on_sale: bool, *, caller: Caller, now: 
     return update_plan(db, slug, {"on_sale": on_sale}, caller=caller, now=now)
 
 
-def _plan_row(session: Session, slug: str) -> Plan:
-    row = _find_plan(session, slug)
-    if row is None:
-        raise NotFound(f"unknown plan {slug!r}; see 'planctl plans list'")
-    return row
+def _plan_row(session: Session, ref: str) -> Plan:
+    from planctl.services.sales import resolve_plan
+
+    return resolve_plan(session, ref)
 
 
 def _find_plan(session: Session, slug: str) -> Plan | None:

@@ -24,7 +24,9 @@ from planctl.domain.clock import local_date
 from planctl.domain.errors import Conflict, InvalidInput, NotFound, Refused
 from planctl.services import accounts, audit, settings
 from planctl.services.audit import Caller
+from planctl.store import refs
 from planctl.store.engine import Database
+from planctl.store.sql import Tx
 from planctl.store.tables import Account, Invoice, Order, Product, Refund
 
 INVOICEABLE_STATUSES = ("paid", "partially-refunded")
@@ -115,36 +117,15 @@ def get(db: Database, number: str) -> Invoice:
 
 
 def resolve(session: Session, ref: str) -> Invoice:
-    ref = (ref or "").strip().upper()
-    row = session.get(Invoice, ref) if ref else None
-    if row is not None:
-        return row
-    if len(ref) >= 5:
-        found = session.exec(select(Invoice).where(col(Invoice.id).startswith(ref)).order_by(col(Invoice.id))
-                             .limit(3)).all()
-        if len(found) == 1:
-            return found[0]
-        if found:
-            raise InvalidInput(f"{ref!r} matches several documents ({', '.join(f.id for f in found[:2])}, …); "
-                               "give the full number")
-    raise NotFound(f"unknown invoice {ref!r}; see 'planctl invoices list'")
+    invoice = session.get(Invoice, refs.resolve(Tx.within(session), "invoice", ref))
+    assert invoice is not None
+    return invoice
 
 
 def resolve_order(session: Session, ref: str, *, lock: bool = False) -> Order:
-    """An order by number or unambiguous prefix; `lock` holds its row until commit (PostgreSQL)."""
-    ref = (ref or "").strip().upper()
-    query = select(Order).where(Order.id == ref)
-    order = session.exec(query.with_for_update() if lock else query).first() if ref else None
-    if order is None and len(ref) >= 5:
-        found = session.exec(select(Order.id).where(col(Order.id).startswith(ref)).limit(3)).all()
-        if len(found) > 1:
-            raise InvalidInput(f"{ref!r} matches several orders; give the full order number")
-        if found:
-            query = select(Order).where(Order.id == found[0])
-            order = session.exec(query.with_for_update() if lock else query).first()
-    if order is None:
-        raise NotFound(f"unknown order {ref!r}; see 'planctl orders list'")
-    return order
+    """An order by number or unambiguous prefix (store/refs.py); `lock` holds its row until commit (PostgreSQL)."""
+    query = select(Order).where(Order.id == refs.resolve(Tx.within(session), "order", ref))
+    return session.exec(query.with_for_update() if lock else query).one()
 
 
 # ---------------------------------------------------------------- building blocks

@@ -120,9 +120,9 @@ def _team_target(session: Session, spec: KeySpec, now: datetime) -> tuple[Accoun
 
 def _subscription_for(session: Session, ref: str, account: Account | None, now: datetime) -> Subscription:
     """A subscription id, or a plan slug the account (or its parent) holds exactly one live subscription of."""
-    plan = session.exec(select(Plan).where(Plan.slug == ref)).first()
-    if plan is None:
+    if ref.strip().startswith("sub_"):
         return sales.resolve_subscription(session, ref)
+    plan = sales.resolve_plan(session, ref)
     if account is None:
         raise InvalidInput(f"give --account to pick {ref} subscriptions (or pass a subscription id)")
     owner_id = account.parent_id or account.id
@@ -130,10 +130,10 @@ def _subscription_for(session: Session, ref: str, account: Account | None, now: 
         Subscription.account_id == owner_id, Subscription.plan_id == plan.id, Subscription.status == "active",
         Subscription.ends_at > now).order_by(Subscription.ends_at)).all()]
     if not candidates:
-        raise NotFound(f"{account.name} has no active subscription of {ref}; buy it first")
+        raise NotFound(f"{account.name} has no active subscription of {plan.slug}; buy it first")
     if len(candidates) > 1:
         listed = ", ".join(f"{s.id} (ends {s.ends_at:%Y-%m-%d})" for s in candidates)
-        raise InvalidInput(f"{account.name} has {len(candidates)} active {ref} subscriptions: {listed}; "
+        raise InvalidInput(f"{account.name} has {len(candidates)} active {plan.slug} subscriptions: {listed}; "
                            "pass the subscription id to --from-plan")
     return candidates[0]
 
@@ -196,7 +196,7 @@ def list_keys(db: Database, flt: KeyFilter) -> list[ApiKey]:
             query = query.where(ApiKey.subscription_id == sales.resolve_subscription(session, flt.subscription).id)
         if flt.plan:
             query = query.join(Subscription, Subscription.id == ApiKey.subscription_id).join(
-                Plan, Plan.id == Subscription.plan_id).where(Plan.slug == flt.plan)
+                Plan, Plan.id == Subscription.plan_id).where(Plan.id == sales.resolve_plan(session, flt.plan).id)
         for column, value in ((ApiKey.group_name, flt.group), (ApiKey.status, flt.status), (ApiKey.kind, flt.kind)):
             if value:
                 query = query.where(column == value)

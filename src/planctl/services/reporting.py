@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 from planctl.domain.clock import local_date, start_of_local_day, zone
 from planctl.domain.errors import InvalidInput, NotFound
 from planctl.domain.latency import LATENCY_BUCKETS_MS, histogram_p95
+from planctl.store import refs
 from planctl.store.location import SCHEMA_VERSION, DbTarget
 from planctl.store.sql import schema_version
 
@@ -150,11 +151,11 @@ def resolve(reader: Reader, f: UsageFilter) -> _Resolved:
                         or reader.one("SELECT 1 FROM usage_daily WHERE group_name = :g LIMIT 1", {"g": f.group})):
         raise NotFound(f"unknown group {f.group!r}; see 'planctl groups list'")
     if f.subscription:
-        r.subscription = _lookup(reader, "subscriptions", "subscription", f.subscription, ("id",))
+        r.subscription = refs.resolve(reader, "subscription", f.subscription)
     if f.key:
-        r.key_id = _lookup(reader, "api_keys", "key", f.key, ("id", "name", "prefix"))
+        r.key_id = refs.resolve(reader, "key", f.key)
     if f.account:
-        r.account_id = _lookup(reader, "accounts", "account", f.account, ("id", "name"))
+        r.account_id = refs.resolve(reader, "account", f.account)
     if f.model:
         if reader.one("SELECT 1 FROM models WHERE id = :m", {"m": f.model}) or reader.one(
                 "SELECT 1 FROM usage_daily WHERE billed_model = :m LIMIT 1", {"m": f.model}):
@@ -171,23 +172,6 @@ def _alias_bills(reader: Reader, model: str) -> bool:
     from planctl.domain.catalog import resolve_model  # here: 12 ms to import, and only this filter needs it
 
     return resolve_model(model, (), dict(reader.rows("SELECT pattern, model_id FROM model_aliases"))).billed is not None
-
-
-def _lookup(reader: Reader, table: str, what: str, ref: str, columns: Sequence[str]) -> str:
-    """An id by exact id or name, else by unambiguous prefix (never a LIKE pattern)."""
-    for column in columns:
-        exact = [r[0] for r in reader.rows(f"SELECT id FROM {table} WHERE {column} = :v LIMIT 3", {"v": ref})]
-        if len(exact) == 1:
-            return exact[0]
-    for column in columns:
-        found = [r[0] for r in reader.rows(
-            f"SELECT id FROM {table} WHERE substr({column}, 1, :n) = :v LIMIT 3", {"v": ref, "n": len(ref)})]
-        if len(found) == 1:
-            return found[0]
-        if found:
-            raise InvalidInput(f"{ref[:20]!r} matches several {what}s; give more of it, or the id")
-    shown = ref[:7] + "…" if ref.startswith("sk-") and len(ref) > 7 else ref
-    raise NotFound(f"unknown {what} {shown!r}")
 
 
 def _where(r: _Resolved, alias: str, *, rollup: bool) -> tuple[list[str], dict[str, Any]]:

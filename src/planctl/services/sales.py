@@ -29,7 +29,8 @@ from planctl.domain.secrets import NewSecret, new_secret
 from planctl.services import accounts, audit, discounts, settings
 from planctl.services.audit import Caller
 from planctl.store.engine import Database
-from planctl.store.queries import starts_with
+from planctl.store import refs
+from planctl.store.sql import Tx
 from planctl.store.tables import (
     Account, ApiKey, Counter, ExtraPack, LedgerEntry, Order, Plan, PlanVersion, Product, Subscription,
     SubscriptionTerm,
@@ -373,10 +374,14 @@ def _account(session: Session, ref: str | None) -> Account:
     return accounts.resolve(session, ref)
 
 
+def resolve_plan(session: Session, ref: str | None) -> Plan:
+    """A plan by slug or unambiguous slug prefix (store/refs.py)."""
+    slug = refs.resolve(Tx.within(session), "plan", ref)
+    return session.exec(select(Plan).where(Plan.slug == slug)).one()
+
+
 def _current_plan(session: Session, slug: str | None) -> tuple[Plan, PlanVersion, PlanTerms]:
-    plan = session.exec(select(Plan).where(Plan.slug == (slug or ""))).first()
-    if plan is None:
-        raise NotFound(f"unknown plan {slug!r}; see 'planctl plans list'")
+    plan = resolve_plan(session, slug)
     version = session.exec(select(PlanVersion).where(PlanVersion.plan_id == plan.id,
                                                      PlanVersion.version == plan.version)).one()
     return plan, version, parse_plan(version.terms, settings.catalog_context(session))
@@ -425,18 +430,10 @@ def subscription_state(sub: Subscription) -> lifecycle.SubscriptionState:
 
 
 def resolve_subscription(session: Session, ref: str | None) -> Subscription:
-    """A subscription by id or unambiguous id prefix."""
-    ref = (ref or "").strip()
-    sub = session.get(Subscription, ref)
-    if sub is not None:
-        return sub
-    if len(ref) >= 5:
-        found = session.exec(select(Subscription).where(starts_with(Subscription.id, ref)).limit(3)).all()
-        if len(found) == 1:
-            return found[0]
-        if found:
-            raise InvalidInput(f"{ref!r} matches several subscriptions; give more of the id")
-    raise NotFound(f"unknown subscription {ref!r}; see 'planctl subscriptions list'")
+    """A subscription by id or unambiguous id prefix (store/refs.py)."""
+    sub = session.get(Subscription, refs.resolve(Tx.within(session), "subscription", ref))
+    assert sub is not None
+    return sub
 
 
 _subscription = resolve_subscription
@@ -485,7 +482,7 @@ def list_subscriptions(db: Database, *, now: datetime, account: str | None = Non
         if account:
             query = query.where(Subscription.account_id == accounts.resolve(session, account).id)
         if plan:
-            query = query.where(Plan.slug == plan)
+            query = query.where(Plan.slug == resolve_plan(session, plan).slug)
         query = query.order_by(col(Subscription.created_at).desc(), Subscription.id)
         views = [SubscriptionView(sub, slug, subscription_terms(session, sub, now), state_name(sub, now),
                                   version_number(session, version_at(session, sub, now)))
@@ -527,7 +524,6 @@ def list_orders(db: Database, *, account: str | None = None, kind: str | None = 
 
 def get_order(db: Database, order_id: str) -> Order:
     with db.read() as session:
-        order = session.get(Order, order_id.strip().upper())
-        if order is None:
-            raise NotFound(f"unknown order {order_id!r}; see 'planctl orders list'")
+        order = session.get(Order, refs.resolve(Tx.within(session), "order", order_id))
+        assert order is not None
         return order

@@ -166,29 +166,11 @@ def lock_owners(tx: Tx, key_ids: Any) -> None:
             tx.rows(f"SELECT id FROM {table} WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE", {"ids": group})
 
 
-def keys_matching(tx: Tx, how: str, ref: str, account_id: str | None, *, limit: int = 6) -> list[tuple[str, str]]:
-    """(id, name) of the keys whose id or name is `ref` (`how` = id | name), or whose visible
-    prefix or id starts with it (`how` = prefix | id_prefix), literally and case-sensitively."""
-    condition = {"id": "id = :ref", "name": "name = :ref", "prefix": "substr(prefix, 1, :n) = :ref",
-                 "id_prefix": "substr(id, 1, :n) = :ref"}[how]
-    if account_id is not None:
-        condition += " AND account_id = :account"
-    return [tuple(r) for r in tx.rows(f"SELECT id, name FROM api_keys WHERE {condition} ORDER BY id LIMIT {int(limit)}",
-                                      {"ref": ref, "n": len(ref), "account": account_id})]  # type: ignore[misc]
-
-
 def resolve_key(tx: Tx, ref: str, account_id: str | None = None) -> str:
-    """A key id from its id, unique name, visible prefix (`sk-AbCd`) or an unambiguous id prefix."""
-    ref = ref.strip()
-    shown = ref[:7] + "…" if ref.startswith("sk-") and len(ref) > 7 else ref  # never echo a pasted secret
-    for how in ("id", "name", "prefix" if ref.startswith("sk-") else "id_prefix"):
-        found = keys_matching(tx, how, ref, account_id)
-        if len(found) == 1:
-            return found[0][0]
-        if len(found) > 1:
-            listed = ", ".join(f"{key_id} ({name})" for key_id, name in found[:5])
-            raise InvalidInput(f"{shown!r} matches several keys: {listed}; use the key id (or --account)")
-    raise NotFound(f"unknown key {shown!r}; see 'planctl keys list'")
+    """A key id from its id, name, visible prefix (`sk-AbCd`) or an unambiguous prefix (store/refs.py)."""
+    from planctl.store import refs
+
+    return refs.resolve(tx, "key", ref, account_id=account_id)
 
 
 def charge_keys(tx: Tx, rows: list[dict[str, Any]]) -> None:
