@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import traceback
 from typing import Annotated, Any, NoReturn, Optional
 
 import typer
-from typer._click.exceptions import NoArgsIsHelpError, UsageError
+from typer._click.exceptions import NoArgsIsHelpError, NoSuchOption, UsageError
 from typer.core import TyperGroup
 
 from planctl import __version__
 from planctl.cli.context import State, env_flag
 from planctl.domain.errors import ExitCode, PlanctlError
+
+
+GLOBAL_FLAGS = ("--json", "--no-color", "--no-input", "--wide")  # also accepted after the sub-command
+_NEGATIVE = re.compile(r"-\d[\d_.,]*")
 
 
 class PlanctlGroup(TyperGroup):
@@ -28,17 +33,17 @@ class PlanctlGroup(TyperGroup):
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         """A bad root option (`planctl --bogus`) is one line too, like one below the root."""
         try:
-            return super().parse_args(ctx, args)
-        except NoArgsIsHelpError:
-            raise
+            return super().parse_args(ctx, _hoist_global_flags(self, args))
+        except NoArgsIsHelpError as exc:
+            _help(exc)
         except UsageError as exc:
             _usage_error(ctx, exc)
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except NoArgsIsHelpError:
-            raise
+        except NoArgsIsHelpError as exc:
+            _help(exc)
         except UsageError as exc:
             _usage_error(ctx, exc)
         except (typer.Exit, typer.Abort, typer.TyperException):
@@ -65,9 +70,39 @@ class PlanctlGroup(TyperGroup):
                 ctx.obj.close()
 
 
+def _hoist_global_flags(root: Any, args: list[str]) -> list[str]:
+    """`planctl plans list --no-color` means `planctl --no-color plans list`: global flags after
+    the sub-command move in front of it, unless that command has an option of the same name."""
+    command, start = root, 0
+    for i, arg in enumerate(args):
+        if arg == "--" or not hasattr(command, "commands"):
+            break
+        if not arg.startswith("-") and arg in command.commands:
+            command, start = command.commands[arg], i + 1
+    if command is root:
+        return args
+    own = {name for param in command.params for name in getattr(param, "opts", ())}
+    tail = list(args[start:])
+    stop = tail.index("--") if "--" in tail else len(tail)
+    hoisted = [a for a in tail[:stop] if a in GLOBAL_FLAGS and a not in own]
+    if not hoisted:
+        return args
+    return hoisted + list(args[:start]) + [a for i, a in enumerate(tail) if i >= stop or a not in hoisted]
+
+
+def _help(exc: NoArgsIsHelpError) -> NoReturn:
+    """A bare `planctl` (or `planctl keys`) prints its help on stdout and succeeds, as git and gh do."""
+    print(exc.ctx.get_help() if exc.ctx else exc.format_message())
+    raise typer.Exit(ExitCode.OK) from None
+
+
 def _usage_error(ctx: Any, exc: UsageError) -> NoReturn:
     where = exc.ctx.command_path if exc.ctx else "planctl"
-    _report(ctx, "usage", f"{exc.format_message().rstrip('.')}; see '{where} --help'")
+    message = exc.format_message().rstrip(".")
+    option = getattr(exc, "option_name", None)
+    if isinstance(exc, NoSuchOption) and option and _NEGATIVE.fullmatch(option):
+        message = f"{option} must not be negative (amounts, counts and limits never are)"
+    _report(ctx, "usage", f"{message}; see '{where} --help'")
     raise typer.Exit(ExitCode.USAGE) from None
 
 
@@ -87,7 +122,7 @@ app = typer.Typer(
     name="planctl",
     help="Administer LLM API subscription plans: catalog, sales, keys, quotas and usage.",
     epilog="Example: planctl plans list --json. Docs: README.md. Exit codes: 0 ok, 1 failure, "
-    "2 bad input, 3 not found, 4 refused, 5 denied, 6 conflict.",
+    "2 bad input, 3 not found, 4 refused, 5 denied, 6 conflict, 7 declined at a prompt.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -111,18 +146,21 @@ def root(
     json_: Annotated[bool, typer.Option("--json", help="JSON output for every command.")] = False,
     no_color: Annotated[bool, typer.Option("--no-color", help="No colour (also NO_COLOR=1).")] = False,
     no_input: Annotated[bool, typer.Option("--no-input", help="Never prompt; fail instead.")] = False,
+    wide: Annotated[bool, typer.Option(
+        "--wide", help="Tables show every column, even when the terminal is too narrow.")] = False,
     tz: Annotated[Optional[str], typer.Option(
         "--tz", envvar="PLANCTL_TZ", help="Time zone for displayed and entered times (default: local).")] = None,
     version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
 ) -> None:
-    """Global options come before the command: planctl --db ./test.db plans list."""
+    """Global options come before the command (planctl --db ./test.db plans list); --json, --no-color,
+    --no-input and --wide also work after it."""
     if tz:
         from planctl.domain.clock import zone
 
         zone(tz)
     ctx.obj = State(db_option=db, json=json_, no_color=no_color or bool(os.environ.get("NO_COLOR")),
-                    no_input=no_input or env_flag("PLANCTL_NO_INPUT"), tz_name=tz)
+                    no_input=no_input or env_flag("PLANCTL_NO_INPUT"), tz_name=tz, wide=wide)
 
 
 def _register() -> None:

@@ -21,7 +21,23 @@ SHOW_COLUMNS = (
     Column("billing_name", "Billing name"), Column("billing_email", "Billing e-mail"),
     Column("billing_address", "Billing address"), Column("billing_tax_id", "Tax id"),
     Column("created_at", "Created", "time"), Column("updated_at", "Updated", "time"),
+    Column("extra_remaining", "Extra usage left", "credit"), Column("extra_packs", "Extra-usage packs", "list"),
 )
+PACK_COLUMNS = (
+    Column("draw_order", "Draw order", "int"), Column("id", "Pack", "int"), Column("product", kind="id"),
+    Column("status"), Column("remaining", "Remaining", "credit"), Column("credit", "Bought", "credit", drop=2),
+    Column("expires_at", "Expires", "time"), Column("order_id", "Order", "id", drop=1),
+)
+
+
+def pack_json(view: Any) -> dict[str, Any]:
+    from planctl.domain.clock import iso
+    from planctl.domain.money import credit_json
+
+    p = view.pack
+    return {"id": p.id, "product": view.product, "order_id": p.order_id, "status": view.status,
+            "draw_order": view.draw_order, "credit": credit_json(p.credit), "used": credit_json(p.used),
+            "remaining": credit_json(view.remaining), "expires_at": p.expires_at and iso(p.expires_at)}
 
 
 def account_json(a: Any) -> dict[str, Any]:
@@ -123,7 +139,7 @@ def list_accounts(
     """
     from planctl.services import accounts
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
     rows = (account_json(a) for a in accounts.list_accounts(st.db(), parent=parent, group=group))
     emit_rows(st, rows, LIST_COLUMNS, fmt)
@@ -140,6 +156,22 @@ def show(
     """
     from planctl.services import accounts
 
-    st = state(ctx)
+    from planctl.domain.money import credit_json
+
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_)
-    emit_record(st, account_json(accounts.get(st.db(), account)), SHOW_COLUMNS, fmt)
+    found, packs = accounts.packs(st.db(), account, now=st.now())
+    data = {**account_json(found), "extra_remaining": credit_json(sum(p.remaining for p in packs
+                                                                        if p.status == "active")),
+            "extra_packs": [pack_json(p) for p in packs]}
+    if fmt == "table":
+        data["extra_packs"] = [_pack_line(p, st) for p in data["extra_packs"] if p["status"] == "active"] or "-"
+    emit_record(st, data, SHOW_COLUMNS, fmt)
+
+
+def _pack_line(pack: dict[str, Any], st: Any) -> str:
+    from planctl.cli.output import display
+
+    expires = display(pack["expires_at"], "time", st.display_zone) if pack["expires_at"] else "never"
+    return (f"#{pack['draw_order']} {pack['product']}: {display(pack['remaining'], 'credit', st.display_zone)} "
+            f"left, expires {expires}")

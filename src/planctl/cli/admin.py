@@ -33,6 +33,24 @@ def path(ctx: typer.Context, json_: JsonOpt = False) -> None:
         print(target.display)
 
 
+@db_app.command("init")
+def init(ctx: typer.Context, json_: JsonOpt = False) -> None:
+    """Create the database (schema and sample catalog), or bring an existing one up to date.
+
+    Commands that only read refuse a database file that does not exist (exit 3); this makes it.
+    Example: planctl --db ./staging.db db init
+    """
+    st = state(ctx)
+    fmt = output_format(st, json_=json_)
+    target = st.target
+    existed = target.path is None or target.path.exists()
+    st.db()
+    if fmt == "json":
+        emit_json(st, {"database": target.display, "created": not existed})
+    else:
+        say(st, f"{'database ' + target.display + ' is ready' if existed else 'created ' + target.display}")
+
+
 @db_app.command("check")
 def check(ctx: typer.Context, json_: JsonOpt = False) -> None:
     """Check integrity, foreign keys and schema version; exit 1 if any check fails.
@@ -41,7 +59,7 @@ def check(ctx: typer.Context, json_: JsonOpt = False) -> None:
     """
     from planctl.services import database
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_)
     results = database.check(st.db())
     rows = [{"check": r.name, "ok": r.ok, "detail": r.detail} for r in results]
@@ -59,7 +77,7 @@ def backup(ctx: typer.Context, file: Annotated[Path, typer.Argument(help="New fi
     """
     from planctl.services import database
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_)
     size = database.backup(st.db(), file)
     if fmt == "json":
@@ -106,7 +124,7 @@ def config_list(ctx: typer.Context, json_: JsonOpt = False, csv_: CsvOpt = False
     from planctl.domain.config import SETTINGS
     from planctl.services import settings
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_, csv_=csv_)
     values = settings.list_settings(st.db())
     if fmt == "json":
@@ -125,7 +143,7 @@ def config_get(ctx: typer.Context, key: Annotated[str, typer.Argument(help="Sett
     """
     from planctl.services import settings
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_)
     value = settings.get(st.db(), key)
     if fmt == "json":
@@ -175,7 +193,7 @@ def audit(
     from planctl.domain.clock import iso, parse_instant
     from planctl.services import audit as audit_service
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
     now, zone = st.now(), st.display_zone
     flt = audit_service.AuditFilter(

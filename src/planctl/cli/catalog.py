@@ -34,7 +34,7 @@ def list_models(ctx: typer.Context, json_: JsonOpt = False, jsonl: JsonlOpt = Fa
     from planctl.domain.catalog import model_to_dict
     from planctl.services import catalog
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
     emit_rows(st, (model_to_dict(m) for m in catalog.list_models(st.db())), MODEL_COLUMNS, fmt)
 
@@ -74,7 +74,7 @@ def list_aliases(ctx: typer.Context, json_: JsonOpt = False, jsonl: JsonlOpt = F
     """
     from planctl.services import catalog
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
     rows = ({"pattern": p, "model": m} for p, m in catalog.list_aliases(st.db()))
     emit_rows(st, rows, ALIAS_COLUMNS, fmt)
@@ -126,7 +126,7 @@ def resolve(
     from planctl.domain.errors import NotFound
     from planctl.services import catalog
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_)
     res = catalog.resolve(st.db(), model)
     record = {
@@ -151,7 +151,7 @@ def list_groups(ctx: typer.Context, json_: JsonOpt = False, jsonl: JsonlOpt = Fa
     from planctl.domain.catalog import group_to_dict
     from planctl.services import catalog
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
     emit_rows(st, (group_to_dict(g) for g in catalog.list_groups(st.db())), GROUP_COLUMNS, fmt)
 

@@ -7,6 +7,7 @@ Nothing here imports the database stack at module level, so `--help`,
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from typing import TYPE_CHECKING, Any
@@ -31,15 +32,27 @@ class State:
     no_color: bool = False
     no_input: bool = False
     tz_name: str | None = None
+    wide: bool = False
+    read_only: bool = False  # the command only reads: a named database file must exist
     command: str = "planctl"
     _db: Database | None = field(default=None, repr=False)
     _sqlite_file: SqliteFile | None = field(default=None, repr=False)
 
     @property
     def target(self) -> DbTarget:
-        from planctl.store.location import resolve_target
+        """The database; for a command that only reads, a file named by --db, PLANCTL_DB or
+        PLANCTL_DATABASE_URL must exist (a typo must not create an empty database that answers
+        `[]`). The default location is created on first use by any command."""
+        from planctl.store.location import CREATED_ON_FIRST_USE, resolve_target
 
-        return resolve_target(self.db_option)
+        target = resolve_target(self.db_option)
+        if (self.read_only and target.path is not None and target.source not in CREATED_ON_FIRST_USE
+                and not target.path.exists()):
+            from planctl.domain.errors import NotFound
+
+            raise NotFound(f"no database at {target.path} (from {target.source}); check the path, or create "
+                           "one with 'planctl db init'", reason="no_database")
+        return target
 
     def db(self, *, migrate: bool = True) -> Database:
         """The database, opened (created, migrated and seeded) on first use."""
@@ -89,12 +102,14 @@ class State:
     @property
     def interactive(self) -> bool:
         """May we ask questions? Not with --no-input, not without a terminal."""
-        import sys
-
         return not self.no_input and sys.stdin.isatty() and sys.stderr.isatty()
 
     def confirm(self, question: str, *, yes: bool) -> None:
-        """Ask before a destructive change; without a terminal, --yes is required."""
+        """Ask before a destructive change; without a terminal, --yes is required.
+
+        `question` says what will happen. Declining changes nothing, says so and exits 7."""
+        import sys
+
         from planctl.domain.errors import InvalidInput
 
         if yes:
@@ -102,15 +117,20 @@ class State:
         if not self.interactive:
             raise InvalidInput(f"{question.rstrip('?')}: refusing without confirmation; pass --yes")
         if not typer.confirm(question, default=False, err=True):
-            raise typer.Exit(1)
+            from planctl.domain.errors import ExitCode
+
+            print("declined: nothing was changed", file=sys.stderr)
+            raise typer.Exit(ExitCode.DECLINED)
 
 
-def state(ctx: typer.Context) -> State:
+def state(ctx: typer.Context, *, read_only: bool = False) -> State:
+    """The command's State; `read_only=True` for commands that never write (see State.target)."""
     obj: Any = ctx.find_root().obj
     if not isinstance(obj, State):  # a command invoked without the root callback (tests)
         obj = State()
         ctx.find_root().obj = obj
     obj.command = " ".join(ctx.command_path.split()[1:]) or "planctl"
+    obj.read_only = read_only
     return obj
 
 

@@ -92,7 +92,7 @@ def list_codes(
     """
     from planctl.services import discounts
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
     emit_rows(st, (code_json(r) for r in discounts.list_codes(st.db(), active_only=active)), COLUMNS, fmt)
 
@@ -105,7 +105,7 @@ def show(ctx: typer.Context, code: Annotated[str, typer.Argument(help="Discount 
     """
     from planctl.services import discounts
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_)
     emit_record(st, code_json(discounts.get(st.db(), code)), COLUMNS, fmt)
 
@@ -139,7 +139,7 @@ def check(
     """
     from planctl.services import discounts
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_)
     q = discounts.quote(st.db(), code, item=plan, order_kind=kind, payment_method=payment_method,
                         account=account, now=st.now())

@@ -19,13 +19,17 @@ app = typer.Typer(help="API keys: create team keys from a plan, list, disable, r
                   epilog="Example: planctl keys create --from-plan codex-team-monthly --account acme "
                          "--name ci-runner --quantity 20 --secrets-file ci-keys.json")
 
+# left out when a terminal is too narrow, in this order: last used, subscription, plan, cap, kind,
+# group, status (Usable says more), expires, account, used; --wide shows all (README "Tables")
 COLUMNS = (
-    Column("id"), Column("name"), Column("account_id", "Account"), Column("kind"),
-    Column("subscription_id", "Subscription"), Column("group"), Column("status"), Column("key", "Key"),
-    Column("credit_cap", "Cap", "credit"), Column("credit_used", "Used", "credit"),
-    Column("expires_at", "Expires", "time"), Column("last_used_at", "Last used", "time"),
+    Column("id", kind="id"), Column("name"), Column("key", "Key", "id"), Column("usable", "Usable"),
+    Column("account_name", "Account", drop=3), Column("kind", drop=6), Column("plan", kind="id", drop=8),
+    Column("subscription_id", "Subscription", "id", drop=9), Column("group", drop=5),
+    Column("status", drop=4), Column("credit_cap", "Cap", "credit", drop=7),
+    Column("credit_used", "Used", "credit", drop=1), Column("expires_at", "Expires", "time", drop=2),
+    Column("last_used_at", "Last used", "time", drop=10), Column("unusable_reason", table=False),
 )
-SHOW_COLUMNS = COLUMNS + (Column("daily_limit", "Daily limit", "credit"), Column("rpd", "RPD", "int"),
+SHOW_COLUMNS = COLUMNS + (Column("account_id", "Account id", "id"),Column("daily_limit", "Daily limit", "credit"), Column("rpd", "RPD", "int"),
                           Column("previous_valid_until", "Old secret valid until", "time"),
                           Column("created_at", "Created", "time"), Column("updated_at", "Updated", "time"))
 
@@ -55,6 +59,18 @@ def key_json(k: Any, secret: str | None = None) -> dict[str, Any]:
     if secret is not None:
         out["secret"] = secret
     return out
+
+
+def key_view_json(view: Any) -> dict[str, Any]:
+    """A key as listed: its JSON plus names beside ids and whether it can be used now."""
+    return {**key_json(view.key), "account_name": view.account_name, "plan": view.plan,
+            "usable": view.unusable is None, "unusable_reason": view.unusable}
+
+
+def _usable_text(row: dict[str, Any]) -> dict[str, Any]:
+    """The table's Usable cell: yes, or no with the reason in words."""
+    reason = row["unusable_reason"]
+    return {**row, "usable": "yes" if reason is None else "no: " + reason.replace("_", " ")}
 
 
 def _optional_credit(text: Optional[str], option: str) -> Any:
@@ -232,12 +248,13 @@ def list_keys(
     from planctl.cli.sales import _when
     from planctl.services import keys
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
     flt = keys.KeyFilter(account=account, subscription=subscription, plan=plan, group=group, status=status,
                          kind=kind, name=name, expiring_before=_when(st, expiring_before, "--expiring-before"),
                          limit=limit)
-    emit_rows(st, (key_json(k) for k in keys.list_keys(st.db(), flt)), COLUMNS, fmt)
+    rows = (key_view_json(v) for v in keys.list_keys(st.db(), flt, now=st.now()))
+    emit_rows(st, (_usable_text(r) for r in rows) if fmt == "table" else rows, COLUMNS, fmt)
 
 
 @app.command("show")
@@ -248,9 +265,10 @@ def show(ctx: typer.Context, key: KeyRef, account: AccountOpt = None, json_: Jso
     """
     from planctl.services import keys
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_)
-    emit_record(st, key_json(keys.get(st.db(), key, account=account)), SHOW_COLUMNS, fmt)
+    data = key_view_json(keys.view(st.db(), key, now=st.now(), account=account))
+    emit_record(st, _usable_text(data) if fmt == "table" else data, SHOW_COLUMNS, fmt)
 
 
 def _set_status(ctx: typer.Context, refs: list[str], action: str, account: Optional[str], json_: bool) -> None:
@@ -289,7 +307,16 @@ def revoke(ctx: typer.Context, key: Annotated[list[str], typer.Argument(help="Ke
 
     Example: planctl keys revoke ci-runner-k3x9 --yes
     """
-    state(ctx).confirm(f"Revoke {len(key)} key(s) for good? This cannot be undone", yes=yes)
+    st = state(ctx)
+    if not yes:
+        from planctl.domain.secrets import masked
+        from planctl.services import keys
+
+        found = [keys.get(st.db(), ref, account=account) for ref in key]
+        named = ", ".join(f"{k.name} ({masked(k.prefix, k.last4)})" for k in found[:10])
+        more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+        st.confirm(f"Revoke {len(found)} key(s) for good: {named}{more}? They stop working at once; "
+                   "this cannot be undone", yes=yes)
     _set_status(ctx, key, "revoke", account, json_)
 
 
@@ -370,4 +397,5 @@ def edit(
         raise InvalidInput("nothing to change: give at least one of --name, --credit, --expires, --group, "
                            "--daily-limit, --rpd")
     updated = keys.edit(st.db(), key, changes, caller=st.caller(), now=st.now(), account=account)
-    emit_record(st, key_json(updated), SHOW_COLUMNS, fmt)
+    data = key_view_json(keys.view(st.db(), updated.id, now=st.now()))
+    emit_record(st, _usable_text(data) if fmt == "table" else data, SHOW_COLUMNS, fmt)

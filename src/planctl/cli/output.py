@@ -28,9 +28,15 @@ YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confir
 
 @dataclass(frozen=True)
 class Column:
+    """A table column. `id` columns (ids, key prefixes, numbers people copy) never wrap or
+    shrink; `text` columns (names, descriptions) fold first. When a table cannot fit, columns
+    with a `drop` rank are left out, the highest rank first (README "Tables"); 0 never is."""
+
     key: str
     header: str = ""
-    kind: str = "text"  # text | int | credit | money | time | bool | list
+    kind: str = "text"  # text | id | int | credit | money | time | bool | list | exact
+    drop: int = 0
+    table: bool = True  # False: in CSV only (the table says it another way)
 
     @property
     def title(self) -> str:
@@ -39,6 +45,14 @@ class Column:
     @property
     def numeric(self) -> bool:
         return self.kind in ("int", "credit", "money")
+
+    @property
+    def fixed(self) -> bool:
+        """Shown whole or not at all: never wrapped, folded or truncated."""
+        return self.kind not in ("text", "list")
+
+
+NAME_MIN = 10  # a folding column is not squeezed below this many cells when deciding what fits
 
 
 def output_format(state: State, *, json_: bool = False, jsonl: bool = False, csv_: bool = False) -> str:
@@ -69,7 +83,7 @@ def emit_rows(
     elif fmt == "csv":
         _emit_csv(rows, columns)
     else:
-        _emit_table(state, list(rows), columns, title)
+        _emit_table(state, list(rows), [c for c in columns if c.table], title)
 
 
 def emit_record(state: State, record: Mapping[str, Any], columns: Sequence[Column], fmt: str) -> None:
@@ -86,7 +100,8 @@ def emit_record(state: State, record: Mapping[str, Any], columns: Sequence[Colum
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     for column in columns:
-        table.add_row(column.title, display(record.get(column.key), column.kind, state.display_zone))
+        if column.table:
+            table.add_row(column.title, display(record.get(column.key), column.kind, state.display_zone))
     _console(state).print(table)
 
 
@@ -117,20 +132,51 @@ def display(value: Any, kind: str, tz: tzinfo) -> str:
     return str(value)
 
 
+def fit_columns(columns: Sequence[Column], cells: Sequence[Sequence[str]], width: int) -> list[int]:
+    """Which columns a table of `width` cells shows: all of them if they fit (fixed columns whole,
+    folding ones at NAME_MIN), else without the droppable ones, highest `drop` rank first."""
+    from rich.cells import cell_len
+
+    def need(i: int) -> int:
+        natural = max([cell_len(columns[i].title), *(cell_len(row[i]) for row in cells)])
+        return natural if columns[i].fixed else min(natural, NAME_MIN)
+
+    keep = list(range(len(columns)))
+    while sum(need(i) for i in keep) + 3 * len(keep) + 1 > width:  # 1 padding each side and a rule per column
+        droppable = [i for i in keep if columns[i].drop]
+        if not droppable:
+            break
+        keep.remove(max(droppable, key=lambda i: columns[i].drop))
+    return keep
+
+
 def _emit_table(state: State, rows: list[Mapping[str, Any]], columns: Sequence[Column], title: str | None) -> None:
     if not rows:
         say(state, "(no results)")
         return
+    from rich.cells import cell_len
     from rich.table import Table
 
-    table = Table(title=title, header_style="bold")
-    for column in columns:
-        table.add_column(column.title, justify="right" if column.numeric else "left",
-                         no_wrap=column.numeric or column.kind == "time", min_width=len(column.title))
     zone = state.display_zone
-    for row in rows:
-        table.add_row(*(display(row.get(c.key), c.kind, zone) for c in columns))
-    _console(state).print(table)
+    cells = [[display(row.get(c.key), c.kind, zone) for c in columns] for row in rows]
+    console = _console(state)
+    if state.wide:
+        keep = list(range(len(columns)))
+        natural = sum(max(cell_len(c.title), *(cell_len(r[i]) for r in cells)) + 3 for i, c in enumerate(columns))
+        console.width = max(console.width, natural + 1)
+    else:
+        keep = fit_columns(columns, cells, console.width)
+    table = Table(title=title, header_style="bold")
+    for i in keep:
+        column = columns[i]
+        table.add_column(column.title, justify="right" if column.numeric else "left", no_wrap=column.fixed,
+                         overflow="fold", min_width=cell_len(column.title) if column.fixed else None)
+    for row in cells:
+        table.add_row(*(row[i] for i in keep))
+    console.print(table)
+    hidden = [c.title for i, c in enumerate(columns) if i not in keep]
+    if hidden:
+        say(state, f"(left out to fit {console.width} columns: {', '.join(hidden)}; --wide shows every column)")
 
 
 def _emit_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[Column]) -> None:

@@ -63,7 +63,7 @@ def list_plans(
     """
     from planctl.services import catalog
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
     records = catalog.list_plans(st.db(), family=family, include_retired=not on_sale)
     emit_rows(st, (plan_json(r) for r in records), LIST_COLUMNS, fmt)
@@ -77,7 +77,7 @@ def show(ctx: typer.Context, slug: Annotated[str, typer.Argument(help="Plan slug
     """
     from planctl.services import catalog
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_)
     emit_record(st, plan_json(catalog.get_plan(st.db(), slug)), SHOW_COLUMNS, fmt)
 
@@ -258,7 +258,7 @@ def export(
     """
     from planctl.services import catalog
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_)
     doc = catalog.export_catalog(st.db())
     if fmt == "json":
@@ -294,7 +294,7 @@ def list_products(
     from planctl.domain.errors import InvalidInput
     from planctl.services import catalog
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
     if kind is not None and kind not in PRODUCT_KINDS:
         raise InvalidInput(f"unknown product kind {kind!r}: use extra or payg")
@@ -311,6 +311,6 @@ def show_product(ctx: typer.Context, slug: Annotated[str, typer.Argument(help="P
     from planctl.domain.catalog import product_to_dict
     from planctl.services import catalog
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_)
     emit_record(st, product_to_dict(catalog.get_product(st.db(), slug)), PRODUCT_COLUMNS, fmt)

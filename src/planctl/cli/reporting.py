@@ -25,11 +25,25 @@ Api = Annotated[Optional[str], typer.Option(help="responses, chat or claude.")]
 SubscriptionOpt = Annotated[Optional[str], typer.Option("--subscription", help="Subscription id.")]
 
 LIST_COLUMNS = (
-    Column("at", "Time", "time"), Column("request_id", "Request"), Column("key_id", "Key"),
-    Column("billed_model", "Model"), Column("api", "API"), Column("status_code", "Status", "int"),
-    Column("input_tokens", "In", "int"), Column("cached_tokens", "Cached", "int"),
-    Column("output_tokens", "Out", "int"), Column("cost", "Cost", "credit"), Column("pool"),
-    Column("latency_ms", "ms", "int"),
+    Column("at", "Time", "time"), Column("request_id", "Request", "id"), Column("key_name", "Key"),
+    Column("account_name", "Account", drop=5), Column("key_id", "Key id", "id", drop=9),
+    Column("billed_model", "Model"), Column("api", "API", drop=6), Column("status_code", "Status", "int"),
+    Column("input_tokens", "In", "int", drop=3), Column("cached_tokens", "Cached", "int", drop=7),
+    Column("output_tokens", "Out", "int", drop=2), Column("cost", "Cost", "credit"), Column("pool", drop=4),
+    Column("latency_ms", "ms", "int", drop=8),
+)
+# `usage --request-id`: every field, labelled for people, cost with all six decimals
+RECORD_VIEW = (
+    Column("request_id", "Request", "id"), Column("at", "Time", "time"), Column("local_day", "Day (reset zone)"),
+    Column("account_name", "Account"), Column("account_id", "Account id", "id"), Column("key_name", "Key"),
+    Column("key_id", "Key id", "id"), Column("subscription_id", "Subscription", "id"), Column("group_name", "Group"),
+    Column("requested_model", "Requested model"), Column("billed_model", "Billed model"), Column("api", "API"),
+    Column("input_tokens", "Input tokens", "int"), Column("cached_tokens", "Cached tokens", "int"),
+    Column("output_tokens", "Output tokens", "int"), Column("cost", "Cost (credit)", "exact"),
+    Column("charged_plan", "Charged to plan", "exact"), Column("charged_extra", "Charged to extra usage", "exact"),
+    Column("charged_payg", "Charged to PAYG", "exact"), Column("pool", "Pool"),
+    Column("status_code", "HTTP status", "int"), Column("latency_ms", "Latency (ms)", "int"),
+    Column("stream", "Streamed", "bool"), Column("error", "Error"), Column("reservation_id", "Reservation", "id"),
 )
 HEALTH_COLUMNS = (
     Column("name"), Column("requests", kind="int"), Column("success_rate", "Success %", "int"),
@@ -93,7 +107,7 @@ def usage(
     """
     if ctx.invoked_subcommand is not None:
         return
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
     from planctl.services import reporting
 
@@ -101,9 +115,8 @@ def usage(
     try:
         if request_id is not None and not sum_:
             record = record_json(reporting.get_record(reader, request_id))
-            emit_record(st, record, tuple(Column(c, kind="credit" if c in ("cost", "charged_plan", "charged_extra",
-                                                                            "charged_payg") else
-                                                 "time" if c == "at" else "text") for c in record), fmt)
+            shown = {c.key for c in RECORD_VIEW}
+            emit_record(st, record, RECORD_VIEW + tuple(Column(k) for k in record if k not in shown), fmt)
             return
         flt = _filter(st, reader, since, until, model=model, key=key, account=account, group=group,
                       request_id=request_id, status=status, api=api, subscription=subscription)
@@ -176,7 +189,7 @@ def health(
     from planctl.domain.errors import InvalidInput
     from planctl.services import reporting
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_, csv_=csv_)
     if by not in reporting.DIMENSIONS:
         raise InvalidInput(f"unknown --by {by!r}: use {', '.join(reporting.DIMENSIONS)}")

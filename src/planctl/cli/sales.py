@@ -271,14 +271,29 @@ def extra_buy(
 
 
 @extra_app.command("list")
-def extra_list(ctx: typer.Context, json_: JsonOpt = False, jsonl: JsonlOpt = False, csv_: CsvOpt = False) -> None:
-    """List the extra-usage packs for sale.
+def extra_list(
+    ctx: typer.Context,
+    account: Annotated[Optional[str], typer.Option(
+        "--account", "-a", help="This account's packs (remaining, expiry, draw order) instead of those for sale.")] = None,
+    json_: JsonOpt = False, jsonl: JsonlOpt = False, csv_: CsvOpt = False,
+) -> None:
+    """List the extra-usage packs for sale, or with --account the packs an account holds.
 
-    Example: planctl extra list --json
+    Packs are drawn in the order shown: those expiring first first, never-expiring last.
+    Example: planctl extra list --account acme
     """
-    from planctl.cli.plans import list_products
+    if account is None:
+        from planctl.cli.plans import list_products
 
-    list_products(ctx, kind="extra", json_=json_, jsonl=jsonl, csv_=csv_)
+        list_products(ctx, kind="extra", json_=json_, jsonl=jsonl, csv_=csv_)
+        return
+    from planctl.cli.accounts import PACK_COLUMNS, pack_json
+    from planctl.services import accounts
+
+    st = state(ctx, read_only=True)
+    fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
+    _, packs = accounts.packs(st.db(), account, now=st.now())
+    emit_rows(st, (pack_json(p) for p in packs), PACK_COLUMNS, fmt)
 
 
 def topup(
@@ -316,25 +331,28 @@ def refund(
     and its keys. An invoiced order gets a credit note. Example: planctl refund
     ORD-20261121-0001 --reason "delivery issue" --request-id req_123 --yes
     """
-    from planctl.services import refunds, sales
+    from planctl.services import refunds
 
     st = state(ctx)
     fmt = output_format(st, json_=json_)
     db = st.db()
     minor = _money_option(ctx, amount, allow_zero=False)
-    if not dry_run:
-        target = sales.get_order(db, order)
-        st.confirm(f"Refund order {target.id} ({target.item}, paid {money_json(target.payable, target.currency)} "
-                   f"{target.currency})?", yes=yes)
     details = {"plan": plan, "key_name": key_name, "request_time": request_time, "request_id": request_id}
-    result = refunds.refund(db, order, amount=minor, reason=reason, details=details, caller=st.caller(),
-                            now=st.now(), dry_run=dry_run)
+
+    def run(dry: bool) -> Any:
+        return refunds.refund(db, order, amount=minor, reason=reason, details=details, caller=st.caller(),
+                              now=st.now(), dry_run=dry)
+
+    if not dry_run and not yes:
+        st.confirm(_refund_question(run(True)), yes=yes)  # the quote first: the prompt says what will happen
+    result = run(dry_run)
     r, o = result.refund, result.order
     data = {
         "order": order_json(o), "amount": money_json(r.amount, o.currency), "currency": o.currency,
         "credit_reversed": _credit_json(r.credit_reversed), "policy": r.policy, "reason": r.reason,
         "details": r.details, "cancelled_subscription": result.cancelled_subscription,
-        "credit_note": None if dry_run or result.credit_note is None else result.credit_note.id, "dry_run": dry_run,
+        "credit_note": None if dry_run or result.credit_note is None else result.credit_note.id,
+        "keys_stopped": result.keys_stopped, "dry_run": dry_run,
     }  # a dry run's credit note number would never exist
     if fmt == "json":
         emit_json(st, data)
@@ -348,6 +366,16 @@ def refund(
             say(st, "dry run: nothing was refunded or written")
 
 
+def _refund_question(quote: Any) -> str:
+    o = quote.order
+    paid = f"{money_json(o.payable, o.currency)} {o.currency}"
+    question = f"Refund {money_json(quote.refund.amount, o.currency)} {o.currency} of order {o.id} ({o.item}, paid {paid})?"
+    if quote.cancelled_subscription:
+        question += (f" Subscription {quote.cancelled_subscription} is cancelled and its {quote.keys_stopped} "
+                     "active key(s) stop working.")
+    return question
+
+
 def _credit_json(micro: int) -> str:
     from planctl.domain.money import credit_json
 
@@ -356,16 +384,19 @@ def _credit_json(micro: int) -> str:
 
 # ---------------------------------------------------------------- subscriptions and orders
 
+# left out when a terminal is too narrow, highest `drop` first (README "Tables"); --wide shows all
 SUB_COLUMNS = (
-    Column("id"), Column("account_id", "Account"), Column("plan"), Column("status"),
-    Column("starts_at", "Starts", "time"), Column("ends_at", "Ends", "time"),
-    Column("credit_granted", "Granted", "credit"), Column("credit_used", "Used", "credit"),
-    Column("overdrawn", "Overdrawn by", "credit"), Column("period_limit_enabled", "Period limit", "bool"),
+    Column("id", kind="id"), Column("account_name", "Account"), Column("account_id", "Account id", "id", drop=6),
+    Column("plan", kind="id"), Column("status"), Column("starts_at", "Starts", "time", drop=4),
+    Column("ends_at", "Ends", "time"), Column("credit_granted", "Granted", "credit", drop=3),
+    Column("credit_used", "Used", "credit", drop=2), Column("overdrawn", "Overdrawn by", "credit", drop=1),
+    Column("period_limit_enabled", "Period limit", "bool", drop=5),
 )
 ORDER_COLUMNS = (
-    Column("id"), Column("kind"), Column("account_id", "Account"), Column("item", "Plan/product"),
-    Column("payable", kind="money"), Column("refunded", kind="money"), Column("status"),
-    Column("discount_code", "Code"), Column("created_at", "Created", "time"),
+    Column("id", kind="id"), Column("kind"), Column("account_name", "Account"),
+    Column("account_id", "Account id", "id", drop=6), Column("item", "Plan/product", "id"),
+    Column("payable", kind="money"), Column("refunded", kind="money", drop=3), Column("status", drop=2),
+    Column("discount_code", "Code", drop=5), Column("created_at", "Created", "time", drop=4),
 )
 
 
@@ -383,10 +414,11 @@ def subscriptions_list(
     """
     from planctl.services import sales
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
     views = sales.list_subscriptions(st.db(), now=st.now(), account=account, plan=plan, state=status)
-    emit_rows(st, (subscription_json(v.subscription, v.plan_slug, v.state, v.plan_version) for v in views), SUB_COLUMNS, fmt)
+    emit_rows(st, ({**subscription_json(v.subscription, v.plan_slug, v.state, v.plan_version),
+                    "account_name": v.account_name} for v in views), SUB_COLUMNS, fmt)
 
 
 @subscriptions_app.command("show")
@@ -400,16 +432,25 @@ def subscriptions_show(
     """
     from planctl.services import sales
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_)
     view = sales.get_subscription(st.db(), subscription, now=st.now())
+    total = sum(view.key_counts.values())
     data = {**subscription_json(view.subscription, view.plan_slug, view.state, view.plan_version),
+            "account_name": view.account_name, "keys_total": total, "key_counts": view.key_counts,
             "keys": [key_json(k) for k in view.keys], "orders": [order_json(o) for o in view.orders]}
-    if fmt == "table":
-        data["keys"] = [f"{k['name']} ({k['prefix']}…{k['last4']}, {k['status']})" for k in data["keys"]]
-        data["orders"] = [f"{o['id']} {o['kind']} {o['payable']} {o['status']}" for o in data["orders"]]
-    emit_record(st, data, SUB_COLUMNS + (Column("cancelled_at", "Cancelled", "time"),
-                                         Column("keys", kind="list"), Column("orders", kind="list")), fmt)
+    if fmt != "table":
+        emit_record(st, data, SUB_COLUMNS, fmt)
+        return
+    counts = ", ".join(f"{n} {status}" for status, n in view.key_counts.items())
+    data["key_counts"] = f"{total} ({counts})" if total else "none"
+    data["keys"] = [f"{k['name']} ({k['prefix']}…{k['last4']}, {k['status']})" for k in data["keys"]]
+    if total > len(view.keys):
+        data["keys"].append(f"… {total - len(view.keys)} more: planctl keys list --subscription {view.subscription.id}")
+    data["orders"] = [f"{o['id']} {o['kind']} {o['payable']} {o['status']}" for o in data["orders"]]
+    emit_record(st, data, SUB_COLUMNS + (Column("cancelled_at", "Cancelled", "time"), Column("key_counts", "Keys"),
+                                         Column("keys", f"First {len(view.keys)} keys", kind="list"),
+                                         Column("orders", kind="list")), fmt)
 
 
 @orders_app.command("list")
@@ -429,16 +470,17 @@ def orders_list(
     Example: planctl orders list --since 30d --kind buy --csv
     """
     from planctl.domain.clock import parse_instant
-    from planctl.services import sales
+    from planctl.services import accounts, sales
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
     now, zone = st.now(), st.display_zone
     orders = sales.list_orders(
         st.db(), account=account, subscription=subscription, kind=kind, status=status, limit=limit,
         since=since and parse_instant(since, now=now, tz=zone, direction=-1),
         until=until and parse_instant(until, now=now, tz=zone, direction=-1))
-    emit_rows(st, (order_json(o) for o in orders), ORDER_COLUMNS, fmt)
+    names = accounts.names(st.db(), {o.account_id for o in orders})
+    emit_rows(st, ({**order_json(o), "account_name": names.get(o.account_id)} for o in orders), ORDER_COLUMNS, fmt)
 
 
 @orders_app.command("show")
@@ -450,7 +492,7 @@ def orders_show(ctx: typer.Context, order: Annotated[str, typer.Argument(help="O
     """
     from planctl.services import sales
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_)
     data = order_json(sales.get_order(st.db(), order))
     emit_record(st, data, tuple(Column(k, kind="money" if k in ("list_price", "discount_amount", "payable",

@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     REFUSED = 4
     DENIED = 5
     CONFLICT = 6
+    DECLINED = 7  # the person answered no at a confirmation prompt: nothing changed
     INTERRUPTED = 130
 
 

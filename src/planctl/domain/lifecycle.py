@@ -41,6 +41,17 @@ def availability(sub: SubscriptionState, now: datetime) -> str | None:
     return None
 
 
+def standing(sub: SubscriptionState, now: datetime, *, refunded: bool) -> str | None:
+    """Why a subscription's keys cannot be used now (None: they can, as far as it goes):
+    `availability`, with a cancellation by refund told apart, then its credit running out."""
+    reason = availability(sub, now)
+    if reason == "subscription_cancelled" and refunded:
+        return "subscription_refunded"
+    if reason is None and exhausted(sub):
+        return "credit_exhausted"
+    return reason
+
+
 def exhausted(sub: SubscriptionState) -> bool:
     return sub.credit_granted is not None and sub.credit_used >= sub.credit_granted
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from planctl.domain.errors import Conflict, InvalidInput, NotFound, Refused
 from planctl.domain.ids import short_id
@@ -17,7 +17,7 @@ from planctl.services.audit import Caller
 from planctl.store.engine import Database
 from planctl.store import refs
 from planctl.store.sql import Tx
-from planctl.store.tables import Account, Group, Subscription
+from planctl.store.tables import Account, ExtraPack, Group, Order, Subscription
 
 BILLING_FIELDS = ("billing_name", "billing_email", "billing_address", "billing_tax_id")
 
@@ -111,6 +111,48 @@ def update(db: Database, ref: str, fields: Mapping[str, Any], *, caller: Caller,
 def get(db: Database, ref: str) -> Account:
     with db.read() as session:
         return resolve(session, ref)
+
+
+def names(db: Database, ids: Iterable[str]) -> dict[str, str]:
+    """Account names by id, for listings that show names beside ids."""
+    wanted = sorted(set(ids))
+    found: dict[str, str] = {}
+    with db.read() as session:
+        for i in range(0, len(wanted), 500):
+            found.update(session.exec(select(Account.id, Account.name).where(
+                col(Account.id).in_(wanted[i:i + 500]))).all())
+    return found
+
+
+@dataclass(frozen=True)
+class PackView:
+    """An extra-usage pack as the account sees it; `draw_order` 1 is drawn first (None: not drawable)."""
+
+    pack: ExtraPack
+    product: str
+    status: str  # active | expired | used-up
+    draw_order: int | None
+
+    @property
+    def remaining(self) -> int:
+        return self.pack.credit - self.pack.used
+
+
+def packs(db: Database, ref: str, *, now: datetime) -> tuple[Account, list[PackView]]:
+    """An account's extra-usage packs in draw order (expiring first, never-expiring last, as metering
+    draws them), then the expired and used-up ones, newest first."""
+    with db.read() as session:
+        account = resolve(session, ref)
+        rows = session.exec(select(ExtraPack, Order.item).join(Order, col(Order.id) == col(ExtraPack.order_id))
+                            .where(ExtraPack.account_id == account.id)).all()
+    live = sorted(((p, item) for p, item in rows if p.credit > p.used and (p.expires_at is None or p.expires_at > now)),
+                  key=lambda r: (r[0].expires_at is None, r[0].expires_at or now, r[0].id))
+    out = [PackView(p, item, "active", n) for n, (p, item) in enumerate(live, 1)]
+    drawable = {p.id for p, _ in live}
+    done = sorted(((p, item) for p, item in rows if p.id not in drawable), key=lambda r: r[0].created_at,
+                  reverse=True)
+    out += [PackView(p, item, "used-up" if p.credit <= p.used else "expired", None) for p, item in done]
+    return account, out
 
 
 def list_accounts(db: Database, *, parent: str | None = None, group: str | None = None) -> list[Account]:

@@ -184,7 +184,46 @@ class KeyFilter:
     limit: int = 1_000
 
 
-def list_keys(db: Database, flt: KeyFilter) -> list[ApiKey]:
+@dataclass(frozen=True)
+class KeyView:
+    """A key with the names people recognise and whether it can be used now."""
+
+    key: ApiKey
+    account_name: str
+    plan: str | None  # the plan of its subscription
+    unusable: str | None  # None: usable now; else a reason code (key_disabled, subscription_expired, …)
+
+
+def views(session: Session, found: Sequence[ApiKey], now: datetime) -> list[KeyView]:
+    """KeyViews for keys of any number of accounts and subscriptions, in a few queries."""
+    from planctl.store.tables import Order
+
+    account_ids = sorted({k.account_id for k in found})
+    sub_ids = sorted({k.subscription_id for k in found if k.subscription_id})
+    names: dict[str, str] = {}
+    for i in range(0, len(account_ids), 500):
+        names.update(session.exec(select(Account.id, Account.name).where(
+            col(Account.id).in_(account_ids[i:i + 500]))).all())
+    subs: dict[str, tuple[Subscription, str]] = {}
+    for i in range(0, len(sub_ids), 500):
+        for sub, slug in session.exec(select(Subscription, Plan.slug).join(Plan, Plan.id == Subscription.plan_id)
+                                      .where(col(Subscription.id).in_(sub_ids[i:i + 500]))):
+            subs[sub.id] = (sub, slug)
+    refunded = set(session.exec(select(Order.subscription_id).where(
+        col(Order.subscription_id).is_not(None), Order.refunded > 0)).all())
+    out = []
+    for key in found:
+        sub, slug = subs.get(key.subscription_id or "", (None, None))
+        reason = rules.key_refusal(rules.KeyState(key.status, key.expires_at), now)
+        if reason is None and sub is not None:
+            reason = lifecycle.standing(sales.subscription_state(sub), now, refunded=sub.id in refunded)
+        if reason is None and key.credit_cap is not None and key.credit_used >= key.credit_cap:
+            reason = "key_credit_cap_reached"
+        out.append(KeyView(key, names.get(key.account_id, key.account_id), slug, reason))
+    return out
+
+
+def list_keys(db: Database, flt: KeyFilter, *, now: datetime) -> list[KeyView]:
     for value, choices, what in ((flt.status, rules.STATUSES, "status"), (flt.kind, rules.KINDS, "kind")):
         if value is not None and value not in choices:
             raise InvalidInput(f"unknown key {what} {value!r}: use {', '.join(choices)}")
@@ -204,7 +243,8 @@ def list_keys(db: Database, flt: KeyFilter) -> list[ApiKey]:
             query = query.where(_name_matches(flt.name))
         if flt.expiring_before:
             query = query.where(col(ApiKey.expires_at).is_not(None), ApiKey.expires_at < flt.expiring_before)
-        return list(session.exec(query.order_by(ApiKey.account_id, ApiKey.name).limit(flt.limit)))
+        found = list(session.exec(query.order_by(ApiKey.account_id, ApiKey.name).limit(flt.limit)))
+        return views(session, found, now)
 
 
 def _name_matches(pattern: str) -> object:
@@ -217,6 +257,11 @@ def _name_matches(pattern: str) -> object:
 def get(db: Database, ref: str, *, account: str | None = None) -> ApiKey:
     with db.read() as session:
         return resolve(session, ref, account=account)
+
+
+def view(db: Database, ref: str, *, now: datetime, account: str | None = None) -> KeyView:
+    with db.read() as session:
+        return views(session, [resolve(session, ref, account=account)], now)[0]
 
 
 # ---------------------------------------------------------------- changing keys

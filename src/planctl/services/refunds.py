@@ -16,12 +16,12 @@ from sqlmodel import Session, col, select
 
 from planctl.domain import lifecycle
 from planctl.domain.catalog import money_text
+from planctl.domain.errors import Conflict, InvalidInput, Refused
 from planctl.domain.money import format_credit
-from planctl.domain.errors import Conflict, InvalidInput, NotFound, Refused
 from planctl.services import audit, settings
 from planctl.services.audit import Caller
 from planctl.store.engine import Database
-from planctl.store.tables import Account, ExtraPack, Invoice, LedgerEntry, Order, Refund, Subscription
+from planctl.store.tables import Account, ApiKey, ExtraPack, Invoice, LedgerEntry, Order, Refund, Subscription
 
 PLAN_ORDER_KINDS = ("buy", "renew", "upgrade", "direct-renewal")
 SUPPORT_FIELDS = ("plan", "key_name", "request_time", "request_id")
@@ -33,6 +33,7 @@ class RefundResult:
     order: Order
     cancelled_subscription: str | None = None
     credit_note: Invoice | None = None
+    keys_stopped: int = 0  # keys of the cancelled subscription that were usable and now stop
 
 
 def refund(db: Database, order_id: str, *, amount: int | None, reason: str | None,
@@ -42,9 +43,9 @@ def refund(db: Database, order_id: str, *, amount: int | None, reason: str | Non
         raise InvalidInput("an override amount needs --reason")
     with db.write(rollback=dry_run) as session:
         # the row lock queues a refund behind an invoice being issued for the same order (PostgreSQL)
-        order = session.exec(select(Order).where(Order.id == order_id.strip().upper()).with_for_update()).first()
-        if order is None:
-            raise NotFound(f"unknown order {order_id!r}; see 'planctl orders list'")
+        from planctl.services.invoices import resolve_order
+
+        order = resolve_order(session, order_id, lock=True)
         if order.status not in ("paid", "partially-refunded", "refunded"):
             raise Refused(f"order {order.id} is {order.status}, not paid", reason="order_not_paid")
         tz = settings.reset_zone(session)
@@ -73,6 +74,8 @@ def refund(db: Database, order_id: str, *, amount: int | None, reason: str | Non
                 sub.status, sub.cancelled_at, sub.updated_at = "cancelled", now, now
                 session.add(sub)
                 result.cancelled_subscription = sub.id
+                result.keys_stopped = session.exec(select(func.count()).select_from(ApiKey).where(
+                    ApiKey.subscription_id == sub.id, ApiKey.status == "active")).one()
         from planctl.services.invoices import issue_credit_note
 
         result.credit_note = issue_credit_note(session, order, row, now)

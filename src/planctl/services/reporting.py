@@ -256,16 +256,20 @@ def split_range(since: datetime | None, until: datetime | None, tz: ZoneInfo, *,
 # ---------------------------------------------------------------- listing
 
 
+# a record with the names people recognise beside its ids (a deleted key or account keeps its id)
+_SELECT = ", ".join(f"u.{c}" for c in RECORD_COLUMNS) + ", k.name, a.name"
+_FROM = "usage_records u LEFT JOIN api_keys k ON k.id = u.key_id LEFT JOIN accounts a ON a.id = u.account_id"
+
+
 def get_record(reader: Reader, request_id: str) -> dict[str, Any]:
-    row = reader.one(f"SELECT {', '.join(RECORD_COLUMNS)} FROM usage_records WHERE request_id = :r",
-                     {"r": request_id})
+    row = reader.one(f"SELECT {_SELECT} FROM {_FROM} WHERE u.request_id = :r", {"r": request_id})
     if row is None:
         raise NotFound(f"no usage record with request id {request_id!r}")
     return _record(reader, row)
 
 
 def _record(reader: Reader, row: Sequence[Any]) -> dict[str, Any]:
-    record = dict(zip(RECORD_COLUMNS, row))
+    record = dict(zip((*RECORD_COLUMNS, "key_name", "account_name"), row))
     record["at"] = reader.instant(record["at"])
     record["stream"] = bool(record["stream"])
     record["usage_estimated"] = bool(record["usage_estimated"])
@@ -284,7 +288,7 @@ def list_records(reader: Reader, f: UsageFilter, *, limit: int | None, after: st
             raise NotFound(f"--after: no usage record with request id {after!r}")
         clauses.append("(u.at < :after_at OR (u.at = :after_at AND u.id < :after_id))")
         params.update(after_at=reader.instant(anchor[0]), after_id=anchor[1])
-    sql = (f"SELECT {', '.join('u.' + c for c in RECORD_COLUMNS)} FROM usage_records u"
+    sql = (f"SELECT {_SELECT} FROM {_FROM}"
            + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY u.at DESC, u.id DESC")
     if limit is not None:
         sql += " LIMIT :limit"

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, text, update
+from sqlalchemy import delete, func, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 from zoneinfo import ZoneInfo
@@ -37,6 +37,7 @@ from planctl.store.tables import (
 )
 
 SUBSCRIPTION_KEY_PREFIX = "Subscription Access - "
+SHOWN_KEYS = 10  # `subscriptions show` lists this many keys; `keys list --subscription` gives them all
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,7 @@ def _upgrade(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, no
     elif quote.credit:
         sub.credit_granted = (sub.credit_granted or 0) + quote.credit
     session.add(sub)
+    _rename_subscription_keys(session, sub, old.slug, new.slug, now)
     _grant(session, order, sub, quote.credit, now)
     share = quote.share
     result = SaleResult(order=order, subscription=sub, terms=new)
@@ -355,10 +357,7 @@ def _ledger(session: Session, order: Order, now: datetime, *, pool: str, amount:
 def _subscription_key(session: Session, account: Account, sub: Subscription, terms: PlanTerms,
                       now: datetime) -> tuple[ApiKey, NewSecret]:
     """The key created with every purchase, bound to the subscription."""
-    name = SUBSCRIPTION_KEY_PREFIX + terms.slug
-    taken = session.exec(select(ApiKey.id).where(ApiKey.account_id == account.id, ApiKey.name == name)).first()
-    if taken:
-        name = f"{name} ({sub.id})"
+    name = _subscription_key_name(session, account.id, sub, terms.slug)
     group = account.default_group if account.default_group in terms.groups else terms.groups[0]
     secret = new_secret()
     key = ApiKey(id=short_id("key"), account_id=account.id, subscription_id=sub.id, kind="subscription",
@@ -366,6 +365,24 @@ def _subscription_key(session: Session, account: Account, sub: Subscription, ter
                  group_name=group, status="active", created_at=now, updated_at=now)
     session.add(key)
     return key, secret
+
+
+def _subscription_key_name(session: Session, account_id: str, sub: Subscription, slug: str) -> str:
+    """`Subscription Access - <plan>`, with the subscription id when the account already has that name."""
+    name = SUBSCRIPTION_KEY_PREFIX + slug
+    taken = session.exec(select(ApiKey.id).where(ApiKey.account_id == account_id, ApiKey.name == name)).first()
+    return f"{name} ({sub.id})" if taken else name
+
+
+def _rename_subscription_keys(session: Session, sub: Subscription, old: str, new: str, now: datetime) -> None:
+    """After an upgrade a subscription key still named after the old plan is named after the new one
+    (a name an operator chose is kept)."""
+    defaults = (SUBSCRIPTION_KEY_PREFIX + old, f"{SUBSCRIPTION_KEY_PREFIX}{old} ({sub.id})")
+    for key in session.exec(select(ApiKey).where(ApiKey.subscription_id == sub.id, ApiKey.kind == "subscription",
+                                                 col(ApiKey.name).in_(defaults))):
+        key.name, key.updated_at = _subscription_key_name(session, key.account_id, sub, new), now
+        session.add(key)
+        session.flush()
 
 
 def _account(session: Session, ref: str | None) -> Account:
@@ -456,6 +473,8 @@ class SubscriptionView:
     plan_version: int  # the plan's version number
     keys: list[ApiKey] = field(default_factory=list)
     orders: list[Order] = field(default_factory=list)
+    account_name: str = ""
+    key_counts: dict[str, int] = field(default_factory=dict)  # by status, all keys
 
 
 def state_name(sub: Subscription, now: datetime) -> str:
@@ -478,15 +497,16 @@ def list_subscriptions(db: Database, *, now: datetime, account: str | None = Non
                        state: str | None = None) -> list[SubscriptionView]:
     _one_of(state, SUBSCRIPTION_STATES, "status")
     with db.read() as session:
-        query = select(Subscription, Plan.slug).join(Plan, Plan.id == Subscription.plan_id)
+        query = (select(Subscription, Plan.slug, Account.name).join(Plan, Plan.id == Subscription.plan_id)
+                 .join(Account, Account.id == Subscription.account_id))
         if account:
             query = query.where(Subscription.account_id == accounts.resolve(session, account).id)
         if plan:
             query = query.where(Plan.slug == resolve_plan(session, plan).slug)
         query = query.order_by(col(Subscription.created_at).desc(), Subscription.id)
         views = [SubscriptionView(sub, slug, subscription_terms(session, sub, now), state_name(sub, now),
-                                  version_number(session, version_at(session, sub, now)))
-                 for sub, slug in session.exec(query)]
+                                  version_number(session, version_at(session, sub, now)), account_name=name)
+                 for sub, slug, name in session.exec(query)]
     return [v for v in views if state is None or v.state == state]
 
 
@@ -495,7 +515,11 @@ def get_subscription(db: Database, ref: str, *, now: datetime) -> SubscriptionVi
         sub = resolve_subscription(session, ref)
         view = SubscriptionView(sub, _plan_slug(session, sub), subscription_terms(session, sub, now),
                                 state_name(sub, now), version_number(session, version_at(session, sub, now)))
-        view.keys = list(session.exec(select(ApiKey).where(ApiKey.subscription_id == sub.id).order_by(ApiKey.created_at)))
+        view.account_name = session.exec(select(Account.name).where(Account.id == sub.account_id)).one()
+        view.keys = list(session.exec(select(ApiKey).where(ApiKey.subscription_id == sub.id)
+                                      .order_by(ApiKey.created_at, ApiKey.id).limit(SHOWN_KEYS)))
+        view.key_counts = dict(session.exec(select(ApiKey.status, func.count()).where(  # type: ignore[call-overload]
+            ApiKey.subscription_id == sub.id).group_by(ApiKey.status).order_by(ApiKey.status)).all())
         view.orders = list(session.exec(select(Order).where(Order.subscription_id == sub.id).order_by(Order.created_at)))
         return view
 

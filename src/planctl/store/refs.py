@@ -74,10 +74,10 @@ def resolve(db: Rows, noun: str, ref: str | None, *, account_id: str | None = No
         if prefix:
             _ambiguous(kind, shown, list(prefix.values()))
     elif prefix:
-        raise InvalidInput(f"{shown!r} is too short to pick a {kind.noun}: give at least {MIN_PREFIX} "
+        raise InvalidInput(f"{shown!r} is too short to pick one {kind.noun}: give at least {MIN_PREFIX} "
                            f"characters, the name or the id")
     close = _close_names(db, kind, ref, account_id)
-    hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else f"see '{kind.listing}'"
+    hint = f"did you mean {_either(close)}?" if close else f"see '{kind.listing}'"
     raise NotFound(f"unknown {kind.noun} {shown!r}; {hint}")
 
 
@@ -107,6 +107,11 @@ def _close_names(db: Rows, kind: Kind, ref: str, account_id: str | None) -> list
         lowered = {str(n).lower(): n for n in names}
         close = [lowered[ref.lower()]] if ref.lower() in lowered else []
     return close
+
+
+def _either(names: list[str]) -> str:
+    quoted = [repr(n) for n in names]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
 def _shown(ref: str) -> str:
