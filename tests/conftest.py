@@ -105,9 +105,11 @@ def caller() -> Any:
 class Cli:
     """Runs the Typer app in-process against one database, like a user would."""
 
-    def __init__(self, db_location: str) -> None:
+    def __init__(self, db_location: str, *, init: bool = True) -> None:
         self.db_location = db_location
         self.runner = CliRunner()
+        if init:
+            self.ok("db", "init")  # as a user would: commands that only read refuse a database that does not exist
 
     def __call__(self, *args: str, input: str | None = None) -> Any:
         from planctl.cli import app

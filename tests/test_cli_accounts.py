@@ -116,7 +116,7 @@ def test_accounts_show_by_id_name_and_prefix(cli: Any) -> None:
         assert cli.json("accounts", "show", ref)["id"] == acme["id"], ref
     for ref in (globex["id"], "globex", "glob"):
         assert cli.json("accounts", "show", ref)["id"] == globex["id"], ref
-    assert cli.json("accounts", "show", "acme") == acme
+    assert cli.json("accounts", "show", "acme") == {**acme, "extra_packs": [], "extra_remaining": "0.000000"}
     out = cli.ok("accounts", "show", "acme").stdout
     assert acme["id"] in out and "default" in out
 
@@ -183,7 +183,7 @@ def test_accounts_update(cli: Any) -> None:
         "acme-corp", "priority", "billing@acme.test", "T-1")
     assert updated["billing_name"] == "" and updated["created_at"] == acme["created_at"]
     assert ISO.match(updated["updated_at"]) and updated["updated_at"] >= acme["updated_at"]
-    assert cli.json("accounts", "show", "acme-corp") == updated
+    assert cli.json("accounts", "show", "acme-corp") == {**updated, "extra_packs": [], "extra_remaining": "0.000000"}
 
     entry = cli.json("audit", "--target", f"account:{acme['id']}")[0]
     assert entry["command"] == "accounts update" and entry["actor"] == "tester"

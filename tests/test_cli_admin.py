@@ -14,7 +14,7 @@ from tests.conftest import Cli, sqlite_dump
 
 
 def test_db_path_names_the_file_and_its_source(tmp_path: Path) -> None:
-    cli = Cli(str(tmp_path / "x.db"))
+    cli = Cli(str(tmp_path / "x.db"), init=False)
     assert cli.ok("db", "path").stdout.strip() == str(tmp_path / "x.db")
     data = cli.json("db", "path")
     assert data == {"database": str(tmp_path / "x.db"), "path": str(tmp_path / "x.db"), "source": "--db"}
@@ -46,7 +46,7 @@ def test_db_migrate_lists_applied_migrations(cli: Cli) -> None:
 
 
 def test_db_migrate_dry_run_on_blank_database_shows_pending(tmp_path: Path) -> None:
-    cli = Cli(str(tmp_path / "blank.db"))
+    cli = Cli(str(tmp_path / "blank.db"), init=False)
     rows = cli.json("db", "migrate", "--dry-run")
     assert {r["status"] for r in rows} == {"pending"}
     conn = sqlite3.connect(tmp_path / "blank.db")

@@ -42,7 +42,7 @@ SUB_KEYS = {
 KEY_KEYS = {"id", "name", "kind", "subscription_id", "group", "status", "prefix", "last4", "created_at"}
 SALE_KEYS = {"order", "subscription", "key", "replayed", "dry_run", "notes"}
 REFUND_KEYS = {"order", "amount", "currency", "credit_reversed", "policy", "reason", "details",
-               "cancelled_subscription", "credit_note", "dry_run"}
+               "cancelled_subscription", "credit_note", "keys_stopped", "dry_run"}
 
 
 def utc(*args: int) -> datetime:
@@ -320,7 +320,9 @@ def test_upgrade_with_prorate(cli: Any, when: datetime, payable: str, credit: st
     assert result["order"]["credit_granted"] == credit
     shown = sub_show(cli, sub, when)
     assert (shown["plan"], shown["starts_at"], shown["ends_at"]) == (PRO, z(NOW), z(ENDS))
-    assert shown["keys"] == [{k: v for k, v in sale["key"].items() if k != "secret"}]
+    # the subscription key is named after the plan it now has
+    renamed = {k: v for k, v in sale["key"].items() if k != "secret"} | {"name": f"Subscription Access - {PRO}"}
+    assert shown["keys"] == [renamed] and shown["key_counts"] == {"active": 1} and shown["keys_total"] == 1
     db_check_ok(cli)
 
 
@@ -463,6 +465,7 @@ def test_full_refund_cancels_the_subscription(cli: Any) -> None:
     assert {k: v for k, v in result.items() if k != "order"} == {
         "amount": "299.00", "currency": "CNY", "credit_reversed": "4500.000000", "policy": "unused:7d",
         "reason": "policy unused:7d", "cancelled_subscription": sub, "credit_note": None, "dry_run": False,
+        "keys_stopped": 1,
         "details": {"plan": "Codex Pro", "key_name": f"Subscription Access - {PRO}",
                     "request_time": "2026-11-21T11:58:00+08:00", "request_id": "req_8f2a"},
     }
@@ -552,23 +555,24 @@ def test_subscription_and_order_listings(cli: Any) -> None:
 
     subs = js(cli, when, "subscriptions", "list")
     assert [s["id"] for s in subs] == [b["subscription"]["id"], a["subscription"]["id"]]  # newest first
-    assert all(set(s) == SUB_KEYS for s in subs)
-    assert [s["plan"] for s in subs] == [PRO, PRO]
+    assert all(set(s) == SUB_KEYS | {"account_name"} for s in subs)
+    assert [(s["plan"], s["account_name"]) for s in subs] == [(PRO, "bob"), (PRO, "acme")]
     assert subs[0]["credit_granted"] == "3000.000000" and subs[0]["credit_remaining"] == "3000.000000"
     assert [s["id"] for s in js(cli, when, "subscriptions", "list", "--account", "acme")] == [a["subscription"]["id"]]
     assert js(cli, ENDS + timedelta(hours=1), "subscriptions", "list", "--status", "active") == []
     assert len(js(cli, ENDS + timedelta(hours=1), "subscriptions", "list", "--status", "expired")) == 2
 
     shown = sub_show(cli, a["subscription"]["id"], when)
-    assert set(shown) == SUB_KEYS | {"keys", "orders"}
+    assert set(shown) == SUB_KEYS | {"account_name", "keys", "keys_total", "key_counts", "orders"}
     assert {k: shown[k] for k in SUB_KEYS} == {**a["subscription"]}
     assert all(set(k) == KEY_KEYS for k in shown["keys"]) and all(set(o) == ORDER_KEYS for o in shown["orders"])
     assert shown["orders"] == [a["order"]]
 
     orders = js(cli, when, "orders", "list")
     assert [o["id"] for o in orders] == [up["order"]["id"], b["order"]["id"], a["order"]["id"]]
-    assert all(set(o) == ORDER_KEYS for o in orders)
-    assert orders[0] == {
+    assert all(set(o) == ORDER_KEYS | {"account_name"} for o in orders)
+    assert [o["account_name"] for o in orders] == ["bob", "bob", "acme"]
+    assert orders[0] == {"account_name": "bob",
         "id": "ORD-20261206-0001", "kind": "upgrade", "account_id": b["order"]["account_id"],
         "subscription_id": b["subscription"]["id"], "item": PRO, "currency": "CNY", "list_price": "100.00",
         "discount_code": None, "discount_amount": "0.00", "payable": "100.00", "refunded": "0.00",

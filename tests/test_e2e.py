@@ -66,6 +66,7 @@ def test_sample_catalog_has_six_plans() -> None:
 
 def test_fresh_database_via_db_flag_lists_the_sample_catalog(tmp_path: Path) -> None:
     db = tmp_path / "flag.db"
+    assert run("--db", str(db), "db", "init").returncode == 0
     assert _slugs(run("--db", str(db), "plans", "list", "--json")) == SAMPLE_SLUGS
     assert db.is_file()
     assert not (tmp_path / "home" / "planctl.db").exists(), "--db must win over PLANCTL_HOME"
@@ -73,6 +74,7 @@ def test_fresh_database_via_db_flag_lists_the_sample_catalog(tmp_path: Path) -> 
 
 def test_fresh_database_via_planctl_db_env(tmp_path: Path) -> None:
     db = tmp_path / "env.db"
+    assert run("accounts", "create", "acme", env={"PLANCTL_DB": str(db)}).returncode == 0  # a writer creates it
     assert _slugs(run("plans", "list", "--json", env={"PLANCTL_DB": str(db)})) == SAMPLE_SLUGS
     assert db.is_file()
     assert not (tmp_path / "home" / "planctl.db").exists(), "PLANCTL_DB must win over PLANCTL_HOME"
@@ -96,6 +98,7 @@ def test_python_dash_m_version() -> None:
 
 
 def test_not_found_is_one_plain_line_and_exit_3(tmp_path: Path) -> None:
+    run("--db", str(tmp_path / "t.db"), "db", "init")
     line = _assert_one_error_line(run("--db", str(tmp_path / "t.db"), "plans", "show", "nope"), 3)
     assert line.startswith("error:"), line
     assert "nope" in line
@@ -109,6 +112,7 @@ def test_not_found_is_one_plain_line_and_exit_3(tmp_path: Path) -> None:
     ],
 )
 def test_not_found_with_json_is_one_json_line(tmp_path: Path, argv: list[str]) -> None:
+    run("--db", str(tmp_path / "t.db"), "db", "init")
     line = _assert_one_error_line(run("--db", str(tmp_path / "t.db"), *argv), 3)
     error = json.loads(line)
     assert isinstance(error, dict) and {"error", "message"} <= error.keys(), error
@@ -119,6 +123,6 @@ def test_database_in_a_missing_directory_is_bad_input() -> None:
     missing = Path("/nonexistent-dir/x.db")
     if missing.parent.exists():
         pytest.skip(f"{missing.parent} exists on this machine")
-    line = _assert_one_error_line(run("--db", str(missing), "plans", "list"), 2)
+    line = _assert_one_error_line(run("--db", str(missing), "accounts", "create", "acme"), 2)
     assert str(missing) in line, line
     assert not missing.parent.exists()

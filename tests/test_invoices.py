@@ -34,8 +34,8 @@ SELLER_KEYS = {"name", "address", "tax_id", "email"}
 BUYER_KEYS = {"account_id", "name", "billing_name", "billing_email", "billing_address", "billing_tax_id"}
 ORDER_KEYS = {"id", "kind", "created_at", "paid_at", "payment_method", "payment_ref"}
 LINE_KEYS = {"description", "quantity", "unit_price", "amount"}
-LIST_KEYS_ORDER = ["number", "kind", "order_id", "account_id", "buyer", "total", "currency", "references",
-                   "issued_at"]
+LIST_KEYS_ORDER = ["number", "kind", "order_id", "account_name", "account_id", "buyer", "total", "currency",
+                   "references", "issued_at"]
 LIST_KEYS = set(LIST_KEYS_ORDER)
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?[+-]\d{2}:\d{2}$")
 BEIJING_NEW_YEAR = datetime(2026, 12, 31, 16, 0, tzinfo=timezone.utc)  # 2027-01-01 00:00 in Asia/Shanghai
@@ -461,6 +461,7 @@ def test_list_filters_and_formats(db: Any, caller: Any, inv: InvoiceCli) -> None
     assert [r["number"] for r in rows] == ["INV-2026-000001", "INV-2026-000002"]
     assert all(set(r) == LIST_KEYS for r in rows)
     assert rows[0]["buyer"] == "Acme Ltd" and rows[1]["buyer"] == "globex" and rows[0]["total"] == "299.00"
+    assert [r["account_name"] for r in rows] == ["acme", "globex"]
     assert [r["number"] for r in inv.json("list", "--account", "globex")] == ["INV-2026-000002"]
     assert inv.json("list", "--year", "2027") == []
     csv_lines = inv.ok("list", "--csv").stdout.splitlines()

@@ -41,8 +41,9 @@ KEY_FIELDS = {
     "credit_cap", "credit_used", "daily_limit", "rpd", "expires_at", "previous_valid_until", "created_at",
     "updated_at", "last_used_at",
 }
-CSV_HEADER = ["id", "name", "account_id", "kind", "subscription_id", "group", "status", "key", "credit_cap",
-              "credit_used", "expires_at", "last_used_at"]
+CSV_HEADER = ["id", "name", "key", "usable", "account_name", "kind", "plan", "subscription_id", "group", "status",
+              "credit_cap", "credit_used", "expires_at", "last_used_at", "unusable_reason"]
+LISTED_FIELDS = KEY_FIELDS | {"account_name", "plan", "usable", "unusable_reason"}
 
 
 def z(instant: datetime) -> str:
@@ -663,9 +664,9 @@ def test_list_json_shape_and_csv_header(cli: Any) -> None:
                "--expires", "2026-12-01T00:00:00Z")
     assert set(made) == KEY_FIELDS | {"secret"}
     rows = listed(cli, "--name", "svc")
-    assert len(rows) == 1 and set(rows[0]) == KEY_FIELDS
+    assert len(rows) == 1 and set(rows[0]) == LISTED_FIELDS
     row = rows[0]
-    assert row == {
+    assert row == {"account_name": "acme", "plan": PRO, "usable": True, "unusable_reason": None,
         "id": made["id"], "name": "svc", "account_id": acc, "kind": "team", "subscription_id": sub,
         "group": "default", "status": "active", "key": f"{made['prefix']}…{made['last4']}", "prefix": made["prefix"],
         "last4": made["last4"], "credit_cap": "12.500000", "credit_used": "0.000000", "daily_limit": None, "rpd": 7,

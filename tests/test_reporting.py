@@ -74,10 +74,10 @@ RECORD_FIELDS = [
     "request_id", "at", "local_day", "account_id", "key_id", "subscription_id", "group_name", "requested_model",
     "billed_model", "api", "input_tokens", "cached_tokens", "output_tokens", "cost", "charged_plan",
     "charged_extra", "charged_payg", "pool", "status_code", "latency_ms", "stream", "error", "reservation_id",
-    "ttfb_ms", "upstream", "client_request_id", "session_id", "usage_estimated",
+    "ttfb_ms", "upstream", "client_request_id", "session_id", "usage_estimated", "key_name", "account_name",
 ]
-CSV_HEADER = ["at", "request_id", "key_id", "billed_model", "api", "status_code", "input_tokens", "cached_tokens",
-              "output_tokens", "cost", "pool", "latency_ms"]
+CSV_HEADER = ["at", "request_id", "key_name", "account_name", "key_id", "billed_model", "api", "status_code",
+              "input_tokens", "cached_tokens", "output_tokens", "cost", "pool", "latency_ms"]
 HEALTH_FIELDS = ["id", "name", "requests", "success_rate", "consumption", "cache_hit_rate", "avg_latency_ms",
                  "p95_latency_ms", "p95_exact", "last_request_at", "status"]
 HEALTH_CSV = ["id", "name", "requests", "success_rate", "consumption", "cache_hit_rate", "avg_latency_ms",
@@ -248,7 +248,7 @@ class World:
 
     @property
     def cli(self) -> Cli:
-        return Cli(self.url)
+        return Cli(self.url, init=False)
 
     def key_id(self, label: str) -> str:
         return self.keys[label].id
@@ -277,7 +277,7 @@ class World:
             "charged_plan": cr(r.plan), "charged_extra": cr(r.extra), "charged_payg": cr(r.payg), "pool": r.pool,
             "status_code": r.status, "latency_ms": r.latency, "stream": r.stream, "error": r.error,
             "reservation_id": None, "ttfb_ms": None, "upstream": None, "client_request_id": None,
-            "session_id": None, "usage_estimated": False,
+            "session_id": None, "usage_estimated": False, "key_name": self.keys[r.key].name, "account_name": r.account,
         }
 
 
@@ -664,7 +664,7 @@ def test_csv_has_a_header_and_exact_credit(world: World) -> None:
     assert [r[1] for r in rows[1:]] == newest_first(RECS)
     for row in rows[1:]:
         r = BY_ID[row[1]]
-        assert row == [iso(r.at), r.request_id, world.key_id(r.key), r.billed, r.api, str(r.status), str(r.input),
+        assert row == [iso(r.at), r.request_id, world.keys[r.key].name, r.account, world.key_id(r.key), r.billed, r.api, str(r.status), str(r.input),
                        str(r.cached), str(r.output), cr(r.cost), r.pool, "" if r.latency is None else str(r.latency)]
     assert out.count("\n") == len(RECS) + 1
 

@@ -75,7 +75,7 @@ def test_startup_does_not_import_the_database_stack(argv: list[str], expected: s
 def test_usage_lookup_on_a_current_database_skips_the_orm(tmp_path: Any) -> None:
     """`planctl usage --request-id` is what CI scripts call most: it reads with sqlite3 only."""
     db = tmp_path / "x.db"
-    subprocess.run([sys.executable, "-m", "planctl", "--db", str(db), "plans", "list", "--json"],
+    subprocess.run([sys.executable, "-m", "planctl", "--db", str(db), "db", "init"],
                    check=True, capture_output=True, timeout=60)
     code, stdout, imported = _probe(["--db", str(db), "usage", "--request-id", "nope", "--json"])
     assert code == 3, stdout

@@ -102,7 +102,7 @@ def _close_names(db: Rows, kind: Kind, ref: str, account_id: str | None) -> list
     scope = " WHERE account_id = :account" if account_id is not None else ""
     names = [r[0] for r in db.rows(f"SELECT {kind.label} FROM {kind.table}{scope} LIMIT 20000",
                                    {"account": account_id})]
-    close = difflib.get_close_matches(ref, names, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(ref, names, n=3, cutoff=0.8)
     if not close:
         lowered = {str(n).lower(): n for n in names}
         close = [lowered[ref.lower()]] if ref.lower() in lowered else []
