@@ -11,9 +11,11 @@ from planctl.cli.output import Column, CsvOpt, JsonlOpt, JsonOpt, emit_record, e
 app = typer.Typer(help="Accounts: the people and teams who buy plans.",
                   epilog="Example: planctl accounts create acme --billing-email ap@acme.test", no_args_is_help=True)
 
+# left out when a terminal is too narrow, highest `drop` first (README "Tables"); --wide shows all
 LIST_COLUMNS = (
-    Column("id"), Column("name"), Column("default_group", "Group"), Column("parent_id", "Parent"),
-    Column("payg_balance", "PAYG balance", "credit"), Column("created_at", "Created", "time"),
+    Column("id", kind="id"), Column("name"), Column("default_group", "Group", drop=2),
+    Column("parent_id", "Parent", "id", drop=3), Column("payg_balance", "PAYG balance", "credit"),
+    Column("created_at", "Created", "time", drop=1),
 )
 SHOW_COLUMNS = (
     Column("id"), Column("name"), Column("default_group", "Default group"), Column("parent_id", "Parent"),

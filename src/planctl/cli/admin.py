@@ -172,7 +172,7 @@ def config_set(
         say(st, f"{key} = {stored}")
 
 
-AUDIT_COLUMNS = (Column("at", "Time", "time"), Column("actor"), Column("command"), Column("target"),
+AUDIT_COLUMNS = (Column("at", "Time", "time"), Column("actor", drop=1), Column("command"), Column("target", kind="id"),
                  Column("summary"))
 
 

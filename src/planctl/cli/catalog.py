@@ -18,11 +18,11 @@ groups_app = typer.Typer(help="Groups and their price ratios.",
                          epilog="Example: planctl groups create batch --ratio 0.6", no_args_is_help=True)
 
 MODEL_COLUMNS = (
-    Column("id", "Model"), Column("input_price", "Input /1M", "credit"),
+    Column("id", "Model", "id"), Column("input_price", "Input /1M", "credit"),
     Column("cached_price", "Cached /1M", "credit"), Column("output_price", "Output /1M", "credit"),
 )
-ALIAS_COLUMNS = (Column("pattern"), Column("model"))
-GROUP_COLUMNS = (Column("name"), Column("ratio", kind="int"), Column("description"))
+ALIAS_COLUMNS = (Column("pattern", kind="id"), Column("model", kind="id"))
+GROUP_COLUMNS = (Column("name", kind="id"), Column("ratio", kind="int"), Column("description"))
 
 
 @models_app.command("list")

@@ -40,7 +40,9 @@ def demo(
     st = state(ctx)
     fmt = output_format(st, json_=json_)
     spec = service.DemoSpec(days=days, records=records, accounts=accounts, seed=seed, fast=fast)
-    summary = service.run(st.db(), spec, caller=st.caller(), now=st.now(), force=yes, progress=_Progress(st))
+    progress = _Progress(st)
+    summary = service.run(st.db(), spec, caller=st.caller(), now=st.now(), force=yes, progress=progress)
+    progress.finish()
     data = service.summary_json(summary)
     if fmt == "json":
         emit_json(st, data)
@@ -49,22 +51,29 @@ def demo(
 
 
 class _Progress:
-    """A progress line on stderr every few seconds (long --fast runs take minutes)."""
+    """A progress line on stderr every few seconds (long --fast runs take minutes); a run that
+    showed progress ends with its 100 % line."""
 
     EVERY = 5.0
 
     def __init__(self, st: State) -> None:
         self.st, self.started, self.last = st, time.monotonic(), time.monotonic()
+        self.shown, self.total = False, 0
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
         if now - self.last < self.EVERY or done >= total:
             return
-        self.last = now
+        self.last, self.shown, self.total = now, True, total
         rate = done / max(now - self.started, 1e-9)
         left = (total - done) / rate if rate else 0
         print(f"demo: {done:,} of {total:,} records ({100 * done / total:.0f} %, {rate:,.0f}/s, "
               f"about {left:.0f} s left)", file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        """The last line of a run that showed progress: 100 %, not the last 5-second mark."""
+        if self.shown:
+            print(f"demo: {self.total:,} of {self.total:,} records (100 %)", file=sys.stderr, flush=True)
 
 
 def _report(st: State, data: dict[str, Any]) -> None:

@@ -11,12 +11,13 @@ from planctl.cli.output import Column, CsvOpt, JsonlOpt, JsonOpt, emit_record, e
 app = typer.Typer(help="Discount codes: percent or fixed, with validity and redemption limits.",
                   no_args_is_help=True, epilog="Example: planctl discounts create WELCOME10 --value 10%")
 
+# left out when a terminal is too narrow, highest `drop` first (README "Tables"); --wide shows all
 COLUMNS = (
-    Column("code"), Column("value"), Column("active", kind="bool"), Column("redemptions", kind="int"),
-    Column("max_redemptions", "Max", "int"), Column("max_per_account", "Per account", "int"),
-    Column("valid_from", "From", "time"), Column("valid_until", "Until", "time"), Column("plans", kind="list"),
-    Column("order_kinds", "Order kinds", "list"), Column("payment_methods", "Payment methods", "list"),
-    Column("min_amount", "Minimum", "money"),
+    Column("code", kind="id"), Column("value"), Column("active", kind="bool"), Column("redemptions", kind="int"),
+    Column("max_redemptions", "Max", "int", drop=4), Column("max_per_account", "Per account", "int", drop=5),
+    Column("valid_from", "From", "time", drop=3), Column("valid_until", "Until", "time"),
+    Column("plans", kind="list", drop=6), Column("order_kinds", "Order kinds", "list", drop=7),
+    Column("payment_methods", "Payment methods", "list", drop=8), Column("min_amount", "Minimum", "money", drop=2),
 )
 
 
@@ -55,9 +56,10 @@ def create(
     kind: Annotated[Optional[list[str]], typer.Option("--kind", help="Only for buy, renew, upgrade, extra, topup (repeat).")] = None,
     payment_method: Annotated[Optional[list[str]], typer.Option("--payment-method", help="Only with this payment method (repeat).")] = None,
     min_amount: Annotated[Optional[str], typer.Option(help="Minimum list price.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Create it even when --until is already past.")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Create a discount code.
+    """Create a discount code (one whose --until is already past is refused without --force).
 
     Example: planctl discounts create SPRING15 --value 15% --until 2027-04-01 --max-redemptions 100
     --max-per-account 1 --plan codex-pro-monthly --payment-method alipay
@@ -76,7 +78,7 @@ def create(
         "valid_until": _when(st, valid_until, "--until"), "max_redemptions": max_redemptions,
         "max_per_account": max_per_account, "plans": _split(plan), "order_kinds": _split(kind),
         "payment_methods": _split(payment_method),
-        "min_amount": None if min_amount is None else parse_money(min_amount, decimals),
+        "min_amount": None if min_amount is None else parse_money(min_amount, decimals), "force": force,
     }
     emit_record(st, code_json(discounts.create(db, spec, caller=st.caller(), now=st.now())), COLUMNS, fmt)
 

@@ -5,6 +5,7 @@ import csv
 import gc
 import io
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import MISSING
@@ -344,9 +345,25 @@ def usage_import(
     except OSError as exc:
         raise InvalidInput(f"cannot read {file}: {exc.strerror}") from None
     gc.freeze()  # the objects made so far live to the end: keep them out of the collections a long import triggers
-    with handle, _Progress(st) as progress:
-        report = metering.import_usage(st.meter_db(), read_rows(handle, kind), now=st.now(), batch_size=batch_size,
-                                       progress=progress)
+    committed = metering.ImportReport()
+
+    def batch_done(report: Any) -> None:  # called after each committed batch
+        committed.new, committed.duplicate = report.new, report.duplicate
+        if progress:
+            progress(report)
+
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it like Ctrl-C
+    try:
+        with handle, _Progress(st) as progress:
+            report = metering.import_usage(st.meter_db(), read_rows(handle, kind), now=st.now(),
+                                           batch_size=batch_size, progress=batch_done)
+    except KeyboardInterrupt:
+        say(st, f"interrupted: {committed.new:,} new and {committed.duplicate:,} duplicate lines were committed "
+                f"(imports commit every {batch_size:,} lines); re-running the same file is safe: lines already "
+                "imported count as duplicates")
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     data = {"new": report.new, "duplicate": report.duplicate, "rejected": report.rejected,
             "rejected_lines": [{"line": n, "error": e} for n, e in report.rejected_lines],
             "conflicting": report.conflicting,

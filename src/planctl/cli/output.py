@@ -100,8 +100,11 @@ def emit_record(state: State, record: Mapping[str, Any], columns: Sequence[Colum
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     for column in columns:
-        if column.table:
-            table.add_row(column.title, display(record.get(column.key), column.kind, state.display_zone))
+        value = record.get(column.key)
+        if column.table and column.kind == "list" and isinstance(value, list) and value:
+            table.add_row(column.title, "\n".join(str(v) for v in value))  # one item a line
+        elif column.table:
+            table.add_row(column.title, display(value, column.kind, state.display_zone))
     _console(state).print(table)
 
 

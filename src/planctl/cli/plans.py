@@ -16,11 +16,12 @@ app = typer.Typer(help="The plan catalog: list, show, create, update, retire, im
 products_app = typer.Typer(help="Extra-usage packs and pay-as-you-go products.",
                            epilog="Example: planctl products list --kind extra", no_args_is_help=True)
 
+# left out when a terminal is too narrow, highest `drop` first (README "Tables"); --wide shows all
 LIST_COLUMNS = (
-    Column("slug"), Column("name"), Column("family"), Column("tier", kind="int"),
-    Column("price", kind="money"), Column("validity"), Column("total_credit", "Total", "credit"),
-    Column("period"), Column("period_credit", "Per period", "credit"), Column("rpd", "RPD", "int"),
-    Column("tpd", "TPD", "int"), Column("on_sale", "On sale", "bool"),
+    Column("slug", kind="id"), Column("name", drop=7), Column("family", drop=8), Column("tier", kind="int", drop=9),
+    Column("price", kind="money"), Column("validity", drop=6), Column("total_credit", "Total", "credit", drop=5),
+    Column("period", drop=4), Column("period_credit", "Per period", "credit", drop=3),
+    Column("rpd", "RPD", "int", drop=10), Column("tpd", "TPD", "int", drop=11), Column("on_sale", "On sale", "bool"),
 )
 SHOW_COLUMNS = (
     Column("slug"), Column("name"), Column("description"), Column("family"), Column("tier", kind="int"),
@@ -37,8 +38,9 @@ SHOW_COLUMNS = (
     Column("created_at", "Created", "time"), Column("updated_at", "Updated", "time"),
 )
 PRODUCT_COLUMNS = (
-    Column("slug"), Column("kind"), Column("name"), Column("pricing"), Column("price", kind="money"),
-    Column("credit", kind="credit"), Column("validity"), Column("on_sale", "On sale", "bool"),
+    Column("slug", kind="id"), Column("kind"), Column("name", drop=3), Column("pricing", drop=4),
+    Column("price", kind="money"), Column("credit", kind="credit"), Column("validity", drop=2),
+    Column("on_sale", "On sale", "bool", drop=1),
 )
 
 

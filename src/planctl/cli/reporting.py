@@ -47,9 +47,9 @@ RECORD_VIEW = (
 )
 HEALTH_COLUMNS = (
     Column("name"), Column("requests", kind="int"), Column("success_rate", "Success %", "int"),
-    Column("consumption", "Consumption", "credit"), Column("cache_hit_rate", "Cache hit %", "int"),
-    Column("avg_latency_ms", "Avg ms", "int"), Column("p95_latency_ms", "p95 ms", "int"),
-    Column("last_request_at", "Last request", "time"), Column("status"),
+    Column("consumption", "Consumption", "credit"), Column("cache_hit_rate", "Cache hit %", "int", drop=2),
+    Column("avg_latency_ms", "Avg ms", "int", drop=3), Column("p95_latency_ms", "p95 ms", "int"),
+    Column("last_request_at", "Last request", "time", drop=1), Column("status"),
 )
 
 

@@ -62,6 +62,9 @@ def create(db: Database, spec: Mapping[str, Any], *, caller: Caller, now: dateti
         valid_from, valid_until = spec.get("valid_from"), spec.get("valid_until")
         if valid_from and valid_until and valid_until <= valid_from:
             raise InvalidInput("--until must be after --from")
+        if valid_until is not None and valid_until <= now and not spec.get("force"):
+            raise Refused(f"--until {valid_until.isoformat()} is already past: the code could never be used "
+                          "(pass --force to create it anyway)", reason="discount_already_expired")
         for key in ("max_redemptions", "max_per_account"):
             if spec.get(key) is not None and spec[key] < 1:
                 raise InvalidInput(f"--{key.replace('_', '-')} must be at least 1")

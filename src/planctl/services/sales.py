@@ -319,9 +319,10 @@ def _apply_code(session: Session, req: SaleRequest, order: Order, notes: list[st
     try:
         terms, amount = discounts.evaluate(session, req.code, sale, order.account_id)
         discounts.redeem(session, terms, order.account_id)
-    except Refused as exc:
+    except (Refused, NotFound) as exc:  # an unknown code is the most common invalid one
         if not req.ignore_invalid_code:
-            raise Refused(f"{exc.message} (sell at list price with --ignore-invalid-code)", reason=exc.reason) from None
+            raise type(exc)(f"{exc.message} (sell at list price with --ignore-invalid-code)",
+                            reason=exc.reason) from None
         notes.append(f"code not applied, sold at list price: {exc.message}")
         return
     order.discount_code, order.discount_amount = terms.code, amount
