@@ -20,7 +20,7 @@ app = typer.Typer(help="API keys: create team keys from a plan, list, disable, r
                          "--name ci-runner --quantity 20 --secrets-file ci-keys.json")
 
 # left out when a terminal is too narrow, in this order: last used, subscription, plan, cap, kind,
-# group, status (Usable says more), expires, account, used; --wide shows all (README "Tables")
+# group, status (Usable says more), account, expires, used; --wide shows all (README "Tables")
 COLUMNS = (
     Column("id", kind="id"), Column("name"), Column("key", "Key", "id"), Column("usable", "Usable"),
     Column("account_name", "Account", drop=3), Column("kind", drop=6), Column("plan", kind="id", drop=8),
