@@ -178,7 +178,7 @@ def test_usage_request_id_has_full_precision_and_human_labels(cli: Cli, shop: An
     table = at(cli, 160, "usage", "--request-id", "req-long-0001").stdout
     assert f"Cost (credit)" in table and record["cost"] in table  # all six decimals
     assert "Latency (ms)" in table and "Streamed" in table and "yes" in table
-    assert "Latency Ms" not in table and "True" not in table
+    assert "Latency Ms" not in table and "Ttfb Ms" not in table and "True" not in table
     assert LONG in table and shop["keys"][0]["name"] in table
 
 

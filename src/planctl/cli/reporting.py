@@ -43,7 +43,10 @@ RECORD_VIEW = (
     Column("charged_plan", "Charged to plan", "exact"), Column("charged_extra", "Charged to extra usage", "exact"),
     Column("charged_payg", "Charged to PAYG", "exact"), Column("pool", "Pool"),
     Column("status_code", "HTTP status", "int"), Column("latency_ms", "Latency (ms)", "int"),
-    Column("stream", "Streamed", "bool"), Column("error", "Error"), Column("reservation_id", "Reservation", "id"),
+    Column("stream", "Streamed", "bool"), Column("ttfb_ms", "Time to first byte (ms)", "int"),
+    Column("upstream", "Upstream"), Column("usage_estimated", "Usage estimated", "bool"),
+    Column("error", "Error"), Column("reservation_id", "Reservation", "id"),
+    Column("client_request_id", "Client request id", "id"), Column("session_id", "Session", "id"),
 )
 HEALTH_COLUMNS = (
     Column("name"), Column("requests", kind="int"), Column("success_rate", "Success %", "int"),
