@@ -264,7 +264,7 @@ def test_an_unusable_database_is_one_line_and_exit_2_for_every_command(tmp_path:
     for args in (("plans", "list"), ("db", "check"), ("usage", "import", str(tmp_path / "u.jsonl")),
                  ("usage", "record", "--request-id", "r", "--key", "k", "--model", "unit", "--input", "1",
                   "--output", "1", "--status", "200")):
-        result = Cli(location)(*args)
+        result = Cli(location, init=False)(*args)
         assert result.exit_code == 2, (args, result.exit_code, result.stderr)
         assert result.stdout == "" and len(result.stderr.splitlines()) == 1 and expected in result.stderr, \
             result.stderr
