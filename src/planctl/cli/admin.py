@@ -52,16 +52,20 @@ def init(ctx: typer.Context, json_: JsonOpt = False) -> None:
 
 
 @db_app.command("check")
-def check(ctx: typer.Context, json_: JsonOpt = False) -> None:
-    """Check integrity, foreign keys and schema version; exit 1 if any check fails.
+def check(ctx: typer.Context, json_: JsonOpt = False, journal: Annotated[Optional[Path], typer.Option(
+        help="The gateway's settlement journal (default: where planctl serve puts it).")] = None) -> None:
+    """Check integrity, foreign keys, schema version, ledger balances, and that the gateway's journal
+    holds no settlement missing from the database; exit 1 if any check fails.
 
     Example: planctl db check
     """
     from planctl.services import database
+    from planctl.store.location import journal_dir
 
     st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_)
     results = database.check(st.db())
+    results.append(database.check_journal(st.db(), journal or journal_dir(st.target)))
     rows = [{"check": r.name, "ok": r.ok, "detail": r.detail} for r in results]
     emit_rows(st, rows, (Column("check"), Column("ok", kind="bool"), Column("detail")), fmt)
     if not all(r.ok for r in results):

@@ -1,7 +1,8 @@
 """`planctl serve`: run the gateway (imports uvicorn and Starlette only here)."""
 
 import os
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -19,13 +20,21 @@ def serve(
         "--max-reserve", help="Largest hold one request takes, in credit.")] = "5",
     default_output: Annotated[int, typer.Option(
         "--default-output-tokens", help="Output tokens assumed by a hold when a request sets no cap.")] = 4096,
+    journal: Annotated[Optional[Path], typer.Option(
+        help="Directory of the settlement journal (default: beside the SQLite file, or under the data "
+             "directory for PostgreSQL).")] = None,
+    no_journal: Annotated[bool, typer.Option(
+        "--no-journal", help="Settle without a journal: a killed worker loses the usage it had not written.")] = False,
+    group_commit: Annotated[bool, typer.Option(
+        "--group-commit/--no-group-commit", help="Write concurrent settlements in shared transactions.")] = True,
 ) -> None:
     """Serve the OpenAI API and the Claude API to planctl keys.
 
     /v1/responses, /v1/chat/completions and /v1/models for Codex CLI and OpenAI SDKs;
     /v1/messages for Claude Code and Anthropic SDKs (translated to the Responses API).
     Every request is authenticated, admitted with a hold, forwarded to an upstream
-    (planctl upstreams), metered from the upstream's own usage and settled.
+    (planctl upstreams), metered from the upstream's own usage and settled. Settlements go to a
+    journal on disk before the answer ends, so a killed worker loses no usage.
 
     Example: planctl serve --port 8787 --workers 2
     """
@@ -39,8 +48,18 @@ def serve(
     if default_output < 1:
         raise InvalidInput("--default-output-tokens must be ≥ 1")
     reserve = parse_credit(max_reserve, allow_zero=False)
+    if journal is not None and no_journal:
+        raise InvalidInput("give --journal DIR or --no-journal, not both")
     st = state(ctx)
     target = st.target
+    if not no_journal:
+        from planctl.store.location import journal_dir
+
+        journal = (journal or journal_dir(target)).expanduser().absolute()
+        try:
+            journal.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise InvalidInput(f"cannot create the journal directory {journal}: {exc.strerror}") from None
     st.db()  # created and migrated once, before the workers start
     st.close()
     os.environ.update({
@@ -48,6 +67,8 @@ def serve(
         "PLANCTL_GATEWAY_MAX_RESERVE": str(reserve),
         "PLANCTL_GATEWAY_DEFAULT_OUTPUT_TOKENS": str(default_output),
         "PLANCTL_GATEWAY_GRACE": str(grace),
+        "PLANCTL_GATEWAY_JOURNAL": "" if no_journal else str(journal),
+        "PLANCTL_GATEWAY_GROUP_COMMIT": "1" if group_commit else "0",
     })
     from planctl.gateway.server import run
 

@@ -202,7 +202,8 @@ def settings_from_env() -> Settings:
     s = Settings()
     for name, attr, kind in (("MAX_RESERVE", "max_reserve", int), ("DEFAULT_OUTPUT_TOKENS", "default_output_tokens", int),
                              ("DRAIN_TIMEOUT", "drain_timeout", float), ("GRACE", "grace", float),
-                             ("THREADS", "threads", int)):
+                             ("THREADS", "threads", int), ("JOURNAL", "journal", str),
+                             ("GROUP_COMMIT", "group_commit", lambda v: v == "1")):
         value = os.environ.get(f"PLANCTL_GATEWAY_{name}")
         if value:
             setattr(s, attr, kind(value))

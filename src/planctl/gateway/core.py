@@ -22,12 +22,16 @@ import httpx
 from planctl.domain.ids import short_id
 from planctl.gateway import errors, estimate
 from planctl.gateway.errors import ErrorAnswer
+from planctl.gateway.journal import Journal
 from planctl.gateway.sse import Events, Tokens
 from planctl.gateway.upstream import Route, candidates, make_client
+from planctl.gateway.writer import Pending, Writer
 from planctl.metering import Admission, Meter, Usage
+from planctl.store.meter import USAGE_COLUMNS
 
 log = logging.getLogger("planctl.gateway")
 
+USAGE_COST = USAGE_COLUMNS.index("cost")
 FAILOVER_STATUSES = frozenset({429, 500, 502, 503, 504})
 ROUTES_REFRESH = 10.0  # seconds between reloads of the upstream list (edits by other processes)
 
@@ -40,6 +44,8 @@ class Settings:
     max_drains: int = 64  # streams read at once for a client that left; beyond, an estimate is charged
     threads: int = 8  # metering threads
     grace: float = 30.0  # shutdown: how long in-flight requests may still finish
+    journal: str | None = None  # the settlement journal's directory (None: no journal)
+    group_commit: bool = True  # settlements queued together share one transaction
 
 
 @dataclass
@@ -106,33 +112,65 @@ class Gateway:
         self.pool = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="meter")
         self.pending: set[asyncio.Task[Any]] = set()
         self.draining = 0
+        self.journal: Journal | None = None
+        self.writer: Writer | None = None
         self._refresher: asyncio.Task[Any] | None = None
 
     # ------------------------------------------------------------ life
 
     async def start(self) -> None:
         self.client = make_client(self.client_kind)
+        self.writer = Writer(self.meter, self.call, group=self.settings.group_commit)
+        self.writer.start()
+        if self.settings.journal:
+            self.journal = Journal(self.settings.journal)
+            await self.replay()  # what killed workers journaled and the database does not have
         self.routes = await self.call(self.load_routes)
         self._refresher = asyncio.get_running_loop().create_task(self._refresh())
 
     async def stop(self) -> None:
-        """Let streams still relaying or draining settle (up to the grace period), then close."""
+        """Let streams still relaying or draining settle (up to the grace period), write their
+        settlements, then close (what the database did not take stays in the journal)."""
         if self._refresher is not None:
             self._refresher.cancel()
+        started = time.monotonic()
         if self.pending:
             done, late = await asyncio.wait(set(self.pending), timeout=self.settings.grace)
             for task in late:
                 task.cancel()
             if late:
                 await asyncio.wait(late, timeout=5)
+        if self.writer is not None:
+            left = await self.writer.stop(max(1.0, self.settings.grace - (time.monotonic() - started)))
+            if left:
+                log.error("%d settlements not in the database at exit%s", left,
+                          ": they stay in the journal" if self.journal else " (no journal: lost)")
+        if self.journal is not None:
+            self.journal.close()
         if self.client is not None:
             await self.client.aclose()
         self.pool.shutdown(wait=True)
         self.meter.close()
 
+    async def replay(self) -> None:
+        """Put the journal files of dead workers into the database (a failure is retried later)."""
+        from planctl.gateway import journal
+
+        assert self.journal is not None
+        ours = self.journal.paths()
+        try:
+            count = await self.call(journal.replay, self.journal.directory, self.meter.record_many, ours)
+        except Exception as exc:  # the database is in trouble: the files stay for the next try
+            log.error("could not replay the journal: %s: %s", type(exc).__name__, exc)
+            return
+        if count:
+            log.warning("replayed %d journaled settlements of stopped workers", count)
+
     async def _refresh(self) -> None:
         while True:
             await asyncio.sleep(ROUTES_REFRESH)
+            if self.journal is not None:
+                await self.replay()
             try:
                 fresh = await self.call(self.load_routes)
             except Exception as exc:  # keep the last good list
@@ -256,17 +294,29 @@ class Gateway:
         usage = Usage(call.request_id, tokens.input, tokens.cached, tokens.output, status, call.elapsed_ms(),
                       call.ttfb_ms, call.stream, error, call.upstream, call.client_request_id, call.session_id,
                       estimated)
-        try:
-            recorded = await self.call(self.meter.settle, adm, usage)
-        except Exception as exc:  # the hold expires and is released by the next admission
-            log.error("could not settle %s: %s: %s", call.request_id, type(exc).__name__, exc)
-            return
-        if log.isEnabledFor(logging.INFO):
-            cost = recorded.record.cost if recorded.values is not None else None
-            _log_request(call, status, f"{usage.input_tokens}/{usage.cached_tokens}/{usage.output_tokens} tokens, "
-                         f"{cost} µcr" + (" (estimated)" if estimated else ""), key_id=adm.key_id, cost=cost,
-                         input_tokens=usage.input_tokens, cached_tokens=usage.cached_tokens,
-                         output_tokens=usage.output_tokens, usage_estimated=estimated, error=error)
+        u = self.meter.settlement(adm, usage)
+        segment = None
+        if self.journal is not None:
+            try:  # on disk before the client's answer ends: a crash from here on loses nothing
+                segment = await self.journal.append(u)
+            except OSError as exc:
+                log.error("could not journal %s: %s", call.request_id, exc)
+        journal = self.journal
+
+        def done(values: tuple[Any, ...] | None, why: str | None) -> None:
+            if segment is not None and journal is not None:
+                journal.done(segment)
+            if values is None and why != "already recorded":
+                log.error("could not settle %s: %s", call.request_id, why)
+            if log.isEnabledFor(logging.INFO):
+                cost = values[USAGE_COST] if values is not None else None
+                _log_request(call, status, f"{usage.input_tokens}/{usage.cached_tokens}/{usage.output_tokens} "
+                             f"tokens, {cost} µcr" + (" (estimated)" if estimated else ""), key_id=adm.key_id,
+                             cost=cost, input_tokens=usage.input_tokens, cached_tokens=usage.cached_tokens,
+                             output_tokens=usage.output_tokens, usage_estimated=estimated, error=error)
+
+        assert self.writer is not None
+        self.writer.put(Pending(u, done))
 
     async def release(self, call: Call, reason: str) -> None:
         adm = call.admission
@@ -298,9 +348,8 @@ class Gateway:
         else:
             error = body[:2000].decode("utf-8", "replace")
         missing = tokens is None and response.status_code < 400
-        self.keep(asyncio.get_running_loop().create_task(self.settle(  # the client need not wait for it
-            call, tokens, response.status_code, error or ("no usage in the answer" if missing else None),
-            estimated=missing)))
+        await self.settle(call, tokens, response.status_code, error or ("no usage in the answer" if missing else None),
+                          estimated=missing)  # journaled before the client has the answer
         return body
 
     # ------------------------------------------------------------ streams
@@ -343,13 +392,14 @@ class Relay:
     async def pump(self) -> None:
         reader, call, put = self.reader, self.call, self.queue.put_nowait
         broke: str | None = None
+        tail: list[bytes] = []  # from the terminal event on: sent once the settlement is journaled
         try:
             async for chunk in self.response.aiter_raw():
                 if call.ttfb_ms is None:
                     call.ttfb_ms = call.elapsed_ms()
                 out = b"".join([reader.relay(event) for event in self.events.feed(chunk)])
                 if out and not self.gone:
-                    put(out)
+                    (tail.append if reader.ended else put)(out)
                 if self.gone and reader.ended:
                     break
         except asyncio.CancelledError:
@@ -363,13 +413,15 @@ class Relay:
                 pass
         if broke is None and reader.ended is None:
             broke = "the upstream ended the stream without its final event"
-        if broke is not None and not self.gone and reader.ended is None:
-            put(reader.fail(broke))
-        put(None)
         status = 499 if self.gone and reader.ended is None else 502 if broke and reader.ended is None else 200
         estimated = reader.usage is None
         await asyncio.shield(self.gw.settle(call, reader.usage, status, broke or reader.error, estimated=estimated,
                                             output_estimate=self.events.count))
+        if tail:
+            put(b"".join(tail))
+        if broke is not None and not self.gone and reader.ended is None:
+            put(reader.fail(broke))
+        put(None)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """The ASGI response: headers, then the queue, while listening for a disconnect."""

@@ -98,15 +98,24 @@ class Meter:
 
     def settle(self, admission: Admission, usage: Usage) -> Recorded:
         """Record the request under the admission's key, and settle its hold with the real cost."""
+        return self.record(self.settlement(admission, usage))
+
+    def settlement(self, admission: Admission, usage: Usage) -> UsageInput:
+        """What `settle` records, timed now: the gateway journals it, then records it later
+        (`record` or `record_many`), which changes nothing if its request id is already in."""
         if not admission.allowed or admission.key_id is None:
             raise ValueError("only an allowed admission can be settled")
-        u = UsageInput(
+        return UsageInput(
             request_id=usage.request_id, model=admission.requested_model, key=admission.key_id,
             input_tokens=usage.input_tokens, cached_tokens=min(usage.cached_tokens, usage.input_tokens),
             output_tokens=usage.output_tokens, status_code=usage.status_code, latency_ms=usage.latency_ms,
             api=admission.api, stream=usage.stream, reservation=admission.reservation_id, error=usage.error,
             ttfb_ms=usage.ttfb_ms, upstream=usage.upstream, client_request_id=usage.client_request_id,
-            session_id=usage.session_id, usage_estimated=usage.estimated, billed=admission.billed_model)
+            session_id=usage.session_id, usage_estimated=usage.estimated, billed=admission.billed_model,
+            at=self.clock())
+
+    def record(self, u: UsageInput) -> Recorded:
+        """One usage record in its own transaction (a request id seen before changes nothing)."""
         with self._writing:
             return engine.record(self.db, u, now=self.clock())
 
@@ -120,10 +129,11 @@ class Meter:
         with self._writing:
             return engine.release_hold(self.db, res_id, now=self.clock())
 
-    def record_many(self, records: Iterable[UsageInput]) -> ImportReport:
-        """Many usage records in batches (one transaction each), as `usage import` does."""
+    def record_many(self, records: Iterable[UsageInput], *, keep: bool = False) -> ImportReport:
+        """Many usage records in batches (one transaction each), as `usage import` does; with
+        `keep`, the report has each new record's values by position (from 1)."""
         with self._writing:
-            return engine.import_usage(self.db, enumerate(records, 1), now=self.clock())
+            return engine.import_usage(self.db, enumerate(records, 1), now=self.clock(), keep=keep)
 
     # ------------------------------------------------------------ what a gateway asks besides
 

@@ -69,6 +69,25 @@ def check(db: Database) -> list[CheckResult]:
     return results
 
 
+def check_journal(db: Database, directory: Path) -> CheckResult:
+    """Settlements in the gateway's journal that the database does not have (a worker was killed
+    and no worker has started since to replay them)."""
+    from planctl.gateway import journal
+    from planctl.store import meter
+
+    def known(ids: list[str]) -> set[str]:
+        with db.tx(write=False) as tx:
+            return meter.known_request_ids(tx, ids)
+
+    missing, live = journal.unreplayed(directory.expanduser(), known)
+    if not missing:
+        return CheckResult("journal", True, f"nothing to replay in {directory}")
+    detail = f"{missing} settlements in {directory} are not in the database"
+    if live:
+        detail += f" ({live} of them in files of running workers, which are writing them now)"
+    return CheckResult("journal", False, detail + "; start planctl serve to replay them")
+
+
 def ledger_checks(session: Session) -> list[CheckResult]:
     """Every stored balance equals the sum of its ledger entries (SPEC §5 "Ledger").
 

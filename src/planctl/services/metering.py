@@ -1093,6 +1093,7 @@ class ImportReport:
     conflicting: int = 0  # request ids recorded before with other content
     conflicting_lines: list[tuple[int, str]] = field(default_factory=list)
     retried: int = 0  # batches started over after losing a race for a request id (PostgreSQL)
+    values: dict[int, tuple[Any, ...]] | None = None  # line number -> the record's values, when asked for
 
     KEEP = 1_000  # rejected lines kept with their reasons: a file of bad lines must not fill the memory
 
@@ -1111,12 +1112,13 @@ class ImportReport:
 
 
 def import_usage(db: MeterDb, lines: Any, *, now: datetime, batch_size: int = 2_000,
-                 progress: Any = None) -> ImportReport:
+                 progress: Any = None, keep: bool = False) -> ImportReport:
     """Record (line number, UsageInput | error text) pairs in batches, one transaction each.
 
-    A line that cannot be charged is rejected whole and reported; the others go on.
+    A line that cannot be charged is rejected whole and reported; the others go on. With `keep`
+    the report has the values of each new record by line number (the gateway logs them).
     """
-    report = ImportReport()
+    report = ImportReport(values={} if keep else None)
     chunk: list[tuple[int, Any]] = []
     for item in lines:
         chunk.append(item)
@@ -1138,6 +1140,7 @@ class _ChunkOutcome:
     duplicate: int = 0
     rejected: list[tuple[int, str]] = field(default_factory=list)
     conflicting: list[tuple[int, str]] = field(default_factory=list)
+    values: dict[int, tuple[Any, ...]] = field(default_factory=dict)  # line number -> the new record's values
 
 
 def _import_chunk(db: MeterDb, chunk: list[tuple[int, Any]], now: datetime, report: ImportReport) -> None:
@@ -1164,6 +1167,8 @@ def _import_chunk(db: MeterDb, chunk: list[tuple[int, Any]], now: datetime, repo
             report.retried += 1
     report.new += out.new
     report.duplicate += out.duplicate
+    if report.values is not None:
+        report.values.update(out.values)
     report.reject(invalid + out.rejected)
     report.conflict(out.conflicting)
 
@@ -1186,7 +1191,7 @@ def _charge_chunk(batch: _Batch, valid: list[tuple[int, UsageInput]]) -> _ChunkO
                 out.duplicate += 1
             continue
         try:
-            batch.charge(u)  # refuses before it changes anything
+            out.values[number] = batch.charge(u)[0]  # refuses before it changes anything
         except (InvalidInput, NotFound, Refused) as exc:
             out.rejected.append((number, exc.message))
             continue

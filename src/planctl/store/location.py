@@ -88,3 +88,20 @@ def mask_password(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def journal_dir(target: DbTarget, env: Mapping[str, str] = os.environ) -> Path:
+    """Where `planctl serve` journals settlements by default: beside a SQLite file
+    (`planctl.db.journal.d`); for PostgreSQL, one directory per database under PLANCTL_HOME or
+    the user data directory (a journal must never be replayed into another database)."""
+    if target.path is not None:
+        return target.path.with_name(target.path.name + ".journal.d")
+    import hashlib
+
+    if env.get("PLANCTL_HOME"):
+        home = Path(env["PLANCTL_HOME"]).expanduser()
+    else:
+        from platformdirs import user_data_path
+
+        home = user_data_path(APP_NAME)
+    return home / f"journal-{hashlib.sha256(target.url.encode()).hexdigest()[:16]}"

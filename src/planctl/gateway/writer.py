@@ -1,0 +1,111 @@
+"""The settlement writer of one worker: settlements queue here (already in the journal, when there
+is one) and go into the database in the background.
+
+Group commit (the default): whatever queued while the last transaction ran is written in one
+transaction (`Meter.record_many`), so concurrent requests share a commit instead of taking one
+each. Off: one transaction per settlement (`Meter.record`), to compare.
+
+When the database refuses (locked, unreachable), the writer waits and tries again: the
+settlements stay queued, and in the journal, meanwhile. A settlement the database can never take
+(its key was deleted, say) is logged and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from planctl.domain.errors import InvalidInput, NotFound
+from planctl.metering import Meter
+from planctl.services.metering import UsageInput
+
+log = logging.getLogger("planctl.gateway")
+
+BATCH = 500  # settlements in one transaction at most
+RETRY = (0.05, 2.0)  # the first wait after a failed write, and the longest
+
+
+@dataclass
+class Pending:
+    usage: UsageInput
+    done: Callable[[tuple[Any, ...] | None, str | None], None]  # (the record's values, or None; why not)
+
+
+class Writer:
+    def __init__(self, meter: Meter, run: Callable[..., Awaitable[Any]], *, group: bool = True) -> None:
+        self.meter, self.run, self.group = meter, run, group
+        self.queue: list[Pending] = []
+        self.failing = False  # the last write failed: the database is in trouble
+        self._ready = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[Any] | None = None
+
+    @property
+    def backlog(self) -> int:
+        return len(self.queue)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    def put(self, pending: Pending) -> None:
+        self.queue.append(pending)
+        self._idle.clear()
+        self._ready.set()
+
+    async def stop(self, timeout: float) -> int:
+        """Write what is queued (up to `timeout` seconds); what is left (it stays in the journal)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        return len(self.queue)
+
+    async def _loop(self) -> None:
+        wait = RETRY[0]
+        while True:
+            if not self.queue:
+                self._idle.set()
+                self._ready.clear()
+                await self._ready.wait()
+            batch = self.queue[:BATCH if self.group else 1]
+            try:
+                results = await self.run(self._write, [p.usage for p in batch])
+            except Exception as exc:  # the database is in trouble: keep them, try again
+                if not self.failing:
+                    log.error("settlements wait: the database refused them: %s: %s", type(exc).__name__, exc)
+                self.failing = True
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, RETRY[1])
+                continue
+            if self.failing:
+                log.warning("the database takes settlements again")
+            self.failing, wait = False, RETRY[0]
+            del self.queue[:len(batch)]
+            for pending, (values, why) in zip(batch, results):
+                try:
+                    pending.done(values, why)
+                except Exception:  # noqa: BLE001 - a log line must not stop the writer
+                    log.exception("after settling %s", pending.usage.request_id)
+
+    def _write(self, usages: list[UsageInput]) -> list[tuple[tuple[Any, ...] | None, str | None]]:
+        if not self.group:
+            out = []
+            for u in usages:
+                try:
+                    r = self.meter.record(u)
+                except (InvalidInput, NotFound) as exc:
+                    out.append((None, exc.message))
+                    continue
+                out.append((r.values, r.note if r.values is not None else "already recorded"))
+            return out
+        report = self.meter.record_many(usages, keep=True)
+        why = {**dict(report.rejected_lines), **dict(report.conflicting_lines)}
+        return [(report.values.get(n), why.get(n, None if n in report.values else "already recorded"))
+                for n in range(1, len(usages) + 1)]
