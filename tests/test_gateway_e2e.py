@@ -30,7 +30,7 @@ class ServeProcess:
         env = {**os.environ, "FAKE_UPSTREAM_KEY": UP_SECRET}
         self.proc = subprocess.Popen([PLANCTL, "--db", db_url, "serve", "--port", str(self.port), *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # a loaded CI machine starts four workers slowly
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"serve exited {self.proc.returncode}: {self.proc.stderr.read()}")
@@ -40,8 +40,8 @@ class ServeProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        self.stop()
-        raise AssertionError("serve did not start")
+        _code, err = self.stop()
+        raise AssertionError(f"serve did not start: {err[-3000:]}")
 
     @property
     def url(self) -> str:

@@ -1,0 +1,194 @@
+"""No usage lost to a crash: `kill -9` of one of four `planctl serve` workers while its settlements
+are journaled but not yet in the database (the database is held locked by this test meanwhile),
+then a restart. Every request whose stream reached the client is recorded exactly once, no
+balance goes below zero, and `db check` (journal included) is clean. SQLite, and PostgreSQL when
+PLANCTL_TEST_DATABASE_URL is set. Also the journal's own pieces, in process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fake_upstream import FakeUpstream
+from test_gateway import add_upstream, buy, install, records, wait_for
+from test_gateway_e2e import PLANCTL, ServeProcess, up  # noqa: F401 - the fixture
+
+STREAMS = 40
+
+
+@contextlib.contextmanager
+def database_locked(db_url: str) -> Iterator[None]:
+    """Hold the database so that no settlement can be written (reads still work)."""
+    if "://" not in db_url:
+        conn = sqlite3.connect(db_url, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+        return
+    from sqlalchemy import create_engine, text
+
+    from planctl.store.location import resolve_target
+
+    engine = create_engine(resolve_target(db_url).url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("LOCK TABLE usage_records IN EXCLUSIVE MODE"))
+            yield
+            conn.rollback()
+    finally:
+        engine.dispose()
+
+
+async def stream(client: httpx.AsyncClient, secret: str, n: int, started: asyncio.Event | None = None
+                 ) -> tuple[str | None, bool]:
+    """(request id, whether the client saw response.completed)."""
+    body = {"model": "unit", "input": f"request {n}", "stream": True, "max_output_tokens": 100}
+    try:
+        async with client.stream("POST", "/v1/responses", json=body,
+                                 headers={"authorization": f"Bearer {secret}"}) as answer:
+            request_id = answer.headers.get("x-request-id")
+            completed = False
+            async for line in answer.aiter_lines():
+                if started is not None:
+                    started.set()
+                completed = completed or line.startswith("data:") and '"response.completed"' in line
+            return request_id, completed and answer.status_code == 200
+    except httpx.HTTPError:
+        return None, False
+
+
+def journal_lines(directory: Path) -> dict[int, int]:
+    """Lines in the journal by the pid of the worker that wrote them."""
+    out: dict[int, int] = {}
+    for path in directory.glob("*.jsonl"):
+        pid = int(path.name.split("-", 1)[0])
+        out[pid] = out.get(pid, 0) + path.read_bytes().count(b"\n")
+    return out
+
+
+def test_kill_9_of_a_worker_loses_no_usage_that_reached_a_client(db: Any, db_url: str, caller: Any,
+                                                                   up: FakeUpstream, tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    install(db, caller)
+    sub, _key, secret = buy(db, caller)
+    add_upstream(db, caller, "fake", up)
+    up.record, up.deltas, up.event_delay = False, 6, 0.08  # streams of about half a second
+    journal = tmp_path / "journal"
+    serve = ServeProcess(db_url, "--workers", "4", "--journal", str(journal), "--grace", "5")
+    try:
+        async def load() -> tuple[list[tuple[str | None, bool]], int]:
+            async with httpx.AsyncClient(base_url=serve.url, timeout=30,
+                                         limits=httpx.Limits(max_connections=STREAMS)) as client:
+                firsts = [asyncio.Event() for _ in range(STREAMS)]
+                tasks = [asyncio.ensure_future(stream(client, secret, n, firsts[n])) for n in range(STREAMS)]
+                await asyncio.wait_for(asyncio.gather(*(e.wait() for e in firsts)), 20)  # all admitted
+                with database_locked(db_url):  # from here on no settlement reaches the database
+                    done = await asyncio.wait_for(asyncio.gather(*tasks), 20)
+                    lines = await asyncio.to_thread(wait_for, lambda: journal_lines(journal), 5)
+                    victim = max(lines, key=lambda pid: lines[pid])
+                    os.kill(victim, signal.SIGKILL)
+                    await asyncio.sleep(0.3)
+                # more load while the supervisor replaces the worker
+                after = await asyncio.gather(*(stream(client, secret, n) for n in range(STREAMS, STREAMS + 20)))
+                return done + after, lines[victim]
+
+        answers, victim_lines = asyncio.run(load())
+    finally:
+        serve.stop()
+    assert victim_lines > 0  # the killed worker had journaled settlements the database did not have
+    # a restart replays whatever no worker has replayed yet
+    ServeProcess(db_url, "--journal", str(journal)).stop()
+    seen = [rid for rid, completed in answers if completed]
+    assert len(seen) >= STREAMS  # the first wave all completed (journaled, not yet committed)
+    rows = records(db)
+    recorded = [r["request_id"] for r in rows]
+    assert sorted(set(seen) - set(recorded)) == []  # every stream that reached a client: recorded
+    assert len(recorded) == len(set(recorded))  # once
+    with db.read() as session:
+        negative = session.execute(text(
+            "SELECT count(*) FROM subscriptions WHERE credit_granted - credit_used - credit_reserved < 0"
+        )).scalar()
+        used = session.execute(text("SELECT credit_used FROM subscriptions WHERE id = :s"), {"s": sub}).scalar()
+    assert negative == 0 and used == sum(r["charged_plan"] for r in rows)
+    check = subprocess.run([PLANCTL, "--db", db_url, "db", "check", "--journal", str(journal), "--json"],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert '"journal"' in check.stdout and list(journal.glob("*.jsonl")) == []
+
+
+# ---------------------------------------------------------------- the journal's pieces
+
+
+def usage(request_id: str) -> Any:
+    from datetime import datetime, timezone
+
+    from planctl.services.metering import UsageInput
+
+    return UsageInput(request_id=request_id, model="unit", input_tokens=10, output_tokens=5, status_code=200,
+                      key="key_x", at=datetime(2026, 12, 1, 12, tzinfo=timezone.utc), error="x\ny")
+
+
+def test_journal_lines_round_trip_and_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
+    from planctl.gateway import journal
+
+    path = tmp_path / "1-2-3.jsonl"
+    path.write_bytes(journal.encode(usage("r1")) + journal.encode(usage("r2"))[:-9])  # killed mid-write
+    assert journal.read(path) == [usage("r1")]
+
+
+def test_a_live_workers_files_are_not_replayed_a_dead_ones_are_once(tmp_path: Path) -> None:
+    from planctl.gateway import journal
+
+    async def main() -> tuple[Any, Any]:
+        live = journal.Journal(tmp_path)
+        segment = await live.append(usage("live-1"))
+        dead = tmp_path / "99999-1-1.jsonl"  # a file nobody holds: its worker is gone
+        dead.write_bytes(journal.encode(usage("dead-1")) + journal.encode(usage("dead-2")))
+        replayed: list[list[str]] = []
+        count = journal.replay(tmp_path, lambda us: replayed.append([u.request_id for u in us]))
+        assert (count, replayed) == (2, [["dead-1", "dead-2"]]) and not dead.exists()
+        assert journal.unreplayed(tmp_path, lambda ids: set()) == (1, 1)  # in a live worker's file
+        assert journal.unreplayed(tmp_path, set) == (0, 0)  # all of it known
+        live.done(segment)
+        live.close()  # all of it in the database: the file goes
+        return journal.files(tmp_path), journal.unreplayed(tmp_path, set)
+
+    assert asyncio.run(main()) == ([], (0, 0))
+
+
+def test_journal_flushes_concurrent_appends_in_groups(tmp_path: Path) -> None:
+    from planctl.gateway import journal
+
+    async def main() -> int:
+        j = journal.Journal(tmp_path)
+        calls = 0
+        write = j._write
+
+        def counting(lines: list[bytes]) -> Any:
+            nonlocal calls
+            calls += 1
+            time.sleep(0.01)
+            return write(lines)
+
+        j._write = counting  # type: ignore[method-assign]
+        await asyncio.gather(*(j.append(usage(f"r{n}")) for n in range(200)))
+        assert len(journal.read(journal.files(tmp_path)[0])) == 200
+        j.close()
+        return calls
+
+    assert asyncio.run(main()) <= 3  # 200 settlements, not 200 fsyncs
