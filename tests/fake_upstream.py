@@ -59,6 +59,7 @@ class FakeUpstream:
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
     _server: Any = field(default=None, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
+    _open: set[Any] = field(default_factory=set, repr=False)
 
     @property
     def base_url(self) -> str:
@@ -93,6 +94,20 @@ class FakeUpstream:
         self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(10)
+        self._loop = None
+
+    def kill(self) -> None:
+        """Die as a crashed server does: stop listening and cut every open connection."""
+        if self._loop is None:
+            return
+
+        async def cut() -> None:
+            self._server.close()
+            for writer in list(self._open):
+                writer.transport.abort()
+
+        asyncio.run_coroutine_threadsafe(cut(), self._loop).result(10)
+        self.stop()
 
     async def _start(self) -> None:
         self._server = await asyncio.start_server(self._connection, self.host, self.port, backlog=1024)
@@ -104,6 +119,7 @@ class FakeUpstream:
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._open.add(writer)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -122,6 +138,7 @@ class FakeUpstream:
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
         finally:
+            self._open.discard(writer)
             try:
                 writer.close()
             except Exception:  # noqa: BLE001

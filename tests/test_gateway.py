@@ -313,15 +313,17 @@ def test_failover_to_the_next_upstream_before_the_first_byte(db: Any, caller: An
         add_upstream(db, caller, "second", second, priority=1)
         server, thread, port = serve(db, up)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=secret, max_retries=0)
-        up.fail = [503, 429]
+        up.fail, up.retry_after = [503, 429], "1"
         client.responses.create(model="unit", input="a")  # 503 from first → second
         with client.responses.create(model="unit", input="b", stream=True) as stream:  # 429 → second
             assert [e.type for e in stream][-1] == "response.completed"
-        client.responses.create(model="unit", input="c")  # first is fine again
-        rows = wait_for(lambda: len(r := records(db)) == 3 and r)
-        assert [r["upstream"] for r in rows] == ["second", "second", "first"]
-        assert (len(up.requests), len(second.requests)) == (3, 2)
-        assert ledger_of(db, sub) == (3 * cost(2_000, 1_500, 300), 0)
+        client.responses.create(model="unit", input="c")  # first cools down for its Retry-After
+        time.sleep(1.1)
+        client.responses.create(model="unit", input="d")  # first is fine again
+        rows = wait_for(lambda: len(r := records(db)) == 4 and r)
+        assert [r["upstream"] for r in rows] == ["second", "second", "second", "first"]
+        assert (len(up.requests), len(second.requests)) == (3, 3)
+        assert ledger_of(db, sub) == (4 * cost(2_000, 1_500, 300), 0)
         server.should_exit = True
         thread.join(30)
     finally:
@@ -441,11 +443,16 @@ def test_a_drain_that_times_out_settles_an_estimate(db: Any, caller: Any, up: Fa
 
 
 def test_when_every_upstream_fails_the_client_gets_its_error_and_when_to_retry(gw: Served) -> None:
-    gw.up.fail, gw.up.retry_after = [429], "7"
+    gw.up.fail, gw.up.retry_after = [429], "2"
     with pytest.raises(openai.RateLimitError) as limited:
         gw.client().responses.create(model="unit", input="x")
-    assert limited.value.response.headers["retry-after"] == "7"
+    assert limited.value.response.headers["retry-after"] == "2"
     assert limited.value.message.endswith("fake upstream failure 429")
+    with pytest.raises(openai.RateLimitError) as resting:  # the only upstream cools down: not even tried
+        gw.client().responses.create(model="unit", input="x")
+    assert resting.value.code == "upstreams_resting" and 1 <= int(resting.value.response.headers["retry-after"]) <= 2
+    assert len(gw.up.requests) == 1
+    time.sleep(2.1)
     gw.up.fail, gw.up.retry_after = [400], None
     with pytest.raises(openai.BadRequestError):
         gw.client().responses.create(model="unit", input="x", stream=True)

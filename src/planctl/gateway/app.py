@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -63,6 +64,8 @@ async def forward(request: Request, call: Call, body: dict[str, Any], path: str,
     assert adm is not None
     out = upstream_body(body) if upstream_body else body
     out["model"] = adm.billed_model
+    key = out.get("prompt_cache_key")
+    call.affinity = key if isinstance(key, str) and key else call.session_id
     opened = await gw.open(call, path, orjson.dumps(out), upstream_api=upstream_api)
     if isinstance(opened, ErrorAnswer):
         return render(opened, call)
@@ -139,7 +142,9 @@ async def healthz(request: Request) -> Response:
         database = "ok"
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         database = f"error: {type(exc).__name__}"
-    ups = [{"name": r.name, "healthy": r.healthy} for r in gw.routes]
+    now = time.monotonic()
+    ups = [{"name": r.name, "healthy": r.healthy and r.health.state != "disabled", **r.health.view(now)}
+           for r in gw.routes]
     ok = database == "ok" and any(u["healthy"] for u in ups)
     return json_response({"status": "ok" if ok else "degraded", "database": database, "upstreams": ups},
                          200 if ok else 503, call.request_id)

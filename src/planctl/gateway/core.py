@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ import httpx
 from planctl.domain.ids import short_id
 from planctl.gateway import errors, estimate
 from planctl.gateway.errors import ErrorAnswer
+from planctl.gateway.health import quota_gone
 from planctl.gateway.journal import Journal
 from planctl.gateway.sse import Events, Tokens
 from planctl.gateway.upstream import Route, candidates, make_client
@@ -62,6 +64,7 @@ class Call:
     session_id: str | None = None
     upstream: str | None = None
     ttfb_ms: int | None = None
+    affinity: str | None = None  # keeps a conversation on one upstream (prompt_cache_key or session id)
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)
@@ -176,10 +179,13 @@ class Gateway:
             except Exception as exc:  # keep the last good list
                 log.warning("could not reload upstreams: %s", exc)
                 continue
-            unhealthy = {r.name for r in self.routes if not r.healthy}
+            known = {r.name: r for r in self.routes}
             for route in fresh:
-                if route.name in unhealthy:
-                    route.healthy = False
+                if route.name in known:  # what this worker learnt of it stays
+                    route.health = known[route.name].health
+                    route.healthy = route.healthy and known[route.name].healthy
+                    if route.healthy and route.health.state == "disabled":  # an operator enabled it again
+                        route.health.state, route.health.reason = "healthy", None
             self.routes = fresh
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -232,22 +238,37 @@ class Gateway:
         last: httpx.Response | None = None
         last_route: Route | None = None
         auth_failure: tuple[Route, int] | None = None
-        for route in candidates(self.routes, adm.billed_model, upstream_api or call.api):
+        for route in candidates(self.routes, adm.billed_model, upstream_api or call.api, affinity=call.affinity):
+            health = route.health
             headers = {"authorization": f"Bearer {route.secret}", "content-type": "application/json",
                        "accept": "text/event-stream" if call.stream else "application/json",
                        "accept-encoding": "identity", "x-request-id": call.request_id, **(extra_headers or {})}
             request = self.client.build_request("POST", route.base_url + path, content=payload, headers=headers)
+            health.sent()
+            began = time.monotonic()
             try:
                 response = await self.client.send(request, stream=True)
             except httpx.HTTPError as exc:
+                health.failed(time.monotonic(), f"{type(exc).__name__}")
                 tried.append(f"{route.name}: {type(exc).__name__}")
                 continue
-            if response.status_code in (401, 403):
+            status = response.status_code
+            if status in (401, 403):
                 await response.aclose()
-                auth_failure = (route, response.status_code)
-                self._unhealthy(route, f"HTTP {response.status_code}: the upstream refused its credentials")
-                tried.append(f"{route.name}: HTTP {response.status_code}")
+                auth_failure = (route, status)
+                self._unhealthy(route, f"HTTP {status}: the upstream refused its credentials")
+                tried.append(f"{route.name}: HTTP {status}")
                 continue
+            if status == 429 or status >= 500:
+                body = await _small_body(response)
+                if quota_gone(status, body):
+                    self._unhealthy(route, f"HTTP {status}: the upstream's own quota is gone")
+                elif status == 429:
+                    health.limited(time.monotonic(), response.headers.get("retry-after"))
+                else:
+                    health.failed(time.monotonic(), f"HTTP {status}")
+            else:
+                health.succeeded(time.monotonic(), time.monotonic() - began)
             if response.status_code in FAILOVER_STATUSES:
                 if last is not None:
                     await last.aclose()
@@ -268,11 +289,16 @@ class Gateway:
             return answer
         await self.release(call, "no upstream reached")
         if not tried:
-            return errors.no_upstream(adm.billed_model, upstream_api or call.api)
+            api = upstream_api or call.api
+            resting = [r.health.until for r in self.routes if r.healthy and r.serves(adm.billed_model, api)]
+            if resting:  # they all cool down or have their circuit open: say when to come back
+                return errors.upstreams_resting(max(1, math.ceil(min(resting) - time.monotonic())))
+            return errors.no_upstream(adm.billed_model, api)
         return errors.upstream_unreachable("; ".join(tried))
 
     def _unhealthy(self, route: Route, why: str) -> None:
         route.healthy, route.error = False, why
+        route.health.disable(why)
         log.error("upstream %s marked unhealthy: %s", route.name, why)
         from planctl.services.upstreams import mark_health
 
@@ -448,6 +474,14 @@ class Relay:
                 self.client_left()
                 self.queue.put_nowait(None)
                 return
+
+
+async def _small_body(response: httpx.Response) -> bytes:
+    """An error answer's body (kept on the response for whoever relays it); a broken one is empty."""
+    try:
+        return await response.aread()
+    except httpx.HTTPError:
+        return b""
 
 
 def routes_from_db(db: Any) -> list[Route]:

@@ -97,6 +97,13 @@ def no_upstream(model: str, api: str) -> ErrorAnswer:
                  "(planctl upstreams add)", "server_error", "no_upstream")
 
 
+def upstreams_resting(retry_after: int) -> ErrorAnswer:
+    answer = error(429, f"every upstream for this model is cooling down or failing: try again in {retry_after} s",
+                   "rate_limit_error", "upstreams_resting")
+    answer.headers["Retry-After"] = str(retry_after)
+    return answer
+
+
 def upstream_auth(name: str, status: int) -> ErrorAnswer:
     return error(502, f"the gateway's upstream {name!r} refused the operator's credentials (HTTP {status}): "
                  "this is the operator's fault, not yours; the upstream is marked unhealthy",
