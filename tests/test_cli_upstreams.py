@@ -20,7 +20,8 @@ def test_add_list_show_edit_disable_enable_remove(cli: Any, db_url: str, monkeyp
     assert added == {"name": "openai", "base_url": "https://api.example.com/v1", "key_env": "OPENAI_KEY",
                      "key_file": None, "secret_from": "env:OPENAI_KEY", "models": ["gpt-5*", "unit"],
                      "apis": ["responses"], "priority": 2, "weight": 3, "enabled": True, "healthy": True,
-                     "last_error": None, "checked_at": None}
+                     "last_error": None, "checked_at": None,
+                     "state": "no reports", "error_rate": None, "latency_ms": None, "workers": 0}
     cli.ok("upstreams", "add", "backup", "--base-url", "http://127.0.0.1:9/v1", "--key-file", "/etc/key")
     assert [u["name"] for u in cli.json("upstreams", "list")] == ["backup", "openai"]  # the order they are tried
     edited = cli.json("upstreams", "edit", "openai", "--priority", "0", "--api", "responses,chat")

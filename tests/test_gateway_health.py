@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from fake_upstream import FakeUpstream
-from test_gateway import UP_SECRET, add_upstream, buy, install, ledger_of, records, serve, up, wait_for  # noqa: F401
+from test_gateway import UP_SECRET, add_upstream, buy, install, ledger_of, now, records, serve, up, wait_for  # noqa: F401
 
 
 def test_429_cools_down_for_retry_after_capped_then_ramps_back() -> None:
@@ -90,9 +90,11 @@ def test_weights_still_share_without_affinity() -> None:
 
 def test_an_upstream_killed_mid_load_fails_over_shows_open_and_recovers(
         db: Any, caller: Any, up: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
-    from planctl.gateway import health
+    from planctl.gateway import core, health
+    from planctl.services import upstreams
 
     monkeypatch.setattr(health, "OPEN_FOR", 0.5)
+    monkeypatch.setattr(core, "ROUTES_REFRESH", 0.2)  # workers report to the database this often
     install(db, caller)
     sub, _key, secret = buy(db, caller)
     other = FakeUpstream(key=UP_SECRET).start()
@@ -128,6 +130,8 @@ def test_an_upstream_killed_mid_load_fails_over_shows_open_and_recovers(
         view = {u["name"]: u for u in httpx.get(base + "/healthz").json()["upstreams"]}
         assert view["a"]["state"] in ("open", "half_open") and view["a"]["error_rate"] > 0
         assert view["b"]["state"] == "healthy" and view["b"]["latency_ms"] is not None
+        listed = wait_for(lambda: (r := upstreams.health_summary(upstreams.get(db, "a"), now()))["error_rate"] and r)
+        assert listed["state"] in ("open", "half_open") and listed["workers"] == 1  # what upstreams list shows
         revived = FakeUpstream(key=UP_SECRET, port=up.port).start()  # back on its port
 
         def recovered() -> bool:
@@ -148,3 +152,25 @@ def test_an_upstream_killed_mid_load_fails_over_shows_open_and_recovers(
         other.stop()
         if revived is not None:
             revived.stop()
+
+
+def test_upstreams_list_merges_the_fresh_reports_of_every_worker() -> None:
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from planctl.services.upstreams import REPORT_FRESH, health_summary
+
+    at = now()
+
+    def report(state: str, rate: float | None, latency: int | None, age: float = 0) -> dict[str, Any]:
+        return {"state": state, "error_rate": rate, "latency_ms": latency,
+                "at": (at - timedelta(seconds=age)).isoformat()}
+
+    row = SimpleNamespace(enabled=True, healthy=True, reports={
+        "h:1": report("healthy", 0.0, 100), "h:2": report("cooldown", 0.2, 300), "h:3": report("healthy", 0.1, 200),
+        "h:4": report("open", 1.0, 900, age=REPORT_FRESH + 1)})  # gone quiet: not counted
+    assert health_summary(row, at) == {"state": "cooldown", "error_rate": 0.2, "latency_ms": 200, "workers": 3}
+    row.healthy = False
+    assert health_summary(row, at)["state"] == "disabled"
+    row.enabled = False
+    assert health_summary(row, at)["state"] == "off"

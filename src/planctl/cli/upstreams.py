@@ -14,6 +14,7 @@ app = typer.Typer(help="Upstreams the gateway forwards to (their secrets stay in
 COLUMNS = (Column("name"), Column("base_url", "Base URL"), Column("secret_from", "Secret from"),
            Column("models", kind="list"), Column("apis", "APIs", "list"), Column("priority", kind="int"),
            Column("weight", kind="int"), Column("enabled", kind="bool"), Column("healthy", kind="bool"),
+           Column("state"), Column("error_rate", "Errors", "float"), Column("latency_ms", "Latency ms", "int"),
            Column("last_error", "Last error"))
 
 Name = Annotated[str, typer.Argument(help="The upstream's name, e.g. openai-main.")]
@@ -28,14 +29,17 @@ Weight = Annotated[Optional[int], typer.Option("--weight", help="Share within it
 
 
 def upstream_json(row: Any) -> dict[str, Any]:
+    from datetime import datetime, timezone
+
     from planctl.domain.clock import iso
-    from planctl.services.upstreams import split_apis
+    from planctl.services.upstreams import health_summary, split_apis
 
     return {"name": row.name, "base_url": row.base_url, "key_env": row.key_env, "key_file": row.key_file,
             "secret_from": f"env:{row.key_env}" if row.key_env else f"file:{row.key_file}",
             "models": list(row.models), "apis": split_apis(row.apis), "priority": row.priority,
             "weight": row.weight, "enabled": row.enabled, "healthy": row.healthy, "last_error": row.last_error,
-            "checked_at": row.checked_at and iso(row.checked_at)}
+            "checked_at": row.checked_at and iso(row.checked_at),
+            **health_summary(row, datetime.now(timezone.utc))}
 
 
 def _spec(base_url: Optional[str], key_env: Optional[str], key_file: Optional[str], models: Optional[list[str]],

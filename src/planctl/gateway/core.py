@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +36,7 @@ from planctl.store.meter import USAGE_COLUMNS
 log = logging.getLogger("planctl.gateway")
 
 USAGE_COST = USAGE_COLUMNS.index("cost")
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 FAILOVER_STATUSES = frozenset({429, 500, 502, 503, 504})
 ROUTES_REFRESH = 10.0  # seconds between reloads of the upstream list (edits by other processes)
 
@@ -129,6 +132,7 @@ class Gateway:
             self.journal = Journal(self.settings.journal)
             await self.replay()  # what killed workers journaled and the database does not have
         self.routes = await self.call(self.load_routes)
+        await self.report()
         self._refresher = asyncio.get_running_loop().create_task(self._refresh())
 
     async def stop(self) -> None:
@@ -183,10 +187,21 @@ class Gateway:
             for route in fresh:
                 if route.name in known:  # what this worker learnt of it stays
                     route.health = known[route.name].health
-                    route.healthy = route.healthy and known[route.name].healthy
                     if route.healthy and route.health.state == "disabled":  # an operator enabled it again
                         route.health.state, route.health.reason = "healthy", None
             self.routes = fresh
+            await self.report()
+
+    async def report(self) -> None:
+        """Tell the database how this worker sees each upstream (`planctl upstreams list`)."""
+        from planctl.services.upstreams import report_health
+
+        now = time.monotonic()
+        views = {r.name: r.health.view(now) for r in self.routes}
+        try:
+            await self.call(lambda: report_health(self.meter.db, WORKER, views, now=_now()))
+        except Exception as exc:  # noqa: BLE001 - a report is not worth failing for
+            log.warning("could not report upstream health: %s", exc)
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run blocking work (metering, the database) on the metering threads."""

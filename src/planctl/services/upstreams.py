@@ -142,6 +142,39 @@ def mark_health(db: Database, name: str, healthy: bool, error: str | None, *, no
             session.add(row)
 
 
+REPORT_FRESH = 60  # seconds a worker's report counts (workers report every ROUTES_REFRESH)
+_WORST = ("healthy", "cooldown", "half_open", "open", "disabled")
+
+
+def report_health(db: Database, worker: str, views: dict[str, dict[str, Any]], *, now: datetime) -> None:
+    """A gateway worker's view of each upstream (health.Health.view), kept per worker; reports of
+    workers gone quiet are dropped."""
+    with db.write() as session:
+        for row in session.execute(select(Upstream).where(Upstream.name.in_(list(views)))
+                                   .with_for_update()).scalars():
+            kept = {w: r for w, r in (row.reports or {}).items()
+                    if w != worker and (now - datetime.fromisoformat(r["at"])).total_seconds() < 5 * REPORT_FRESH}
+            row.reports = {**kept, worker: {**views[row.name], "at": now.isoformat()}}
+            session.add(row)
+
+
+def health_summary(row: Any, now: datetime) -> dict[str, Any]:
+    """The fresh reports of the gateway workers merged: the worst state, the highest error rate,
+    the median latency; without fresh reports, what the database knows."""
+    fresh = [r for r in (row.reports or {}).values()
+             if (now - datetime.fromisoformat(r["at"])).total_seconds() < REPORT_FRESH]
+    if not row.enabled or not row.healthy:
+        state = "off" if not row.enabled else "disabled"
+    elif fresh:
+        state = max((r.get("state") or "healthy" for r in fresh), key=lambda s: _WORST.index(s) if s in _WORST else 0)
+    else:
+        state = "no reports"
+    rates = [r["error_rate"] for r in fresh if r.get("error_rate") is not None]
+    latencies = sorted(r["latency_ms"] for r in fresh if r.get("latency_ms") is not None)
+    return {"state": state, "error_rate": max(rates) if rates else None,
+            "latency_ms": latencies[len(latencies) // 2] if latencies else None, "workers": len(fresh)}
+
+
 def probe(db: Database, name: str, *, model: str | None, now: datetime) -> dict[str, Any]:
     """One tiny request to the upstream: its status and latency; records its health."""
     import time

@@ -14,7 +14,7 @@ from planctl.domain.errors import InvalidInput
 APP_NAME = "planctl"
 DB_FILE = "planctl.db"
 CREATED_ON_FIRST_USE = ("default", "PLANCTL_HOME")  # sources planctl picks itself: no typo possible
-SCHEMA_VERSION = 6  # the latest migration (store/migrations.py checks it); read without importing the ORM
+SCHEMA_VERSION = 7  # the latest migration (store/migrations.py checks it); read without importing the ORM
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,13 @@ def m006_versions_per_term(conn: Connection) -> None:
     SQLModel.metadata.create_all(conn, tables=[SQLModel.metadata.tables["subscription_terms"]])
 
 
+def m007_upstream_reports(conn: Connection) -> None:
+    """What each gateway worker sees of each upstream (state, error rate, latency), for
+    `planctl upstreams list`."""
+    if "reports" not in {c["name"] for c in inspect(conn).get_columns("upstreams")}:  # m005 may have made it
+        conn.execute(text("ALTER TABLE upstreams ADD COLUMN reports JSON"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", m001_initial),
     Migration(2, "sales and metering", m002_sales_and_metering),
@@ -97,6 +104,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "fewer usage indexes", m004_fewer_usage_indexes),
     Migration(5, "gateway", m005_gateway),
     Migration(6, "plan versions per term", m006_versions_per_term),
+    Migration(7, "upstream reports", m007_upstream_reports),
 )
 LATEST = MIGRATIONS[-1].version
 assert LATEST == SCHEMA_VERSION, "update SCHEMA_VERSION in store/location.py with each migration"
