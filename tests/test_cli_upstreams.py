@@ -81,4 +81,7 @@ def test_serve_refuses_bad_options_before_starting(cli: Any, db_url: str) -> Non
         (("serve", "--port", "70000"), 2, "--port 1-65535"),
         (("serve", "--default-output-tokens", "0"), 2, "--default-output-tokens"),
         (("serve", "--max-reserve", "0"), 2, None, "credit"),
+        (("serve", "--max-body-mib", "0"), 2, "--max-body-mib"),
+        (("serve", "--max-concurrent-per-key", "-1"), 2, "--max-concurrent-per-key"),
+        (("serve", "--journal", "/tmp/j", "--no-journal"), 2, "--no-journal"),
     ])

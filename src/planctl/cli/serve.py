@@ -25,6 +25,13 @@ def serve(
              "directory for PostgreSQL).")] = None,
     no_journal: Annotated[bool, typer.Option(
         "--no-journal", help="Settle without a journal: a killed worker loses the usage it had not written.")] = False,
+    max_body_mib: Annotated[int, typer.Option(
+        "--max-body-mib", help="Largest request body in MiB (bigger ones get 413).")] = 32,
+    body_timeout: Annotated[float, typer.Option(
+        "--body-timeout", help="Seconds a client may take to send its request body (then 408).")] = 30.0,
+    max_concurrent_per_key: Annotated[int, typer.Option(
+        "--max-concurrent-per-key", help="Requests of one key in progress at once, per worker (then 429; "
+        "0: no limit).")] = 0,
     group_commit: Annotated[bool, typer.Option(
         "--group-commit/--no-group-commit", help="Write concurrent settlements in shared transactions.")] = True,
 ) -> None:
@@ -47,6 +54,8 @@ def serve(
         raise InvalidInput("--workers must be ≥ 1, --port 1-65535 and --grace ≥ 0")
     if default_output < 1:
         raise InvalidInput("--default-output-tokens must be ≥ 1")
+    if max_body_mib < 1 or body_timeout <= 0 or max_concurrent_per_key < 0:
+        raise InvalidInput("--max-body-mib must be ≥ 1, --body-timeout > 0 and --max-concurrent-per-key ≥ 0")
     reserve = parse_credit(max_reserve, allow_zero=False)
     if journal is not None and no_journal:
         raise InvalidInput("give --journal DIR or --no-journal, not both")
@@ -69,6 +78,9 @@ def serve(
         "PLANCTL_GATEWAY_GRACE": str(grace),
         "PLANCTL_GATEWAY_JOURNAL": "" if no_journal else str(journal),
         "PLANCTL_GATEWAY_GROUP_COMMIT": "1" if group_commit else "0",
+        "PLANCTL_GATEWAY_MAX_BODY": str(max_body_mib * 1024 * 1024),
+        "PLANCTL_GATEWAY_BODY_TIMEOUT": str(body_timeout),
+        "PLANCTL_GATEWAY_MAX_CONCURRENT_PER_KEY": str(max_concurrent_per_key),
     })
     from planctl.gateway.server import run
 

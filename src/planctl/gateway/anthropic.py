@@ -655,7 +655,8 @@ def refusal_answer(status: int, message: str, *, retry_after: int | None = None)
 
 
 # The codes of the gateway's own errors (errors.py); any other non-refusal is an upstream's own error.
-GATEWAY_CODES = frozenset({"invalid_request", "no_upstream", "upstream_auth_failed", "upstream_unreachable"})
+GATEWAY_CODES = frozenset({"invalid_request", "no_upstream", "upstream_auth_failed", "upstream_unreachable",
+                           "upstreams_resting", "too_many_concurrent_requests"})
 
 
 def from_openai(answer: ErrorAnswer, request: Any = None) -> ErrorAnswer:
@@ -669,7 +670,7 @@ def from_openai(answer: ErrorAnswer, request: Any = None) -> ErrorAnswer:
     if error.get("reason"):
         return refusal_answer(answer.status, message, retry_after=retry_after)
     if error.get("code") in GATEWAY_CODES:
-        return error_answer(answer.status, message)
+        return error_answer(answer.status, message, retry_after=retry_after)
     return upstream_answer(answer.status, answer.body, request, retry_after=retry_after)
 
 

@@ -8,6 +8,7 @@ the billed model; Chat streams also ask for usage), relay or read the answer, se
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -43,6 +44,31 @@ def openai_error(answer: ErrorAnswer, call: Call) -> Response:
     return json_response(answer.body, answer.status, call.request_id, answer.headers)
 
 
+async def read_body(request: Request) -> bytes:
+    """The request's body, refused with 413 past the size limit (by its Content-Length before a
+    byte is read) and 408 when the client is too slow sending it; `_http_error` words both in the
+    route's error format."""
+    s: Settings = request.app.state.gateway.settings
+    size = request.headers.get("content-length")
+    if size and size.isdigit() and int(size) > s.max_body:
+        raise HTTPException(413, f"the body is over the gateway's limit of {s.max_body} bytes")
+    chunks: list[bytes] = []
+
+    async def read() -> None:
+        total = 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > s.max_body:
+                raise HTTPException(413, f"the body is over the gateway's limit of {s.max_body} bytes")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), s.body_timeout)
+    except asyncio.TimeoutError:
+        raise HTTPException(408, f"the body did not arrive within {s.body_timeout:g} s") from None
+    return b"".join(chunks)
+
+
 async def forward(request: Request, call: Call, body: dict[str, Any], path: str, *,
                   reader: Callable[[Call], Any], read_usage: Callable[[Any], Tokens | None],
                   render: Callable[[ErrorAnswer, Call], Response] = openai_error,
@@ -60,6 +86,18 @@ async def forward(request: Request, call: Call, body: dict[str, Any], path: str,
     refusal = await gw.admit(call, secret_of(request.headers), body.get("model"), body)
     if refusal is not None:
         return render(refusal, call)
+    try:
+        return await _forward(gw, call, body, path, reader=reader, read_usage=read_usage, render=render,
+                              upstream_body=upstream_body, upstream_api=upstream_api, answer_body=answer_body)
+    except BaseException:  # nothing reached the upstream's settlement: give the hold back now
+        await asyncio.shield(gw.release(call, "the gateway failed"))
+        raise
+
+
+async def _forward(gw: Gateway, call: Call, body: dict[str, Any], path: str, *, reader: Callable[[Call], Any],
+                   read_usage: Callable[[Any], Tokens | None], render: Callable[[ErrorAnswer, Call], Response],
+                   upstream_body: Callable[[dict[str, Any]], dict[str, Any]] | None, upstream_api: str | None,
+                   answer_body: Callable[[bytes], bytes] | None) -> Any:
     adm = call.admission
     assert adm is not None
     out = upstream_body(body) if upstream_body else body
@@ -82,7 +120,7 @@ async def forward(request: Request, call: Call, body: dict[str, Any], path: str,
 
 
 async def parse(request: Request, api: str) -> tuple[Call, dict[str, Any]] | Response:
-    raw = await request.body()
+    raw = await read_body(request)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -160,7 +198,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     kind = "invalid_request_error" if status < 500 else "server_error"
     text = f"{request.method} {request.url.path}: " + ("not found" if status == 404 else
-                                                     "method not allowed" if status == 405 else "internal error")
+                                                     "method not allowed" if status == 405 else
+                                                     exc.detail if isinstance(exc, HTTPException) and status < 500
+                                                     else "internal error")
     if status >= 500:
         log.error("%s failed: %s", request.url.path, type(exc).__name__)
     if request.url.path.startswith("/v1/messages"):  # the Claude API's own error format
@@ -208,6 +248,8 @@ def settings_from_env() -> Settings:
     for name, attr, kind in (("MAX_RESERVE", "max_reserve", int), ("DEFAULT_OUTPUT_TOKENS", "default_output_tokens", int),
                              ("DRAIN_TIMEOUT", "drain_timeout", float), ("GRACE", "grace", float),
                              ("THREADS", "threads", int), ("JOURNAL", "journal", str),
+                             ("MAX_BODY", "max_body", int), ("BODY_TIMEOUT", "body_timeout", float),
+                             ("MAX_CONCURRENT_PER_KEY", "max_concurrent_per_key", int),
                              ("GROUP_COMMIT", "group_commit", lambda v: v == "1")):
         value = os.environ.get(f"PLANCTL_GATEWAY_{name}")
         if value:

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from planctl.gateway import anthropic, errors
-from planctl.gateway.app import forward, json_response
+from planctl.gateway.app import forward, json_response, read_body
 from planctl.gateway.core import Call, new_call, secret_of
 from planctl.gateway.errors import ErrorAnswer
 from planctl.gateway.sse import ResponsesStream, data_of, responses_usage
@@ -77,7 +77,7 @@ def anthropic_error(answer: ErrorAnswer, call: Call) -> Response:
 
 
 async def messages(request: Request) -> Any:
-    raw = await request.body()
+    raw = await read_body(request)
     call = new_call(request.headers, "claude", False, len(raw))
     try:
         req = orjson.loads(raw)
@@ -108,7 +108,7 @@ async def messages(request: Request) -> Any:
 
 async def count_tokens(request: Request) -> Response:
     gw = request.app.state.gateway
-    raw = await request.body()
+    raw = await read_body(request)
     call = new_call(request.headers, "claude", False, len(raw))
     secret = secret_of(request.headers)
     if secret is None or await gw.call(gw.meter.models, secret) is None:

@@ -50,6 +50,9 @@ class Settings:
     threads: int = 8  # metering threads
     grace: float = 30.0  # shutdown: how long in-flight requests may still finish
     journal: str | None = None  # the settlement journal's directory (None: no journal)
+    max_body: int = 32 * 1024 * 1024  # bytes of a request body (Anthropic's documented limit)
+    body_timeout: float = 30.0  # seconds a client may take to send its body
+    max_concurrent_per_key: int = 0  # requests of one key in progress in this worker (0: no limit)
     group_commit: bool = True  # settlements queued together share one transaction
 
 
@@ -68,6 +71,7 @@ class Call:
     upstream: str | None = None
     ttfb_ms: int | None = None
     affinity: str | None = None  # keeps a conversation on one upstream (prompt_cache_key or session id)
+    counted: str | None = None  # the key id counted in flight, until the call ends
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)
@@ -119,6 +123,7 @@ class Gateway:
         self.pending: set[asyncio.Task[Any]] = set()
         self.draining = 0
         self.journal: Journal | None = None
+        self.in_flight: dict[str, int] = {}  # requests in progress by key id
         self.writer: Writer | None = None
         self._refresher: asyncio.Task[Any] | None = None
 
@@ -237,7 +242,26 @@ class Gateway:
             answer = errors.refusal(adm.reason or "denied", adm.message, adm.next_reset, _now())
             _log_request(call, answer.status, f"refused: {adm.reason}", key_id=adm.key_id, reason=adm.reason)
             return answer
+        assert adm.key_id is not None
+        limit, busy = s.max_concurrent_per_key, self.in_flight.get(adm.key_id, 0)
+        if limit and busy >= limit:
+            await self.release(call, "too many concurrent requests")
+            answer = errors.too_many_concurrent(limit)
+            _log_request(call, 429, "refused: too many concurrent requests", key_id=adm.key_id)
+            return answer
+        self.in_flight[adm.key_id] = busy + 1
+        call.counted = adm.key_id
         return None
+
+    def ended(self, call: Call) -> None:
+        """The call holds no more of its key's concurrency (once)."""
+        key, call.counted = call.counted, None
+        if key is not None:
+            left = self.in_flight.get(key, 1) - 1
+            if left > 0:
+                self.in_flight[key] = left
+            else:
+                self.in_flight.pop(key, None)
 
     # ------------------------------------------------------------ forwarding
 
@@ -329,6 +353,7 @@ class Gateway:
         adm = call.admission
         if adm is None or not adm.allowed:
             return
+        self.ended(call)
         if tokens is None and estimated:
             tokens = Tokens(estimate.input_tokens(call.body_size), 0, output_estimate)
         tokens = tokens or Tokens()
@@ -360,6 +385,7 @@ class Gateway:
         self.writer.put(Pending(u, done))
 
     async def release(self, call: Call, reason: str) -> None:
+        self.ended(call)
         adm = call.admission
         if adm is not None and adm.reservation_id:
             try:

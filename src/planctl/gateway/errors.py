@@ -97,6 +97,13 @@ def no_upstream(model: str, api: str) -> ErrorAnswer:
                  "(planctl upstreams add)", "server_error", "no_upstream")
 
 
+def too_many_concurrent(limit: int) -> ErrorAnswer:
+    answer = error(429, f"this key already has {limit} requests in progress here: wait for one to finish",
+                   "rate_limit_error", "too_many_concurrent_requests")
+    answer.headers["Retry-After"] = "1"
+    return answer
+
+
 def upstreams_resting(retry_after: int) -> ErrorAnswer:
     answer = error(429, f"every upstream for this model is cooling down or failing: try again in {retry_after} s",
                    "rate_limit_error", "upstreams_resting")
