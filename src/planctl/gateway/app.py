@@ -250,6 +250,7 @@ def settings_from_env() -> Settings:
                              ("THREADS", "threads", int), ("JOURNAL", "journal", str),
                              ("MAX_BODY", "max_body", int), ("BODY_TIMEOUT", "body_timeout", float),
                              ("MAX_CONCURRENT_PER_KEY", "max_concurrent_per_key", int),
+                             ("ADMIT_TIMEOUT", "admit_timeout", float),
                              ("GROUP_COMMIT", "group_commit", lambda v: v == "1")):
         value = os.environ.get(f"PLANCTL_GATEWAY_{name}")
         if value:

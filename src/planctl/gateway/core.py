@@ -53,6 +53,7 @@ class Settings:
     max_body: int = 32 * 1024 * 1024  # bytes of a request body (Anthropic's documented limit)
     body_timeout: float = 30.0  # seconds a client may take to send its body
     max_concurrent_per_key: int = 0  # requests of one key in progress in this worker (0: no limit)
+    admit_timeout: float = 5.0  # seconds admission may wait for the database before answering 503
     group_commit: bool = True  # settlements queued together share one transaction
 
 
@@ -232,8 +233,13 @@ class Gateway:
                                     output_tokens=output)
             return self.meter.admit(secret, model, call.api, estimate.hold(cost, s.max_reserve))
 
+        pending = asyncio.get_running_loop().run_in_executor(self.pool, admit)
         try:
-            adm = await self.call(admit)
+            adm = await asyncio.wait_for(asyncio.shield(pending), s.admit_timeout)
+        except asyncio.TimeoutError:  # the database is locked or unreachable: answer now, tidy up later
+            pending.add_done_callback(self._abandoned)
+            log.error("admission waited %g s for the database: answered 503", s.admit_timeout)
+            return errors.overloaded(f"the database did not answer within {s.admit_timeout:g} s")
         except Exception as exc:
             log.error("admission failed: %s: %s", type(exc).__name__, exc)
             return errors.overloaded(type(exc).__name__)
@@ -252,6 +258,15 @@ class Gateway:
         self.in_flight[adm.key_id] = busy + 1
         call.counted = adm.key_id
         return None
+
+    def _abandoned(self, done: asyncio.Future[Admission]) -> None:
+        """An admission that came too late for its client: give its hold back."""
+        if done.cancelled() or done.exception() is not None:
+            return
+        adm = done.result()
+        if adm.allowed and adm.reservation_id:
+            self.keep(asyncio.get_running_loop().create_task(
+                self.call(self.meter.release, adm, "the client was answered 503 before admission finished")))
 
     def ended(self, call: Call) -> None:
         """The call holds no more of its key's concurrency (once)."""

@@ -121,6 +121,8 @@ def upstream_unreachable(detail: str) -> ErrorAnswer:
     return error(502, f"no upstream could be reached: {detail}", "server_error", "upstream_unreachable")
 
 
-def overloaded(detail: str) -> ErrorAnswer:
-    return error(503, f"the gateway cannot meter requests right now: {detail}", "server_error",
-                 "server_is_overloaded")
+def overloaded(detail: str, retry_after: int = 2) -> ErrorAnswer:
+    answer = error(503, f"the gateway cannot meter requests right now: {detail}", "server_error",
+                   "server_is_overloaded")
+    answer.headers["Retry-After"] = str(retry_after)
+    return answer

@@ -68,6 +68,10 @@ class Database:
         """A plain driver transaction (the metering hot path: no ORM) on a connection this thread
         keeps until `dispose` (a pool checkout per request cost more than the statements)."""
         held = getattr(self._local, "connection", None)
+        if held is not None and getattr(held.driver_connection, "closed", False):  # the server dropped it
+            self._held.remove(held)
+            held.invalidate()
+            held = None
         if held is None:
             held = self._local.connection = self.engine.raw_connection()
             self._held.append(held)
