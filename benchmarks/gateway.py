@@ -16,6 +16,11 @@ this process; every request reads its whole answer. Printed:
   catalog's alias) and as `POST /v1/responses`, interleaved, one client, the same upstream answer;
   target p50 ≤ 0.5 ms more (translating the request, every event and the usage).
 
+- production (`--section production`): 1, 2 and 4 workers on one SQLite file at 64 concurrent
+  streams, group commit on and off: requests/s and p99 latency added over the upstream alone at
+  the same concurrency (target ≥ 1,000 requests/s with 4 workers); and the settlement journal's
+  cost per request: one client, streaming, with the journal and with --no-journal, interleaved.
+
 Everything shares this machine's cores, so the figures are relative to the baseline beside them.
 """
 
@@ -149,13 +154,64 @@ def measure(url: str, headers: dict[str, str], args: argparse.Namespace) -> dict
     return out
 
 
-def start_gateway(planctl: Path, db: Path, kind: str, port: int) -> subprocess.Popen[bytes]:
+def start_gateway(planctl: Path, db: Path, kind: str, port: int, *extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "BENCH_UPSTREAM_KEY": UP_KEY, "PLANCTL_UPSTREAM_CLIENT": kind}
-    proc = subprocess.Popen([str(planctl), "--db", str(db), "serve", "--port", str(port)], env=env,
+    proc = subprocess.Popen([str(planctl), "--db", str(db), "serve", "--port", str(port), *extra], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, proc)
-    time.sleep(1.0)  # application start-up (the port is bound first)
+    workers = int(extra[extra.index("--workers") + 1]) if "--workers" in extra else 1
+    time.sleep(1.0 + 2.0 * workers)  # application start-up of every worker (the port is bound first)
     return proc
+
+
+def production(planctl: Path, db: Path, up_port: int, secret: str, args: argparse.Namespace) -> None:
+    """Workers × group commit at 64 concurrent streams, then the journal's cost per request."""
+    c = args.production_concurrent
+    headers = {"authorization": f"Bearer {secret}"}
+    rps0, t0 = asyncio.run(concurrent(f"http://127.0.0.1:{up_port}/v1/responses",
+                                      {"authorization": f"Bearer {UP_KEY}"}, c, args.seconds))
+    print(f"\n{c} concurrent streams for {args.seconds:g} s, one SQLite file      req/s    p99 ms  added p99 ms")
+    print(f"  direct                                        {rps0:8.0f} {pct(t0, 99):9.2f}")
+    for workers in [int(w) for w in args.workers.split(",")]:
+        for group in (True, False):
+            port = free_port()
+            proc = start_gateway(planctl, db, "aiohttp", port, "--workers", str(workers),
+                                 "--group-commit" if group else "--no-group-commit")
+            try:
+                rps, t = asyncio.run(concurrent(f"http://127.0.0.1:{port}/v1/responses", headers, c, args.seconds))
+            finally:
+                proc.terminate()
+                proc.wait(60)
+            label = f"{workers} worker{'s' if workers > 1 else ' '}, group commit {'on ' if group else 'off'}"
+            print(f"  gateway, {label:<36} {rps:8.0f} {pct(t, 99):9.2f} {pct(t, 99) - pct(t0, 99):+12.2f}")
+    print(f"\njournal cost, one client, streaming, {args.requests} requests each, interleaved (ms)   p50      p99")
+    runs: dict[str, list[float]] = {"journal": [], "no journal": []}
+    ports = {}
+    procs = []
+    try:
+        for name, flag in (("journal", []), ("no journal", ["--no-journal"])):
+            ports[name] = free_port()
+            procs.append(start_gateway(planctl, db, "aiohttp", ports[name], *flag))
+
+        async def interleaved() -> None:
+            async with aiohttp.ClientSession() as session:
+                urls = {name: f"http://127.0.0.1:{port}/v1/responses" for name, port in ports.items()}
+                for url in urls.values():
+                    for _ in range(20):
+                        await one(session, url, headers, True)
+                for _ in range(args.requests):
+                    for name, url in urls.items():
+                        runs[name].append(await one(session, url, headers, True))
+
+        asyncio.run(interleaved())
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(60)
+    for name, values in runs.items():
+        print(f"  {name:<76} {pct(values, 50):8.2f} {pct(values, 99):8.2f}")
+    print(f"  the journal's cost per request (p50)                                         "
+          f"{pct(runs['journal'], 50) - pct(runs['no journal'], 50):+8.2f}")
 
 
 def main() -> None:
@@ -164,6 +220,10 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=32, help="concurrent streams for the throughput case")
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each throughput run")
     parser.add_argument("--clients", default="aiohttp,httpx", help="upstream clients to compare")
+    parser.add_argument("--section", choices=("all", "latency", "production"), default="all",
+                        help="latency: added latency and upstream clients; production: workers, group commit, journal")
+    parser.add_argument("--workers", default="1,2,4", help="worker counts of the production section")
+    parser.add_argument("--production-concurrent", type=int, default=64, help="concurrent streams there")
     args = parser.parse_args()
     planctl = find_planctl()
     print(f"machine : {platform.system()} {platform.release()} {platform.machine()}, "
@@ -179,6 +239,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             db = Path(tmp) / "bench.db"
             secret = setup(db, up_port)
+            if args.section in ("all", "production"):
+                production(planctl, db, up_port, secret, args)
+            if args.section == "production":
+                return
             direct = measure(f"http://127.0.0.1:{up_port}/v1/responses", {"authorization": f"Bearer {UP_KEY}"}, args)
             results, claude = {}, {}
             for kind in args.clients.split(","):

@@ -167,3 +167,36 @@ def test_a_fuzz_run_of_malformed_requests_gets_well_formed_errors_and_the_worker
     assert len({r["request_id"] for r in rows}) == len(rows)
     assert wait_for(lambda: ledger_of(db, sub)[1] == 0)  # no hold left behind
     assert ledger_of(db, sub)[0] == sum(r["charged_plan"] for r in records(db))
+
+
+def scrape(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET /metrics parsed: (sample name, sorted labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(base + "/metrics").text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_count_answers_by_route_status_and_reason_and_time_the_upstream(
+        gw: tuple[str, str, str, Any]) -> None:
+    base, secret, _sub, _db = gw
+    before = scrape(base)
+    good = {"authorization": f"Bearer {secret}"}
+    assert httpx.post(base + "/v1/responses", json={"model": "unit", "input": "x"}, headers=good).status_code == 200
+    assert httpx.post(base + "/v1/responses", json={"model": "unit", "input": "x"},
+                      headers={"authorization": "Bearer sk-nope"}).status_code == 401
+    assert httpx.post(base + "/v1/messages", content=b"{", headers=good).status_code == 400
+    after = wait_for(lambda: (m := scrape(base)) and m.get(("planctl_gateway_journal_backlog", ())) == 0 and m)
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew("planctl_gateway_requests_total", route="/v1/responses", status="200", reason="") == 1
+    assert grew("planctl_gateway_requests_total", route="/v1/responses", status="401", reason="key_unknown") == 1
+    assert grew("planctl_gateway_requests_total", route="/v1/messages", status="400",
+                reason="invalid_request_error") == 1
+    assert grew("planctl_gateway_upstream_seconds_count", upstream="fake") == 1
+    assert grew("planctl_gateway_added_seconds_count") == 1
+    assert after[("planctl_gateway_holds_in_flight", ())] == 0

@@ -22,6 +22,7 @@ import pytest
 
 from fake_upstream import FakeUpstream
 from test_gateway import add_upstream, buy, install, records, wait_for
+from test_gateway_abuse import scrape
 from test_gateway_e2e import PLANCTL, ServeProcess, up  # noqa: F401 - the fixture
 
 STREAMS = 40
@@ -108,6 +109,9 @@ def test_kill_9_of_a_worker_loses_no_usage_that_reached_a_client(db: Any, db_url
                 return done + after, lines[victim]
 
         answers, victim_lines = asyncio.run(load())
+        key = ("planctl_gateway_requests_total", (("reason", ""), ("route", "/v1/responses"), ("status", "200")))
+        completed = sum(1 for _, done in answers if done)  # the workers' metrics, summed (multi-process mode):
+        wait_for(lambda: scrape(serve.url).get(key, 0) >= completed, 10)
     finally:
         serve.stop()
     assert victim_lines > 0  # the killed worker had journaled settlements the database did not have

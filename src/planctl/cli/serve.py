@@ -82,6 +82,16 @@ def serve(
         "PLANCTL_GATEWAY_BODY_TIMEOUT": str(body_timeout),
         "PLANCTL_GATEWAY_MAX_CONCURRENT_PER_KEY": str(max_concurrent_per_key),
     })
+    if workers > 1:  # the workers' metrics meet in a fresh directory (prometheus-client's multi-process mode)
+        import shutil
+        import tempfile
+
+        metrics_dir = tempfile.mkdtemp(prefix="planctl-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     from planctl.gateway.server import run
 
-    run(host=host, port=port, workers=workers, log_format=log_format, grace=grace)
+    try:
+        run(host=host, port=port, workers=workers, log_format=log_format, grace=grace)
+    finally:
+        if workers > 1:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

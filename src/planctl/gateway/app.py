@@ -239,7 +239,12 @@ def create_app(gateway: Gateway | None = None, routes: list[Route] | None = None
 
     from planctl.gateway import claude  # imported here: its routes build on this module's
 
-    return Starlette(routes=[*ROUTES, *claude.ROUTES, *(routes or [])], lifespan=lifespan,
+    from starlette.middleware import Middleware
+
+    from planctl.gateway import metrics
+
+    return Starlette(routes=[*ROUTES, *claude.ROUTES, Route("/metrics", metrics.metrics, methods=["GET"]),
+                             *(routes or [])], lifespan=lifespan, middleware=[Middleware(metrics.Counting)],
                      exception_handlers={HTTPException: _http_error, Exception: _http_error})
 
 

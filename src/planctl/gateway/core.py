@@ -27,6 +27,7 @@ from planctl.gateway import errors, estimate
 from planctl.gateway.errors import ErrorAnswer
 from planctl.gateway.health import quota_gone
 from planctl.gateway.journal import Journal
+from planctl.gateway.metrics import ADDED_SECONDS, HOLDS, UPSTREAM_ERRORS, UPSTREAM_SECONDS
 from planctl.gateway.sse import Events, Tokens
 from planctl.gateway.upstream import Route, candidates, make_client
 from planctl.gateway.writer import Pending, Writer
@@ -257,6 +258,7 @@ class Gateway:
             return answer
         self.in_flight[adm.key_id] = busy + 1
         call.counted = adm.key_id
+        HOLDS.inc()
         return None
 
     def _abandoned(self, done: asyncio.Future[Admission]) -> None:
@@ -272,6 +274,7 @@ class Gateway:
         """The call holds no more of its key's concurrency (once)."""
         key, call.counted = call.counted, None
         if key is not None:
+            HOLDS.dec()
             left = self.in_flight.get(key, 1) - 1
             if left > 0:
                 self.in_flight[key] = left
@@ -292,6 +295,7 @@ class Gateway:
         last: httpx.Response | None = None
         last_route: Route | None = None
         auth_failure: tuple[Route, int] | None = None
+        ADDED_SECONDS.observe(time.perf_counter() - call.started)
         for route in candidates(self.routes, adm.billed_model, upstream_api or call.api, affinity=call.affinity):
             health = route.health
             headers = {"authorization": f"Bearer {route.secret}", "content-type": "application/json",
@@ -303,11 +307,14 @@ class Gateway:
             try:
                 response = await self.client.send(request, stream=True)
             except httpx.HTTPError as exc:
+                UPSTREAM_ERRORS.labels(route.name, "connect").inc()
                 health.failed(time.monotonic(), f"{type(exc).__name__}")
                 tried.append(f"{route.name}: {type(exc).__name__}")
                 continue
             status = response.status_code
+            UPSTREAM_SECONDS.labels(route.name).observe(time.monotonic() - began)
             if status in (401, 403):
+                UPSTREAM_ERRORS.labels(route.name, "auth").inc()
                 await response.aclose()
                 auth_failure = (route, status)
                 self._unhealthy(route, f"HTTP {status}: the upstream refused its credentials")
@@ -315,6 +322,8 @@ class Gateway:
                 continue
             if status == 429 or status >= 500:
                 body = await _small_body(response)
+                UPSTREAM_ERRORS.labels(route.name, "quota" if quota_gone(status, body) else
+                                       "429" if status == 429 else "5xx").inc()
                 if quota_gone(status, body):
                     self._unhealthy(route, f"HTTP {status}: the upstream's own quota is gone")
                 elif status == 429:

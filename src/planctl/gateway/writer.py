@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from planctl.domain.errors import InvalidInput, NotFound
+from planctl.gateway.metrics import BACKLOG
 from planctl.metering import Meter
 from planctl.services.metering import UsageInput
 
@@ -53,6 +54,7 @@ class Writer:
 
     def put(self, pending: Pending) -> None:
         self.queue.append(pending)
+        BACKLOG.inc()
         self._idle.clear()
         self._ready.set()
 
@@ -88,6 +90,7 @@ class Writer:
                 log.warning("the database takes settlements again")
             self.failing, wait = False, RETRY[0]
             del self.queue[:len(batch)]
+            BACKLOG.dec(len(batch))
             for pending, (values, why) in zip(batch, results):
                 try:
                     pending.done(values, why)
