@@ -55,6 +55,7 @@ class Settings:
     body_timeout: float = 30.0  # seconds a client may take to send its body
     max_concurrent_per_key: int = 0  # requests of one key in progress in this worker (0: no limit)
     admit_timeout: float = 5.0  # seconds admission may wait for the database before answering 503
+    settle_wait: float = 2.0  # seconds an answer's end waits for its settlement to be in the database
     group_commit: bool = True  # settlements queued together share one transaction
 
 
@@ -373,7 +374,8 @@ class Gateway:
 
     async def settle(self, call: Call, tokens: Tokens | None, status: int, error: str | None, *,
                      estimated: bool, output_estimate: int = 0) -> None:
-        """Record the request and settle its hold: the upstream's usage, or an estimate."""
+        """Record the request and settle its hold (the upstream's usage, or an estimate): in the journal
+        first, then in the database, waited for up to `settle_wait`."""
         adm = call.admission
         if adm is None or not adm.allowed:
             return
@@ -406,7 +408,12 @@ class Gateway:
                              output_tokens=usage.output_tokens, usage_estimated=estimated, error=error)
 
         assert self.writer is not None
-        self.writer.put(Pending(u, done))
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.writer.put(Pending(u, done, written))
+        try:  # so that the client's next request sees this one counted (its journal line makes it safe anyway)
+            await asyncio.wait_for(asyncio.shield(written), self.settings.settle_wait)
+        except asyncio.TimeoutError:
+            pass
 
     async def release(self, call: Call, reason: str) -> None:
         self.ended(call)
