@@ -528,7 +528,7 @@ class Upstream(SQLModel, table=True):
     enabled: bool = True
     healthy: bool = True  # false after the upstream refused its own key (401/403)
     last_error: Optional[str] = None
-    reports: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)  # gateway worker -> its view (health)
+    reports: Optional[dict[str, Any]] = Field(default=None, sa_type=JSON)  # gateway worker -> its view (health)
     checked_at: Optional[datetime] = _utc(default=None)
     created_at: datetime = _utc()
     updated_at: datetime = _utc()
