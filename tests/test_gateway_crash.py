@@ -160,7 +160,7 @@ def test_a_live_workers_files_are_not_replayed_a_dead_ones_are_once(tmp_path: Pa
 
     async def main() -> tuple[Any, Any]:
         live = journal.Journal(tmp_path)
-        segment = await live.append(usage("live-1"))
+        segment = live.append(usage("live-1"))
         dead = tmp_path / "99999-1-1.jsonl"  # a file nobody holds: its worker is gone
         dead.write_bytes(journal.encode(usage("dead-1")) + journal.encode(usage("dead-2")))
         replayed: list[list[str]] = []
@@ -175,24 +175,33 @@ def test_a_live_workers_files_are_not_replayed_a_dead_ones_are_once(tmp_path: Pa
     assert asyncio.run(main()) == ([], (0, 0))
 
 
-def test_journal_flushes_concurrent_appends_in_groups(tmp_path: Path) -> None:
+def test_a_journaled_line_is_in_its_file_before_any_flush_and_flushes_go_in_groups(tmp_path: Path) -> None:
     from planctl.gateway import journal
 
-    async def main() -> int:
+    async def main() -> tuple[int, int]:
         j = journal.Journal(tmp_path)
-        calls = 0
-        write = j._write
+        flushes = 0
+        sync = j._sync
 
-        def counting(lines: list[bytes]) -> Any:
-            nonlocal calls
-            calls += 1
-            time.sleep(0.01)
-            return write(lines)
+        def counting(fds: set[int]) -> None:
+            nonlocal flushes
+            flushes += 1
+            time.sleep(0.01)  # a slow disk
+            sync(fds)
 
-        j._write = counting  # type: ignore[method-assign]
-        await asyncio.gather(*(j.append(usage(f"r{n}")) for n in range(200)))
-        assert len(journal.read(journal.files(tmp_path)[0])) == 200
+        j._sync = counting  # type: ignore[method-assign]
+        j.append(usage("r0"))  # no await: a worker killed right now has already written it
+        assert journal.read(journal.files(tmp_path)[0]) == [usage("r0")]
+        for n in range(1, 200):
+            j.append(usage(f"r{n}"))
+            if n % 20 == 0:
+                await asyncio.sleep(0.002)  # requests arrive while a flush is in progress
+        while j._unsynced or (j._flusher and not j._flusher.done()):
+            await asyncio.sleep(0.01)
+        lines = len(journal.read(journal.files(tmp_path)[0]))
         j.close()
-        return calls
+        return lines, flushes
 
-    assert asyncio.run(main()) <= 3  # 200 settlements, not 200 fsyncs
+    lines, flushes = asyncio.run(main())
+    assert lines == 200
+    assert 1 <= flushes <= 20  # 200 settlements, not 200 flushes

@@ -390,7 +390,7 @@ class Gateway:
         segment = None
         if self.journal is not None:
             try:  # on disk before the client's answer ends: a crash from here on loses nothing
-                segment = await self.journal.append(u)
+                segment = self.journal.append(u)
             except OSError as exc:
                 log.error("could not journal %s: %s", call.request_id, exc)
         journal = self.journal

@@ -1,8 +1,11 @@
 """The settlement journal: every settlement of a worker is appended (one JSON line) to a local
-file and flushed to disk, in small groups, before the client's stream is closed; the database
-gets it afterwards. A worker killed in between loses nothing: its files are replayed into the
-database by the next worker that starts (or by a running one, within a few seconds), and the
-request id makes replaying twice harmless.
+file before the client's stream is closed, and flushed to disk in small groups right after; the
+database gets it afterwards. A worker killed in between loses nothing (a written line is the
+operating system's to keep): its files are replayed into the database by the next worker that
+starts (or by a running one, within a few seconds), and the request id makes replaying twice
+harmless. A machine that loses power can lose the lines of the last flush in progress (a
+millisecond or so), as SQLite in WAL mode with `synchronous = NORMAL` can lose its last
+transactions: the request does not wait for the disk.
 
 Files: `<dir>/<pid>-<time>-<n>.jsonl`. A worker holds an exclusive `flock` on each of its own
 files while it lives, so a file nobody can lock belongs to a live worker, and a file anyone can
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -29,6 +33,7 @@ import orjson
 from planctl.services.metering import UsageInput
 
 SEGMENT_LINES = 10_000
+log = logging.getLogger("planctl.gateway")
 
 
 def encode(u: UsageInput) -> bytes:
@@ -101,53 +106,47 @@ class Journal:
         self._segment: Segment | None = None
         self._live: list[Segment] = []
         self._segments = 0
-        self._waiting: list[tuple[bytes, asyncio.Future[Segment]]] = []
-        self._flushing = False
+        self._unsynced: set[int] = set()  # descriptors written since their last flush
+        self._flusher: asyncio.Task[None] | None = None
 
     @property
     def backlog(self) -> int:
         """Lines written and not yet in the database (this worker's)."""
         return sum(s.open for s in self._live)
 
-    async def append(self, u: UsageInput) -> Segment:
-        """Write one settlement and wait until it is on disk; the segment to mark `done` later."""
-        future: asyncio.Future[Segment] = asyncio.get_running_loop().create_future()
-        self._waiting.append((encode(u), future))
-        if not self._flushing:
-            self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
-        return await future
-
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._waiting:
-                group, self._waiting = self._waiting, []  # everything that queued meanwhile: one fsync
-                try:
-                    segment = await loop.run_in_executor(self._disk, self._write, [line for line, _ in group])
-                except OSError as exc:
-                    for _, future in group:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for _, future in group:
-                    if not future.done():
-                        future.set_result(segment)
-        finally:
-            self._flushing = False
-
-    def _write(self, lines: list[bytes]) -> Segment:
+    def append(self, u: UsageInput) -> Segment:
+        """Write one settlement to the journal file (in the operating system's hands at once, so a
+        killed worker loses nothing) and have it flushed to disk soon, with the ones written
+        meanwhile; the segment to mark `done` later."""
         segment = self._segment
         if segment is None or segment.lines >= SEGMENT_LINES:
             self._segments += 1
             name = f"{os.getpid()}-{time.time_ns()}-{self._segments}.jsonl"
             segment = self._segment = Segment(self.directory / name)
             self._live.append(segment)
-        os.write(segment.fd, b"".join(lines))
-        os.fdatasync(segment.fd)
-        segment.lines += len(lines)
-        segment.open += len(lines)
+        os.write(segment.fd, encode(u))
+        segment.lines += 1
+        segment.open += 1
+        self._unsynced.add(segment.fd)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
         return segment
+
+    async def _flush(self) -> None:
+        """Flush to disk what was written, in groups: everything written during one flush goes
+        with the next."""
+        loop = asyncio.get_running_loop()
+        while self._unsynced:
+            fds, self._unsynced = self._unsynced, set()
+            try:
+                await loop.run_in_executor(self._disk, self._sync, fds)
+            except (OSError, RuntimeError) as exc:  # written; only their way to the disk failed (or we close)
+                log.error("could not flush the journal to disk: %s", exc)
+                return
+
+    def _sync(self, fds: set[int]) -> None:
+        for fd in fds:
+            os.fdatasync(fd)
 
     def done(self, segment: Segment, count: int = 1) -> None:
         """`count` lines of `segment` are in the database: a full segment with none left is deleted."""
@@ -159,10 +158,13 @@ class Journal:
     def close(self) -> None:
         """At exit: delete the files whose lines are all in the database; the others stay, for the
         next worker to replay."""
+        if self._flusher is not None:
+            self._flusher.cancel()
         for segment in list(self._live):
             if segment.open == 0:
                 segment.delete()
             else:
+                os.fsync(segment.fd)
                 os.close(segment.fd)
         self._live.clear()
         self._segment = None
