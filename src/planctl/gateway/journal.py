@@ -23,7 +23,6 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ log = logging.getLogger("planctl.gateway")
 
 
 def encode(u: UsageInput) -> bytes:
-    return orjson.dumps(asdict(u)) + b"\n"
+    return orjson.dumps(u) + b"\n"  # orjson writes a dataclass itself, 20x faster than via asdict
 
 
 def decode(line: bytes) -> UsageInput | None:
