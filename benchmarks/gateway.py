@@ -18,8 +18,10 @@ this process; every request reads its whole answer. Printed:
 
 - production (`--section production`): 1, 2 and 4 workers on one SQLite file at 64 concurrent
   streams, group commit on and off: requests/s and p99 latency added over the upstream alone at
-  the same concurrency (target ≥ 1,000 requests/s with 4 workers); and the settlement journal's
-  cost per request: one client, streaming, with the journal and with --no-journal, interleaved.
+  the same concurrency (target ≥ 1,000 requests/s with 4 workers); with `--postgres URL` (or
+  PLANCTL_BENCH_DATABASE_URL) also 4 workers on that PostgreSQL server, in a schema of their own
+  that is dropped afterwards; and the settlement journal's cost per request: one client,
+  streaming, with the journal and with --no-journal, interleaved.
 
 Everything shares this machine's cores, so the figures are relative to the baseline beside them.
 """
@@ -68,7 +70,7 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
     sys.exit(f"error: nothing listens on port {port}")
 
 
-def setup(db: Path, up_port: int) -> str:
+def setup(db: Path | str, up_port: int) -> str:
     """A plan with room for every request of the run, a key for it, the upstream: the key's secret."""
     sys.path.insert(0, str(ROOT / "src"))
     from planctl.services import accounts, catalog, upstreams
@@ -154,7 +156,7 @@ def measure(url: str, headers: dict[str, str], args: argparse.Namespace) -> dict
     return out
 
 
-def start_gateway(planctl: Path, db: Path, kind: str, port: int, *extra: str) -> subprocess.Popen[bytes]:
+def start_gateway(planctl: Path, db: Path | str, kind: str, port: int, *extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "BENCH_UPSTREAM_KEY": UP_KEY, "PLANCTL_UPSTREAM_CLIENT": kind}
     proc = subprocess.Popen([str(planctl), "--db", str(db), "serve", "--port", str(port), *extra], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -164,26 +166,59 @@ def start_gateway(planctl: Path, db: Path, kind: str, port: int, *extra: str) ->
     return proc
 
 
-def production(planctl: Path, db: Path, up_port: int, secret: str, args: argparse.Namespace) -> None:
-    """Workers × group commit at 64 concurrent streams, then the journal's cost per request."""
-    c = args.production_concurrent
-    headers = {"authorization": f"Bearer {secret}"}
-    rps0, t0 = asyncio.run(concurrent(f"http://127.0.0.1:{up_port}/v1/responses",
-                                      {"authorization": f"Bearer {UP_KEY}"}, c, args.seconds))
-    print(f"\n{c} concurrent streams for {args.seconds:g} s, one SQLite file      req/s    p99 ms  added p99 ms")
-    print(f"  direct                                        {rps0:8.0f} {pct(t0, 99):9.2f}")
-    for workers in [int(w) for w in args.workers.split(",")]:
+def fresh_postgres_schema(url: str) -> str:
+    """A new schema on the PostgreSQL server at `url`, and a URL whose connections use it."""
+    import psycopg
+
+    schema = f"bench_{os.getpid()}_{int(time.time())}"
+    plain = url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    full = plain.replace("postgresql://", "postgresql+psycopg://", 1)
+    return f"{full}{'&' if '?' in full else '?'}options=-csearch_path%3D{schema}", schema
+
+
+def drop_postgres_schema(url: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1), autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def workers_rows(planctl: Path, db: Path | str, label: str, secret: str, worker_counts: list[int], c: int,
+                 t0: list[float], args: argparse.Namespace) -> None:
+    for workers in worker_counts:
         for group in (True, False):
             port = free_port()
             proc = start_gateway(planctl, db, "aiohttp", port, "--workers", str(workers),
                                  "--group-commit" if group else "--no-group-commit")
             try:
-                rps, t = asyncio.run(concurrent(f"http://127.0.0.1:{port}/v1/responses", headers, c, args.seconds))
+                rps, t = asyncio.run(concurrent(f"http://127.0.0.1:{port}/v1/responses",
+                                                {"authorization": f"Bearer {secret}"}, c, args.seconds))
             finally:
                 proc.terminate()
                 proc.wait(60)
-            label = f"{workers} worker{'s' if workers > 1 else ' '}, group commit {'on ' if group else 'off'}"
-            print(f"  gateway, {label:<36} {rps:8.0f} {pct(t, 99):9.2f} {pct(t, 99) - pct(t0, 99):+12.2f}")
+            name = f"{label}, {workers} worker{'s' if workers > 1 else ' '}, group commit {'on ' if group else 'off'}"
+            print(f"  {name:<45} {rps:8.0f} {pct(t, 99):9.2f} {pct(t, 99) - pct(t0, 99):+12.2f}")
+
+
+def production(planctl: Path, db: Path, up_port: int, secret: str, args: argparse.Namespace) -> None:
+    """Workers × group commit at 64 concurrent streams (SQLite, and PostgreSQL with --postgres),
+    then the journal's cost per request."""
+    c = args.production_concurrent
+    headers = {"authorization": f"Bearer {secret}"}
+    rps0, t0 = asyncio.run(concurrent(f"http://127.0.0.1:{up_port}/v1/responses",
+                                      {"authorization": f"Bearer {UP_KEY}"}, c, args.seconds))
+    print(f"\n{c} concurrent streams for {args.seconds:g} s                  req/s    p99 ms  added p99 ms")
+    print(f"  direct                                        {rps0:8.0f} {pct(t0, 99):9.2f}")
+    workers_rows(planctl, db, "SQLite", secret, [int(w) for w in args.workers.split(",")], c, t0, args)
+    if args.postgres:
+        url, schema = fresh_postgres_schema(args.postgres)
+        try:
+            pg_secret = setup(url, up_port)
+            workers_rows(planctl, url, "PostgreSQL", pg_secret, [4], c, t0, args)
+        finally:
+            drop_postgres_schema(args.postgres, schema)
     print(f"\njournal cost, one client, streaming, {args.requests} requests each, interleaved (ms)   p50      p99")
     runs: dict[str, list[float]] = {"journal": [], "no journal": []}
     ports = {}
@@ -224,6 +259,8 @@ def main() -> None:
                         help="latency: added latency and upstream clients; production: workers, group commit, journal")
     parser.add_argument("--workers", default="1,2,4", help="worker counts of the production section")
     parser.add_argument("--production-concurrent", type=int, default=64, help="concurrent streams there")
+    parser.add_argument("--postgres", metavar="URL", default=os.environ.get("PLANCTL_BENCH_DATABASE_URL"),
+                        help="production: also 4 workers on this PostgreSQL server (a schema of its own, dropped after)")
     args = parser.parse_args()
     planctl = find_planctl()
     print(f"machine : {platform.system()} {platform.release()} {platform.machine()}, "
