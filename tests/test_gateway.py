@@ -259,8 +259,13 @@ def test_chat_non_stream_and_tool_calls(gw: Served) -> None:
 # ---------------------------------------------------------------- refusals
 
 
-def test_refusals_as_the_sdk_raises_them_and_nothing_is_recorded(gw: Served, caller: Any) -> None:
+def test_refusals_as_the_sdk_raises_them_and_nothing_is_recorded(gw: Served, caller: Any,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
     from planctl.services import keys
+
+    caplog.set_level(logging.INFO, "planctl.gateway")
 
     with pytest.raises(openai.AuthenticationError) as unknown:
         gw.client("sk-nobody-has-this").responses.create(model="unit", input="x")
@@ -279,6 +284,8 @@ def test_refusals_as_the_sdk_raises_them_and_nothing_is_recorded(gw: Served, cal
 
     assert gw.records() == [] and gw.up.requests == []
     assert ledger_of(gw.db, gw.sub) == (0, 0)
+    refused = [r.getMessage() for r in caplog.records if "refused: model_not_in_plan" in r.getMessage()]
+    assert len(refused) == 1 and " gpt-5.5 via - in " in refused[0]  # no upstream was asked: none named
 
 
 def test_a_resetting_limit_is_usage_limit_reached_with_resets_at(gw: Served, caller: Any) -> None:

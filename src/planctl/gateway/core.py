@@ -578,7 +578,7 @@ def _log_request(call: Call, status: int, text: str, **fields: Any) -> None:
     """One line per request: its id, status, model, upstream and what it used (never the key)."""
     adm = call.admission
     model = adm.requested_model if adm else None
-    log.info("%s %s %s %s via %s in %d ms: %s", call.request_id, status, call.api, model, call.upstream,
+    log.info("%s %s %s %s via %s in %d ms: %s", call.request_id, status, call.api, model, call.upstream or "-",
              call.elapsed_ms(), text, extra={"fields": {
                  "request_id": call.request_id, "status": status, "api": call.api, "model": model,
                  "upstream": call.upstream, "stream": call.stream, "latency_ms": call.elapsed_ms(),
