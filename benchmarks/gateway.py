@@ -1,6 +1,6 @@
 """What `planctl serve` adds on top of an upstream, beside the upstream alone, in one run.
 
-    .venv/bin/python benchmarks/gateway.py [--requests 400] [--concurrent 32] [--seconds 8]
+    .venv/bin/python benchmarks/gateway.py [--requests 400] [--concurrent 32] [--seconds 8] [--peer litellm]
 
 The fake upstream (tests/fake_upstream.py, its own process, TCP_NODELAY) answers a 4 KB
 Responses request with 22 SSE events (or the JSON body); the gateway (`planctl serve`, one
@@ -15,6 +15,12 @@ this process; every request reads its whole answer. Printed:
   question as `POST /v1/messages` (`claude-sonnet-4-5`, billed as gpt-5.4 through the sample
   catalog's alias) and as `POST /v1/responses`, interleaved, one client, the same upstream answer;
   target p50 ≤ 0.5 ms more (translating the request, every event and the usage).
+- with `--peer litellm` (latency section): LiteLLM's proxy (benchmarks/litellm_peer.py: a pinned
+  version from PyPI in its own virtual environment under ~/.cache/planctl-bench, made on first
+  use; one worker, no database, a master key, loopback only) forwarding the same
+  `POST /v1/responses` to the same upstream, measured the same way in the same run: its added
+  latency and throughput, and the ratios planctl/peer (added latency: below 1 is planctl adding
+  less; throughput: above 1 is planctl faster).
 
 - production (`--section production`): 1, 2 and 4 workers on one SQLite file at 64 concurrent
   streams, group commit on and off: requests/s and p99 latency added over the upstream alone at
@@ -43,6 +49,7 @@ from pathlib import Path
 
 import aiohttp
 
+import litellm_peer  # benchmarks/litellm_peer.py
 from common import cpu_model, find_planctl, usable_cores  # benchmarks/common.py
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,12 +268,18 @@ def main() -> None:
     parser.add_argument("--production-concurrent", type=int, default=64, help="concurrent streams there")
     parser.add_argument("--postgres", metavar="URL", default=os.environ.get("PLANCTL_BENCH_DATABASE_URL"),
                         help="production: also 4 workers on this PostgreSQL server (a schema of its own, dropped after)")
+    parser.add_argument("--peer", choices=("litellm",), help="also measure this proxy in the latency section")
     args = parser.parse_args()
     planctl = find_planctl()
     print(f"machine : {platform.system()} {platform.release()} {platform.machine()}, "
           f"{cpu_model()} ({usable_cores()} cores), Python {platform.python_version()}")
     print(f"load    : aiohttp {aiohttp.__version__} client in one process; the fake upstream and the gateway "
           "in their own processes\n")
+    peer_command = None
+    if args.peer == "litellm" and args.section != "production":
+        peer_command = litellm_peer.ensure_installed()
+    if peer_command:
+        print(f"peer    : LiteLLM {litellm_peer.VERSION} proxy from {litellm_peer.VENV}\n")
     up_port = free_port()
     upstream = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_upstream.py"), "--port", str(up_port),
                                  "--deltas", "16", "--key", UP_KEY], stdout=subprocess.DEVNULL)
@@ -293,8 +306,20 @@ def main() -> None:
                               for stream in (False, True)}
                 proc.terminate()
                 proc.wait(30)
+            peer = None
+            if peer_command:
+                port = free_port()
+                proc, log = litellm_peer.start(peer_command, port, up_port, UP_KEY, Path(tmp))
+                procs.append(proc)
+                litellm_peer.wait_ready(port, proc, log)
+                peer = measure(f"http://127.0.0.1:{port}/v1/responses",
+                               {"authorization": f"Bearer {litellm_peer.MASTER_KEY}"}, args)
+                proc.terminate()
+                proc.wait(30)
             report(direct, results, args)
             report_claude(claude, args.clients.split(",")[0], args)
+            if peer:
+                report_peer(direct, results, peer, args)
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -331,6 +356,34 @@ def report_claude(claude: dict[bool, tuple[list[float], list[float]]], kind: str
         print(f"  {'stream (22 events)' if stream else 'non-stream':<22} {pct(responses, 50):13.2f} "
               f"{pct(messages, 50):11.2f} {added:+11.2f} {pct(messages, 99) - pct(responses, 99):+10.2f}   "
               f"{'met' if added <= 0.5 else 'NOT met'}")
+
+
+def report_peer(direct: dict[str, object], results: dict[str, dict[str, object]], peer: dict[str, object],
+                args: argparse.Namespace) -> None:
+    print(f"\npeer: LiteLLM {litellm_peer.VERSION} proxy (1 worker, no database), the same POST /v1/responses, "
+          "the same run")
+    print(f"one client, {args.requests} requests each (ms)      p50      p99   added p50  added p99")
+    for case, label in (("plain", "non-stream"), ("stream", "stream (22 events)")):
+        base, values = direct[case], peer[case]
+        added50, added99 = pct(values, 50) - pct(base, 50), pct(values, 99) - pct(base, 99)
+        print(f"  litellm         {label:<21} {pct(values, 50):8.2f} {pct(values, 99):8.2f}"
+              f"   {added50:+8.2f}  {added99:+8.2f}")
+        for kind, res in results.items():
+            mine = res[case]
+            print(f"    planctl/litellm, gateway/{kind:<7} added p50 {ratio(pct(mine, 50) - pct(base, 50), added50)}"
+                  f"   added p99 {ratio(pct(mine, 99) - pct(base, 99), added99)}")
+    rps0, _ = direct["load"]
+    rps_peer, t = peer["load"]
+    print(f"\n{args.concurrent} concurrent streams for {args.seconds:g} s     req/s    p50 ms   p99 ms   vs direct")
+    print(f"  litellm                        {rps_peer:8.0f} {statistics.median(t):8.2f} {pct(t, 99):8.2f}   "
+          f"{rps_peer / rps0:6.1%}")
+    for kind, res in results.items():
+        rps, _ = res["load"]
+        print(f"    planctl/litellm, gateway/{kind:<7} req/s {ratio(rps, rps_peer)}")
+
+
+def ratio(mine: float, theirs: float) -> str:
+    return f"{mine / theirs:6.2f}×" if theirs > 0 else "     n/a"
 
 
 if __name__ == "__main__":
