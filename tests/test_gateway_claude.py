@@ -15,8 +15,8 @@ import anthropic
 import httpx
 import pytest
 
-from fake_upstream import FakeUpstream
-from test_gateway import (Served, add_upstream, buy, cost, install, ledger_of, now, plan, records, serve,
+from helpers.fake_upstream import FakeUpstream
+from test_gateway_openai import (Served, add_upstream, buy, cost, install, ledger_of, now, plan, records, serve,
                           up)  # noqa: F401 - `up`, the fake upstream fixture, is used by `gw`
 
 FIXTURES = Path(__file__).parent / "fixtures" / "anthropic"

@@ -20,10 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
-from fake_upstream import FakeUpstream
-from test_gateway import add_upstream, buy, install, records, wait_for
+from helpers.fake_upstream import FakeUpstream
+from test_gateway_openai import add_upstream, buy, install, records, wait_for
 from test_gateway_abuse import scrape
-from test_gateway_e2e import PLANCTL, ServeProcess, up  # noqa: F401 - the fixture
+from test_e2e_serve import PLANCTL, ServeProcess, up  # noqa: F401 - the fixture
 
 STREAMS = 40
 

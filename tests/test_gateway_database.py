@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from fake_upstream import FakeUpstream
-from test_gateway import add_upstream, buy, install, ledger_of, records, serve, up, wait_for  # noqa: F401
+from helpers.fake_upstream import FakeUpstream
+from test_gateway_openai import add_upstream, buy, install, ledger_of, records, serve, up, wait_for  # noqa: F401
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from test_gateway import buy, install, ledger_of, records
+from test_gateway_openai import buy, install, ledger_of, records
 
 
 def settlements(db: Any, caller: Any, count: int) -> tuple[Any, str, list[Any]]:

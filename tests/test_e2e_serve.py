@@ -18,8 +18,8 @@ import httpx
 import openai
 import pytest
 
-from fake_upstream import FakeUpstream
-from test_gateway import UP_SECRET, add_upstream, buy, cost, free_port, install, ledger_of, records
+from helpers.fake_upstream import FakeUpstream
+from test_gateway_openai import UP_SECRET, add_upstream, buy, cost, free_port, install, ledger_of, records
 
 PLANCTL = str(Path(sys.executable).parent / "planctl")
 

@@ -1563,7 +1563,7 @@ def _meter_worker(db_url: str, secret: str, key_id: str, wid: int, barrier: Any,
 
 @pytest.fixture(scope="module")
 def pool() -> Any:
-    from procs import Processes
+    from helpers.procs import Processes
 
     workers = Processes(__name__, WORKERS)
     yield workers

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from fake_upstream import FakeUpstream
-from test_gateway import UP_SECRET, add_upstream, buy, ledger_of, records
-from test_gateway_e2e import ServeProcess
+from helpers.fake_upstream import FakeUpstream
+from test_gateway_openai import UP_SECRET, add_upstream, buy, ledger_of, records
+from test_e2e_serve import ServeProcess
 
 CLIENTS = os.environ.get("PLANCTL_TEST_CLIENTS")
 BIN = Path(CLIENTS or "/nonexistent") / "node_modules" / ".bin"

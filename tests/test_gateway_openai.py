@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from fake_upstream import FakeUpstream
+from helpers.fake_upstream import FakeUpstream
 
 CR = 1_000_000
 UNIT = {"id": "unit", "input_price": "1", "cached_price": "0.5", "output_price": "2"}  # µcr per token

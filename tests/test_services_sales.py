@@ -801,7 +801,7 @@ def _sell(db_url: str, request: dict[str, Any], barrier: Any, results: Any) -> N
 
 @pytest.fixture(scope="module")
 def racers() -> Any:
-    from procs import Processes
+    from helpers.procs import Processes
 
     pool = Processes(__name__, RACERS)
     yield pool

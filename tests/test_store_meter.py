@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from conftest import NOW, sqlite_dump
-from test_metering import account, auth, buy, install, plan, use
+from test_services_metering import account, auth, buy, install, plan, use
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -785,7 +785,7 @@ def test_a_kill_at_any_step_of_a_key_batch_leaves_no_key_without_its_secret(
     import subprocess
     import sys
 
-    from test_metering import checks_ok
+    from test_services_metering import checks_ok
 
     account(cli)
     buy(cli)

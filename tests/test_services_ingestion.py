@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from conftest import NOW
-from test_metering import account, buy, checks_ok, install, plan, rows, sub_row, team
+from test_services_metering import account, buy, checks_ok, install, plan, rows, sub_row, team
 
 PLANCTL = [sys.executable, "-m", "planctl"]
 WORKERS = 4
@@ -23,7 +23,7 @@ WORKERS = 4
 
 @pytest.fixture(scope="module")
 def pool() -> Any:
-    from procs import Processes
+    from helpers.procs import Processes
 
     workers = Processes(__name__, WORKERS)
     yield workers
@@ -149,7 +149,7 @@ def test_unrepresentable_lines_are_rejected_alone_and_the_import_goes_to_the_end
         db: Any, cli: Any, caller: Any, tmp_path: Path) -> None:
     """Today's killers of a whole import (64-bit overflow, times Python cannot represent, bytes that
     are not UTF-8, NUL): each is one rejected line with its number; its batch's good lines commit."""
-    from test_metering import run as at_now
+    from test_services_metering import run as at_now
 
     sub, keys = _world(db, caller)
     good = [_line(f"g{n}", keys[0], n).encode() for n in range(6)]
