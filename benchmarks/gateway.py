@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/gateway.py [--requests 400] [--concurrent 32] [--seconds 8] [--peer litellm]
 
-The fake upstream (tests/fake_upstream.py, its own process, TCP_NODELAY) answers a 4 KB
+The fake upstream (tests/helpers/fake_upstream.py, its own process, TCP_NODELAY) answers a 4 KB
 Responses request with 22 SSE events (or the JSON body); the gateway (`planctl serve`, one
 worker, metering on a SQLite file) forwards to it. The load generator is an aiohttp client in
 this process; every request reads its whole answer. Printed:
@@ -281,8 +281,9 @@ def main() -> None:
     if peer_command:
         print(f"peer    : LiteLLM {litellm_peer.VERSION} proxy from {litellm_peer.VENV}\n")
     up_port = free_port()
-    upstream = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_upstream.py"), "--port", str(up_port),
-                                 "--deltas", "16", "--key", UP_KEY], stdout=subprocess.DEVNULL)
+    fake = ROOT / "tests" / "helpers" / "fake_upstream.py"
+    upstream = subprocess.Popen([sys.executable, str(fake), "--port", str(up_port), "--deltas", "16", "--key", UP_KEY],
+                                stdout=subprocess.DEVNULL)
     procs = [upstream]
     try:
         wait_port(up_port, upstream)

@@ -9,7 +9,7 @@ protocol (`_PLANCTL_COMPLETE=source_bash|source_zsh|source_fish planctl`),
 run in a subprocess of the `planctl` executable next to this interpreter (else
 the one on PATH), plus a short "generated, do not edit" header. The output is
 deterministic: no absolute paths, no machine-specific content, LF line endings.
-tests/test_completions.py fails when a committed file differs from this output.
+tests/test_cli_completions.py fails when a committed file differs from this output.
 """
 
 from __future__ import annotations

@@ -8,9 +8,7 @@ stderr, nothing on stdout, and a database left exactly as it was.
 
 from __future__ import annotations
 
-import csv
 import getpass
-import io
 import json
 import re
 from datetime import datetime, timezone
@@ -18,10 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import assert_refused
+from helpers import ISO, assert_refused, csv_rows
 
 
-ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?[+-]\d{2}:\d{2}$")
 ACCOUNT_ID = re.compile(r"^acc_[a-z0-9]{8}$")
 ACCOUNT_KEYS = {
     "id", "name", "default_group", "parent_id", "subuser_quota", "payg_balance", "billing_name", "billing_email",
@@ -45,17 +42,7 @@ SECRET = re.compile(r"sk-[A-Za-z0-9_-]{16,}|-----BEGIN|password|secret=", re.IGN
 # ---------------------------------------------------------------- helpers
 
 
-
-
-
-
-
-
 refusals = assert_refused
-
-
-def csv_rows(text: str) -> list[list[str]]:
-    return list(csv.reader(io.StringIO(text)))
 
 
 def create(cli: Any, name: str, *options: str) -> dict[str, Any]:

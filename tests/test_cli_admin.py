@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from planctl.store import migrations
-from tests.conftest import Cli, sqlite_dump
+from helpers import Cli, sqlite_dump
 
 
 def test_db_path_names_the_file_and_its_source(tmp_path: Path) -> None:

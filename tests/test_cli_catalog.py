@@ -8,19 +8,15 @@ on stderr, nothing on stdout, and a database left exactly as it was.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import db_dump as dump, assert_refused
+from helpers import ISO, assert_refused, csv_rows, db_dump as dump
 
 
-ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?[+-]\d{2}:\d{2}$")
 SAMPLE_PLANS = [  # (family, tier, slug) order
     "codex-lite-monthly", "codex-pro-monthly", "codex-max-monthly",
     "codex-day-pass", "codex-team-monthly", "codex-weekly",
@@ -35,11 +31,6 @@ PLAN_KEYS = {
 
 
 # ---------------------------------------------------------------- helpers
-
-
-
-
-
 
 
 def refused(cli: Any, db_url: str, *args: str, code: int, message: str = "", input: str | None = None) -> str:
@@ -58,12 +49,7 @@ def refused(cli: Any, db_url: str, *args: str, code: int, message: str = "", inp
     return lines[0]
 
 
-
 refusals = assert_refused
-
-
-def csv_rows(text: str) -> list[list[str]]:
-    return list(csv.reader(io.StringIO(text)))
 
 
 def plan_versions(db: Any, slug: str) -> list[Any]:
@@ -571,7 +557,7 @@ def test_plans_export_import_round_trip_is_unchanged(cli: Any, db_url: str, tmp_
 
 
 def test_plans_export_into_a_fresh_database_reproduces_the_catalog(cli: Any, tmp_path: Path) -> None:
-    from conftest import Cli
+    from helpers import Cli
 
     cli.ok(*FULL_PLAN)
     text = cli.ok("plans", "export").stdout

@@ -24,16 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from conftest import db_dump as dump, assert_refused
 from freezegun import freeze_time
 
-from conftest import NOW
+from helpers import ENDS, NOW, SECRET_RE, US, assert_refused, db_dump as dump, js, refusals, run, z
 
-US = timedelta(microseconds=1)
-ENDS = datetime(2026, 12, 21, 4, 0, tzinfo=timezone.utc)  # end of a monthly plan bought at NOW
+
 PRO, LITE, DAY = "codex-pro-monthly", "codex-lite-monthly", "codex-day-pass"  # PRO: default/priority/economy
-SECRET_RE = re.compile(r"^sk-[A-Za-z0-9_-]{40,}$")
 ANY_SECRET = re.compile(r"sk-[A-Za-z0-9_-]{40,}")
 SUFFIXED = re.compile(r"^ci-runner-([a-z0-9]{4})$")
 KEY_FIELDS = {
@@ -46,27 +42,12 @@ CSV_HEADER = ["id", "name", "key", "usable", "account_name", "kind", "plan", "su
 LISTED_FIELDS = KEY_FIELDS | {"account_name", "plan", "usable", "unusable_reason"}
 
 
-def z(instant: datetime) -> str:
-    return instant.isoformat()  # UTC instants as the JSON carries them: "2026-12-21T04:00:00+00:00"
-
-
 # ---------------------------------------------------------------- helpers
-
-
-
-def run(cli: Any, *args: str, when: datetime = NOW) -> Any:
-    with freeze_time(when):
-        return cli(*args)
 
 
 def ok(cli: Any, *args: str, when: datetime = NOW) -> Any:
     with freeze_time(when):
         return cli.ok(*args)
-
-
-def js(cli: Any, *args: str, when: datetime = NOW) -> Any:
-    with freeze_time(when):
-        return cli.json(*args)
 
 
 def account(cli: Any, name: str = "acme", *options: str) -> str:
@@ -99,18 +80,6 @@ def names(rows: list[dict[str, Any]]) -> set[str]:
 def audit(cli: Any) -> list[dict[str, Any]]:
     return js(cli, "audit", "--limit", "100000")
 
-
-def error_reason(result: Any) -> str:
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    return json.loads(lines[0])["error"]
-
-
-Case = tuple[tuple[str, ...], int, "str | None", str]
-
-
-def refusals(cli: Any, db_url: str, cases: list[Case], when: datetime = NOW) -> None:
-    assert_refused(cli, db_url, cases, when)
 
 def usable(db: Any, secret: str, now: datetime) -> str | None:
     """Why `secret` cannot be used at `now` (None: it can): unknown, the key itself, then its subscription."""
@@ -785,7 +754,7 @@ def test_a_kill_at_any_step_of_a_key_batch_leaves_no_key_without_its_secret(
     import subprocess
     import sys
 
-    from test_services_metering import checks_ok
+    from helpers.metering import checks_ok
 
     account(cli)
     buy(cli)

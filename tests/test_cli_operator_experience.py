@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 
-from conftest import NOW, Cli, assert_refused, db_dump
+from helpers import Cli, NOW, assert_refused, db_dump
 
 PLANCTL = Path(sys.executable).with_name("planctl")
 LONG = "Acme Research Laboratories International Holdings"

@@ -12,24 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from conftest import db_dump as dump, assert_refused
 from freezegun import freeze_time
 
-from conftest import NOW
+from helpers import ENDS, ISO, NOW, OPENS, SECRET_RE, US, db_dump as dump, refusals, utc, z
 
-ENDS = datetime(2026, 12, 21, 4, 0, tzinfo=timezone.utc)  # NOW + 1mo
-OPENS = ENDS - timedelta(days=3)
-US = timedelta(microseconds=1)
+
 PRO, LITE, MAX, DAY = "codex-pro-monthly", "codex-lite-monthly", "codex-max-monthly", "codex-day-pass"
-SECRET_RE = re.compile(r"^sk-[A-Za-z0-9_-]{40,}$")
-ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?[+-]\d{2}:\d{2}$")
-
 ORDER_KEYS = {
     "id", "kind", "account_id", "subscription_id", "item", "currency", "list_price", "discount_code",
     "discount_amount", "payable", "refunded", "payment_method", "payment_ref", "status", "credit_granted",
@@ -45,16 +38,7 @@ REFUND_KEYS = {"order", "amount", "currency", "credit_reversed", "policy", "reas
                "cancelled_subscription", "credit_note", "keys_stopped", "dry_run"}
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)  # type: ignore[misc]
-
-
-def z(instant: datetime) -> str:
-    return instant.isoformat()  # UTC instants: "2026-12-21T04:00:00+00:00", as the JSON carries them
-
-
 # ---------------------------------------------------------------- helpers
-
 
 
 def at(cli: Any, when: datetime, *args: str) -> Any:
@@ -79,12 +63,6 @@ def acme(cli: Any, name: str = "acme") -> str:
 def buy(cli: Any, *args: str, plan: str = PRO, when: datetime = NOW, account: str = "acme") -> dict[str, Any]:
     return js(cli, when, "buy", plan, "--account", account, *args)
 
-
-Case = tuple[tuple[str, ...], int, "str | None", str]
-
-
-def refusals(cli: Any, db_url: str, cases: list[Case], when: datetime = NOW) -> None:
-    assert_refused(cli, db_url, cases, when)
 
 def sub_show(cli: Any, sub: str, when: datetime = NOW) -> dict[str, Any]:
     return js(cli, when, "subscriptions", "show", sub)

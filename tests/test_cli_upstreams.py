@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from conftest import assert_refused, db_dump
+from helpers import assert_refused, db_dump
 from helpers.fake_upstream import FakeUpstream
 
 SECRET = "sk-upstream-very-secret-1234"

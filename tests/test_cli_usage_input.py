@@ -13,8 +13,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import NOW
-from test_services_metering import _setup, run
+from helpers import NOW, run
+from helpers.metering import sold_meter
 
 SETTINGS = settings(max_examples=60, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -41,7 +41,7 @@ def _clean(result: Any) -> None:
 
 def test_any_import_file_ends_in_a_meaningful_exit_with_line_numbers(db: Any, cli: Any, caller: Any,
                                                                        tmp_path: Path) -> None:
-    _, b = _setup(db, caller, total_credit="100")
+    _, b = sold_meter(db, caller, total_credit="100")
     path = tmp_path / "u.jsonl"
     count = iter(range(10**9))
 
@@ -67,7 +67,7 @@ def test_any_import_file_ends_in_a_meaningful_exit_with_line_numbers(db: Any, cl
 
 
 def test_any_csv_file_ends_in_a_meaningful_exit(db: Any, cli: Any, caller: Any, tmp_path: Path) -> None:
-    _, b = _setup(db, caller, total_credit="100")
+    _, b = sold_meter(db, caller, total_credit="100")
     path = tmp_path / "u.csv"
     cell = st.one_of(st.text(max_size=12).map(lambda t: t.replace('"', "")), st.just(SECRET), st.just(b.key),
                      TIMES, st.integers(min_value=-2**70, max_value=2**70).map(str))
@@ -85,7 +85,7 @@ def test_any_csv_file_ends_in_a_meaningful_exit(db: Any, cli: Any, caller: Any, 
 
 def test_a_shifted_csv_column_never_echoes_a_secret(db: Any, cli: Any, caller: Any, tmp_path: Path) -> None:
     """The secret slid into the `input` column: the line is rejected, the secret shown masked."""
-    _, b = _setup(db, caller)
+    _, b = sold_meter(db, caller)
     (path := tmp_path / "shifted.csv").write_text(
         f"request_id,key,model,input,output,status\nr1,{b.key},{SECRET},unit,1,200\nr2,{SECRET},unit,5,1,200\n")
     for args in (("--json",), ()):
@@ -95,7 +95,7 @@ def test_a_shifted_csv_column_never_echoes_a_secret(db: Any, cli: Any, caller: A
 
 
 def test_any_usage_record_flags_end_in_a_meaningful_exit(db: Any, cli: Any, caller: Any) -> None:
-    _, b = _setup(db, caller, total_credit="100")
+    _, b = sold_meter(db, caller, total_credit="100")
     count = iter(range(10**9))
     number = st.one_of(st.integers(min_value=-2**70, max_value=2**70), st.integers(min_value=0, max_value=3000)
                        ).map(str) | st.text(max_size=8)

@@ -23,23 +23,14 @@ from planctl.domain.clock import (
 )
 from planctl.domain.errors import InvalidInput
 
+from helpers import US, local, utc
+
 UTC = timezone.utc
 BEIJING = zone("Asia/Shanghai")
 NEW_YORK = zone("America/New_York")
 BERLIN = zone("Europe/Berlin")
 SANTIAGO = zone("America/Santiago")  # its DST gap swallows local midnight
-US = timedelta(microseconds=1)
 DAY, WEEK, MONTH = Period("day"), Period("week"), Period("month")
-
-
-def utc(text: str) -> datetime:
-    """An aware UTC instant from ISO text (with or without a trailing Z)."""
-    return datetime.fromisoformat(text.removesuffix("Z")).replace(tzinfo=UTC)
-
-
-def local(text: str, tz: object) -> datetime:
-    """The UTC instant of a local wall time (unambiguous times only)."""
-    return datetime.fromisoformat(text).replace(tzinfo=tz).astimezone(UTC)
 
 
 # --- zones, to_utc, iso -------------------------------------------------------

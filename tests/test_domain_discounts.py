@@ -8,7 +8,7 @@ failing condition with its own reason code, in a documented order.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta, timezone
 from typing import Any
 
 import pytest
@@ -26,9 +26,9 @@ from planctl.domain.discounts import (
 )
 from planctl.domain.errors import ExitCode, InvalidInput, Refused
 
+from helpers import NOW, US
+
 UTC = timezone.utc
-US = timedelta(microseconds=1)
-NOW = datetime(2026, 11, 21, 4, 0, tzinfo=UTC)  # 12:00 in Beijing
 
 PERCENT = DiscountTerms(code="WELCOME15", kind="percent", value=1_500, currency="CNY")
 FIXED = DiscountTerms(code="MINUS20", kind="fixed", value=2_000, currency="CNY")

@@ -38,10 +38,11 @@ from planctl.domain.lifecycle import (
 )
 from planctl.domain.money import MICRO
 
+from helpers import US, local, utc
+
 UTC = timezone.utc
 BEIJING = ZoneInfo("Asia/Shanghai")
 NEW_YORK = ZoneInfo("America/New_York")
-US = timedelta(microseconds=1)
 CTX = Context(currency="CNY", currency_decimals=2, models=frozenset({"gpt-5.4"}), groups=frozenset({"default"}))
 
 BASE = parse_plan(
@@ -61,16 +62,6 @@ BASE = parse_plan(
 PRO = replace(BASE, slug="codex-pro-monthly", name="Codex Pro", tier=2, price=25_000, total_credit=3_000 * MICRO)
 THIRTY_DAYS = replace(BASE, validity=Duration(days=30))
 PRO_THIRTY_DAYS = replace(PRO, validity=Duration(days=30))
-
-
-def utc(text: str) -> datetime:
-    """An aware UTC instant from ISO text."""
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-def local(text: str, tz: ZoneInfo) -> datetime:
-    """The UTC instant of an (unambiguous) local wall time."""
-    return datetime.fromisoformat(text).replace(tzinfo=tz).astimezone(UTC)
 
 
 def sub(starts_at: datetime, ends_at: datetime, anchor_day: int | None = None, **changes: Any) -> SubscriptionState:

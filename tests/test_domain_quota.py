@@ -9,7 +9,7 @@ transaction. Everything here is exact integer arithmetic in micro-credits.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import Any
 
@@ -21,8 +21,8 @@ from planctl.domain.keys import KeyState, key_refusal
 from planctl.domain.lifecycle import SubscriptionState, availability
 from planctl.domain.quota import Counters, Decision, Limits, Request, decide, plan_boundary, request_cost
 
-NOW = datetime(2026, 11, 21, 4, 0, tzinfo=timezone.utc)
-CR = 1_000_000  # µcr per credit
+from helpers import NOW
+
 GPT54 = ModelPrices("gpt-5.4", 8_750_000, 875_000, 70_000_000)  # sample catalog, µcr per million tokens
 MINI = ModelPrices("gpt-5.4-mini", 1_750_000, 175_000, 14_000_000)
 ONE, PRIORITY, ECONOMY = 1_000_000, 1_500_000, 800_000  # group ratios in ppm

@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 
 from helpers.fake_upstream import FakeUpstream
-from test_gateway_openai import UP_SECRET, add_upstream, buy, ledger_of, records
-from test_e2e_serve import ServeProcess
+from helpers.gateway import ServeProcess, UP_SECRET, add_upstream, buy, ledger_of, records
 
 CLIENTS = os.environ.get("PLANCTL_TEST_CLIENTS")
 BIN = Path(CLIENTS or "/nonexistent") / "node_modules" / ".bin"

@@ -4,65 +4,14 @@ graceful stop, and 200 concurrent requests against a subscription whose credit r
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
-import pytest
 
 from helpers.fake_upstream import FakeUpstream
-from test_gateway_openai import UP_SECRET, add_upstream, buy, cost, free_port, install, ledger_of, records
-
-PLANCTL = str(Path(sys.executable).parent / "planctl")
-
-
-class ServeProcess:
-    def __init__(self, db_url: str, *args: str) -> None:
-        self.port = free_port()
-        env = {**os.environ, "FAKE_UPSTREAM_KEY": UP_SECRET}
-        self.proc = subprocess.Popen([PLANCTL, "--db", db_url, "serve", "--port", str(self.port), *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-        deadline = time.monotonic() + 60  # a loaded CI machine starts four workers slowly
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited {self.proc.returncode}: {self.proc.stderr.read()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        _code, err = self.stop()
-        raise AssertionError(f"serve did not start: {err[-3000:]}")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self, timeout: float = 30) -> tuple[int, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            _out, err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _out, err = self.proc.communicate()
-        return self.proc.returncode, err
-
-
-@pytest.fixture
-def up() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream(key=UP_SECRET).start()
-    yield fake
-    fake.stop()
+from helpers.gateway import ServeProcess, add_upstream, buy, cost, install, ledger_of, records
 
 
 def test_sigterm_lets_the_stream_in_flight_finish_settles_it_and_exits_0(db: Any, db_url: str, caller: Any,

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from helpers.fake_upstream import FakeUpstream
-from test_gateway_openai import add_upstream, buy, install, ledger_of, records, serve, up, wait_for  # noqa: F401
+from helpers.gateway import add_upstream, buy, install, ledger_of, records, scrape, serve, wait_for
 
 ROUTES = {"/v1/responses": "openai", "/v1/chat/completions": "openai", "/v1/messages": "anthropic",
           "/v1/messages/count_tokens": "anthropic"}
@@ -167,15 +167,6 @@ def test_a_fuzz_run_of_malformed_requests_gets_well_formed_errors_and_the_worker
     assert len({r["request_id"] for r in rows}) == len(rows)
     assert wait_for(lambda: ledger_of(db, sub)[1] == 0)  # no hold left behind
     assert ledger_of(db, sub)[0] == sum(r["charged_plan"] for r in records(db))
-
-
-def scrape(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """GET /metrics parsed: (sample name, sorted labels) -> value."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(base + "/metrics").text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def test_metrics_count_answers_by_route_status_and_reason_and_time_the_upstream(

@@ -1,5 +1,5 @@
 """The Claude API of `planctl serve` over real HTTP on loopback: the official `anthropic` SDK as the
-client, the fake upstream (tests/fake_upstream.py, replaying the recorded-style samples of
+client, the fake upstream (tests/helpers/fake_upstream.py, replaying the recorded-style samples of
 tests/fixtures/anthropic/ where a test needs them) behind the gateway, a real database."""
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import httpx
 import pytest
 
 from helpers.fake_upstream import FakeUpstream
-from test_gateway_openai import (Served, add_upstream, buy, cost, install, ledger_of, now, plan, records, serve,
-                          up)  # noqa: F401 - `up`, the fake upstream fixture, is used by `gw`
+from helpers.gateway import Served, add_upstream, buy, cost, install, ledger_of, now, plan, records, serve
 
 FIXTURES = Path(__file__).parent / "fixtures" / "anthropic"
 MODEL = "claude-unit-1"  # billed as `unit` (1 µcr an input token, 0.5 a cached one, 2 an output one)

@@ -21,9 +21,7 @@ import httpx
 import pytest
 
 from helpers.fake_upstream import FakeUpstream
-from test_gateway_openai import add_upstream, buy, install, records, wait_for
-from test_gateway_abuse import scrape
-from test_e2e_serve import PLANCTL, ServeProcess, up  # noqa: F401 - the fixture
+from helpers.gateway import PLANCTL, ServeProcess, add_upstream, buy, install, records, scrape, wait_for
 
 STREAMS = 40
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from helpers.fake_upstream import FakeUpstream
-from test_gateway_openai import add_upstream, buy, install, ledger_of, records, serve, up, wait_for  # noqa: F401
+from helpers.gateway import add_upstream, buy, install, ledger_of, records, serve, wait_for
 
 
 @pytest.fixture

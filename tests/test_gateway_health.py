@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from helpers.fake_upstream import FakeUpstream
-from test_gateway_openai import UP_SECRET, add_upstream, buy, install, ledger_of, now, records, serve, up, wait_for  # noqa: F401
+from helpers.gateway import UP_SECRET, add_upstream, buy, install, ledger_of, now, records, serve, wait_for
 
 
 def test_429_cools_down_for_retry_after_capped_then_ramps_back() -> None:

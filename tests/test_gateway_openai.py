@@ -1,16 +1,13 @@
 """`planctl serve` over real HTTP on loopback: the official `openai` SDK as the client, the fake
-upstream (tests/fake_upstream.py) behind it, a real database (SQLite, and PostgreSQL when
+upstream (tests/helpers/fake_upstream.py) behind it, a real database (SQLite, and PostgreSQL when
 PLANCTL_TEST_DATABASE_URL is set). The gateway runs in a thread of the test process here;
-tests/test_gateway_e2e.py runs `planctl serve` as a subprocess."""
+tests/test_e2e_serve.py runs `planctl serve` as a subprocess."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -18,128 +15,8 @@ import openai
 import pytest
 
 from helpers.fake_upstream import FakeUpstream
-
-CR = 1_000_000
-UNIT = {"id": "unit", "input_price": "1", "cached_price": "0.5", "output_price": "2"}  # µcr per token
-UP_SECRET = "sk-upstream-test"
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def plan(slug: str, **terms: Any) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "slug": slug, "name": slug.title(), "family": slug, "tier": 1, "price": "10.00", "validity": "1mo",
-        "total_credit": "10", "models": ["unit", "gpt-5.4"], "groups": ["default", "priority", "economy"],
-        "refund_policy": "unused:7d",
-    }
-    entry.update(terms)
-    return entry
-
-
-def install(db: Any, caller: Any) -> None:
-    from planctl.services import catalog
-
-    catalog.import_catalog(db, {"models": [UNIT], "plans": [
-        plan("gw"), plan("tiny", total_credit="0.02"), plan("daily", total_credit=None, period="day",
-                                                             period_credit="0.000001")]},
-        caller=caller, now=now() - timedelta(days=1))
-
-
-def buy(db: Any, caller: Any, slug: str = "gw", account: str = "acme") -> tuple[str, str, str]:
-    """(subscription id, key id, secret) of a new subscription."""
-    from planctl.services import accounts
-    from planctl.services.sales import SaleRequest, sell
-
-    try:
-        accounts.create(db, {"name": account}, caller=caller, now=now())
-    except Exception:  # noqa: BLE001 - it exists
-        pass
-    r = sell(db, SaleRequest(kind="buy", account=account, item=slug), caller=caller, now=now())
-    return r.subscription.id, r.key.id, r.secret.secret
-
-
-def add_upstream(db: Any, caller: Any, name: str, up: FakeUpstream, **spec: Any) -> None:
-    from planctl.services import upstreams
-
-    upstreams.add(db, name, upstreams.UpstreamSpec(base_url=up.base_url, key_env="FAKE_UPSTREAM_KEY", **spec),
-                  caller=caller, now=now())
-
-
-def records(db: Any) -> list[dict[str, Any]]:
-    from sqlalchemy import text
-
-    with db.read() as session:
-        result = session.execute(text("SELECT * FROM usage_records ORDER BY id"))
-        return [dict(r._mapping) for r in result]
-
-
-def wait_for(condition: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Served:
-    """A gateway in a thread of this process, over `db`, and the fake upstream behind it."""
-
-    db: Any
-    up: FakeUpstream
-    port: int
-    secret: str
-    sub: str
-    key: str
-    server: Any = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def client(self, secret: str | None = None) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url, api_key=secret or self.secret, max_retries=0, timeout=20)
-
-    def records(self, count: int | None = None) -> list[dict[str, Any]]:
-        """The usage records, once `count` of them have landed (settlement follows the answer)."""
-        if count is None:
-            return records(self.db)
-        return wait_for(lambda: (rows := records(self.db)) and len(rows) >= count and rows)
-
-
-def serve(db: Any, up: FakeUpstream, **settings: Any) -> Any:
-    import uvicorn
-
-    from planctl.gateway.app import create_app
-    from planctl.gateway.core import Gateway, Settings
-    from planctl.metering import Meter
-
-    port = free_port()
-    app = create_app(Gateway(Meter(db), Settings(**settings)))
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started)
-    return server, thread, port
-
-
-@pytest.fixture
-def up(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeUpstream]:
-    monkeypatch.setenv("FAKE_UPSTREAM_KEY", UP_SECRET)
-    fake = FakeUpstream(key=UP_SECRET).start()
-    yield fake
-    fake.stop()
+from helpers.gateway import (Served, UP_SECRET, add_upstream, buy, cost, install, ledger_of, now, records, serve,
+                             wait_for)
 
 
 @pytest.fixture
@@ -151,20 +28,6 @@ def gw(db: Any, caller: Any, up: FakeUpstream) -> Iterator[Served]:
     yield Served(db, up, port, secret, sub, key, server)
     server.should_exit = True
     thread.join(30)
-
-
-def cost(input_tokens: int, cached: int, output: int) -> int:
-    """The `unit` model: 1 µcr per uncached input token, 0.5 per cached (rounded up once), 2 per output."""
-    return (input_tokens - cached) + -(-cached // 2) + 2 * output
-
-
-def ledger_of(db: Any, sub: str) -> tuple[int, int]:
-    """(credit used, credit reserved) of a subscription."""
-    from sqlalchemy import text
-
-    with db.read() as session:
-        return tuple(session.execute(text("SELECT credit_used, credit_reserved FROM subscriptions WHERE id = :s"),
-                                     {"s": sub}).one())
 
 
 # ---------------------------------------------------------------- Responses API

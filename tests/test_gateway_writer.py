@@ -9,8 +9,7 @@ import sqlite3
 from typing import Any
 
 import pytest
-
-from test_gateway_openai import buy, install, ledger_of, records
+from helpers.gateway import buy, install, ledger_of, records
 
 
 def settlements(db: Any, caller: Any, count: int) -> tuple[Any, str, list[Any]]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import NOW, sqlite_dump
+from helpers import NOW, sqlite_dump
 
 SUMMARY_KEYS = {
     "mode", "charged", "seed", "days", "since", "until", "accounts", "subscriptions", "orders", "extra_packs",
@@ -205,7 +205,7 @@ def test_help_has_an_example_and_the_module_stays_light() -> None:
 
 @pytest.fixture
 def cli_factory() -> Any:
-    from conftest import Cli
+    from helpers import Cli
 
     return Cli
 

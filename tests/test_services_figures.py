@@ -14,27 +14,13 @@ from typing import Any
 
 import pytest
 
-from conftest import NOW, assert_refused
-from conftest import db_dump as dump
+from helpers import ENDS, NOW, OPENS, US, assert_refused, db_dump as dump
+from helpers.sales import account, checks_ok, order_row, sell
 
-ENDS = datetime(2026, 12, 21, 4, 0, tzinfo=timezone.utc)  # NOW + 1mo for codex-pro-monthly
-OPENS = ENDS - timedelta(days=3)
 PRO, MAX, DAY = "codex-pro-monthly", "codex-max-monthly", "codex-day-pass"
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def account(db: Any, caller: Any, name: str = "acme") -> str:
-    from planctl.services import accounts
-
-    return accounts.create(db, {"name": name}, caller=caller, now=NOW).id
-
-
-def sell(db: Any, caller: Any, now: datetime = NOW, dry_run: bool = False, **request: Any) -> Any:
-    from planctl.services.sales import SaleRequest, sell as sell_
-
-    return sell_(db, SaleRequest(**request), caller=caller, now=now, dry_run=dry_run)
 
 
 def refund(db: Any, caller: Any, order_id: str, now: datetime = NOW, *, amount: int | None = None,
@@ -48,13 +34,6 @@ def invoice(db: Any, caller: Any, order_id: str, now: datetime = NOW) -> Any:
     from planctl.services import invoices
 
     return invoices.issue(db, order_id, caller=caller, now=now)
-
-
-def order_row(db: Any, order_id: str) -> Any:
-    from planctl.store.tables import Order
-
-    with db.read() as session:
-        return session.get(Order, order_id)
 
 
 def documents_balance(db: Any) -> dict[str, tuple[int, int]]:
@@ -88,13 +67,6 @@ def last_audit(db: Any, target: str) -> str:
     with db.read() as session:
         return session.exec(select(AuditEntry.summary).where(AuditEntry.target == target)
                             .order_by(col(AuditEntry.id).desc())).first() or ""
-
-
-def checks_ok(db: Any) -> None:
-    from planctl.services.database import check
-
-    bad = [r for r in check(db) if not r.ok]
-    assert not bad, bad
 
 
 def refused(db_url: str, action: Any, reason: str, text: str = "") -> Any:
@@ -411,7 +383,6 @@ def test_random_sales_refunds_invoices_and_usage_keep_every_figure_in_agreement(
     sequence()
 
 
-
 # ---------------------------------------------------------------- 9. an upgrade that drops a group in use
 
 
@@ -436,9 +407,6 @@ def test_an_upgrade_that_drops_a_group_its_keys_use_warns_and_lists_them(cli: An
 
 
 # ---------------------------------------------------------------- 9. plan versions per term
-
-US = timedelta(microseconds=1)
-
 
 def test_a_renewal_keeps_the_sold_terms_until_the_current_term_ends(cli: Any, db: Any, caller: Any) -> None:
     from planctl.services import catalog

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from conftest import NOW
-from test_services_metering import account, buy, checks_ok, install, plan, rows, sub_row, team
+from helpers import NOW, rows
+from helpers.metering import buy, checks_ok, install, plan, sub_row, team
+from helpers.sales import account
 
 PLANCTL = [sys.executable, "-m", "planctl"]
 WORKERS = 4
@@ -149,7 +150,7 @@ def test_unrepresentable_lines_are_rejected_alone_and_the_import_goes_to_the_end
         db: Any, cli: Any, caller: Any, tmp_path: Path) -> None:
     """Today's killers of a whole import (64-bit overflow, times Python cannot represent, bytes that
     are not UTF-8, NUL): each is one rejected line with its number; its batch's good lines commit."""
-    from test_services_metering import run as at_now
+    from helpers import run as at_now
 
     sub, keys = _world(db, caller)
     good = [_line(f"g{n}", keys[0], n).encode() for n in range(6)]
@@ -176,7 +177,7 @@ def test_unrepresentable_lines_are_rejected_alone_and_the_import_goes_to_the_end
 
 
 def test_usage_record_flags_out_of_bounds_exit_2(db: Any, db_url: str, cli: Any, caller: Any) -> None:
-    from conftest import assert_refused
+    from helpers import assert_refused
 
     _, keys = _world(db, caller)
     base = ("usage", "record", "--request-id", "r1", "--key", keys[0], "--model", "unit", "--status", "200")
@@ -201,6 +202,8 @@ from planctl.store import meter
 
 calls = []
 insert = meter.insert_usage
+
+
 def dying(tx, records):
     calls.append(1)
     if len(calls) == 2:  # the second batch: its rows are written, its commit never comes
@@ -253,7 +256,7 @@ def _corrupt(kind: str, tmp_path: Path, good: Path) -> str:
 
 @pytest.mark.parametrize("kind", ["truncated", "zeroed-page", "random-bytes", "directory", "dev-null", "empty-option"])
 def test_an_unusable_database_is_one_line_and_exit_2_for_every_command(tmp_path: Path, kind: str) -> None:
-    from conftest import Cli
+    from helpers import Cli
 
     good = tmp_path / "good.db"
     Cli(str(good)).ok("plans", "list")

@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from conftest import db_dump as dump
-import typer
 from freezegun import freeze_time
+
+from helpers import ISO, NOW, db_dump as dump
+import typer
 from typer.testing import CliRunner
 
-from conftest import NOW
 
 DOC_KEYS = {"number", "kind", "issued_at", "seller", "buyer", "order", "lines", "subtotal", "discount", "total",
             "currency", "references", "reason"}
@@ -37,7 +36,6 @@ LINE_KEYS = {"description", "quantity", "unit_price", "amount"}
 LIST_KEYS_ORDER = ["number", "kind", "order_id", "account_name", "account_id", "buyer", "total", "currency",
                    "references", "issued_at"]
 LIST_KEYS = set(LIST_KEYS_ORDER)
-ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?[+-]\d{2}:\d{2}$")
 BEIJING_NEW_YEAR = datetime(2026, 12, 31, 16, 0, tzinfo=timezone.utc)  # 2027-01-01 00:00 in Asia/Shanghai
 
 
@@ -78,7 +76,6 @@ class InvoiceCli:
 @pytest.fixture
 def inv(db_url: str) -> InvoiceCli:
     return InvoiceCli(db_url)
-
 
 
 def account(db: Any, caller: Any, name: str = "acme", **fields: str) -> str:

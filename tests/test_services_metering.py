@@ -13,103 +13,33 @@ Every scenario ends with `db check` (ledger, holds) clean.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from conftest import db_dump as dump
 from freezegun import freeze_time
 
-from conftest import NOW, assert_refused
+from helpers import CR, ENDS, NOW, US, assert_refused, cr, db_dump as dump, error_reason, js, rows, run, utc, z
 
-US = timedelta(microseconds=1)
-CR = 1_000_000  # µcr per credit
-ENDS = datetime(2026, 12, 21, 4, 0, tzinfo=timezone.utc)  # end of a 1mo plan bought at NOW
+from helpers.metering import Bought, auth, buy, checks_ok, install, plan, sold_meter, sub_row, team, use
+from helpers.sales import account, sell
+
 MIDNIGHT = datetime(2026, 11, 21, 16, 0, tzinfo=timezone.utc)  # 2026-11-22 00:00 in Beijing (after NOW)
 TODAY = datetime(2026, 11, 20, 16, 0, tzinfo=timezone.utc)  # 2026-11-21 00:00 in Beijing (NOW's day)
-
-
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)  # type: ignore[misc]
-
-
-def z(instant: datetime) -> str:
-    return instant.isoformat()
-
-
-def cr(micro: int) -> str:
-    """Credit as the JSON carries it."""
-    return f"{micro // CR}.{micro % CR:06d}"
 
 
 # ---------------------------------------------------------------- catalog and sales helpers
 
 
-def plan(slug: str, **terms: Any) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "slug": slug, "name": slug.title(), "family": slug, "tier": 1, "price": "10.00", "validity": "1mo",
-        "total_credit": "0.01",  # 10,000 µcr
-        "models": ["unit", "gpt-5.4", "gpt-5.4-mini"], "groups": ["default", "priority", "economy"],
-        "refund_policy": "unused:7d",
-    }
-    entry.update(terms)
-    return {k: v for k, v in entry.items() if v is not None}
-
-
-UNIT = {"id": "unit", "input_price": "1", "cached_price": "0.5", "output_price": "2"}
 EXTRA_LONG = {"slug": "extra-long", "name": "Extra 50 µcr, 30 days", "price": "1.00", "credit": "0.00005",
               "validity": "30d"}
 EXTRA_SHORT = {"slug": "extra-short", "name": "Extra 30 µcr, 7 days", "price": "1.00", "credit": "0.00003",
                "validity": "7d"}
 
 
-def install(db: Any, caller: Any, *plans: dict[str, Any], extra: tuple[dict[str, Any], ...] = ()) -> None:
-    from planctl.services import catalog
-
-    doc: dict[str, Any] = {"models": [UNIT], "plans": list(plans)}
-    if extra:
-        doc["extra"] = list(extra)
-    catalog.import_catalog(db, doc, caller=caller, now=NOW - timedelta(days=60))
-
-
-def account(db: Any, caller: Any, name: str = "acme", now: datetime = NOW, **fields: Any) -> str:
-    from planctl.services import accounts
-
-    return accounts.create(db, {"name": name, **fields}, caller=caller, now=now).id
-
-
-def sell(db: Any, caller: Any, now: datetime = NOW, **request: Any) -> Any:
-    from planctl.services.sales import SaleRequest, sell as sell_
-
-    return sell_(db, SaleRequest(**request), caller=caller, now=now)
-
-
-@dataclass
-class Bought:
-    sub: str
-    key: str
-    secret: str
-    order: str
-
-
-def buy(db: Any, caller: Any, acc: str, slug: str, now: datetime = NOW, **request: Any) -> Bought:
-    r = sell(db, caller, now, kind="buy", account=acc, item=slug, **request)
-    return Bought(r.subscription.id, r.key.id, r.secret.secret, r.order.id)
-
-
 def extra(db: Any, caller: Any, acc: str, slug: str, now: datetime = NOW) -> int:
     return sell(db, caller, now, kind="extra", account=acc, item=slug).pack.id
-
-
-def team(db: Any, caller: Any, sub: str, name: str = "team", now: datetime = NOW, **spec: Any) -> tuple[str, str]:
-    """A team key from the subscription; returns (key id, secret)."""
-    from planctl.services import keys
-
-    made = keys.create(db, keys.KeySpec(name=name, from_plan=sub, **spec), caller=caller, now=now)
-    return made[0].key.id, made[0].secret
 
 
 def payg_key(db: Any, caller: Any, acc: str, name: str = "payg", **spec: Any) -> tuple[str, str]:
@@ -117,36 +47,6 @@ def payg_key(db: Any, caller: Any, acc: str, name: str = "payg", **spec: Any) ->
 
     made = keys.create(db, keys.KeySpec(name=name, account=acc, payg=True, **spec), caller=caller, now=NOW)
     return made[0].key.id, made[0].secret
-
-
-def auth(db: Any, secret: str, model: str = "unit", now: datetime = NOW, **kw: Any) -> Any:
-    from planctl.services import metering
-
-    return metering.authorize(db, secret, model=model, now=now, **kw)
-
-
-def use(db: Any, key: str, rid: str, tokens: int = 0, at: datetime = NOW, model: str = "unit",
-        now: datetime | None = None, **kw: Any) -> Any:
-    """Record a request; with the `unit` model `tokens` input tokens cost exactly that many µcr."""
-    from planctl.services import metering
-
-    fields: dict[str, Any] = {"input_tokens": tokens, "output_tokens": 0, "status_code": 200, **kw}
-    u = metering.UsageInput(request_id=rid, key=key, model=model, at=at, **fields)
-    return metering.record(db, u, now=now or at)
-
-
-def rows(db: Any, model: Any, *where: Any) -> list[Any]:
-    from sqlmodel import select
-
-    with db.read() as session:
-        return list(session.exec(select(model).where(*where)))
-
-
-def sub_row(db: Any, sub: str) -> Any:
-    from planctl.store.tables import Subscription
-
-    (row,) = rows(db, Subscription, Subscription.id == sub)
-    return row
 
 
 def key_row(db: Any, key: str) -> Any:
@@ -176,38 +76,7 @@ def ledger(db: Any, *where: Any) -> list[tuple[str, str, int, Any, Any]]:
             for e in sorted(rows(db, LedgerEntry, *where), key=lambda e: e.id)]
 
 
-def checks_ok(db: Any) -> None:
-    from planctl.services.database import check
-
-    results = check(db)
-    assert [r.name for r in results if not r.ok] == [], [(r.name, r.detail) for r in results]
-    assert {"ledger_plan_credit", "ledger_extra_usage", "ledger_payg", "holds"} <= {r.name for r in results}
-
-
-
-def run(cli: Any, *args: str, when: datetime = NOW, input: str | None = None) -> Any:
-    with freeze_time(when):
-        return cli(*args, input=input)
-
-
-def js(cli: Any, *args: str, when: datetime = NOW) -> Any:
-    with freeze_time(when):
-        return cli.json(*args)
-
-
-def error_reason(result: Any) -> str:
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    return json.loads(lines[0])["error"]
-
-
 # ---------------------------------------------------------------- every reason code from a real scenario
-
-
-def _setup(db: Any, caller: Any, **terms: Any) -> tuple[str, Bought]:
-    install(db, caller, plan("meter", **terms))
-    acc = account(db, caller)
-    return acc, buy(db, caller, acc, "meter")
 
 
 def _allowed(db: Any, secret: str, **kw: Any) -> None:
@@ -218,7 +87,7 @@ def _allowed(db: Any, secret: str, **kw: Any) -> None:
 def sc_key_unknown(db: Any, caller: Any) -> dict[str, Any]:
     from planctl.services import keys
 
-    _, b = _setup(db, caller)
+    _, b = sold_meter(db, caller)
     _allowed(db, b.secret)
     keys.rotate(db, b.key, grace=None, caller=caller, now=NOW)  # the old secret stops working at once
     return {"secret": b.secret}
@@ -227,7 +96,7 @@ def sc_key_unknown(db: Any, caller: Any) -> dict[str, Any]:
 def sc_key_disabled(db: Any, caller: Any) -> dict[str, Any]:
     from planctl.services import keys
 
-    _, b = _setup(db, caller)
+    _, b = sold_meter(db, caller)
     _allowed(db, b.secret)
     keys.set_status(db, [b.key], "disable", caller=caller, now=NOW)
     return {"secret": b.secret}
@@ -236,7 +105,7 @@ def sc_key_disabled(db: Any, caller: Any) -> dict[str, Any]:
 def sc_key_revoked(db: Any, caller: Any) -> dict[str, Any]:
     from planctl.services import keys
 
-    _, b = _setup(db, caller)
+    _, b = sold_meter(db, caller)
     key, secret = team(db, caller, b.sub)
     _allowed(db, secret)
     keys.set_status(db, [key], "revoke", caller=caller, now=NOW)
@@ -244,14 +113,14 @@ def sc_key_revoked(db: Any, caller: Any) -> dict[str, Any]:
 
 
 def sc_key_expired(db: Any, caller: Any) -> dict[str, Any]:
-    _, b = _setup(db, caller)
+    _, b = sold_meter(db, caller)
     _, secret = team(db, caller, b.sub, expires_at=NOW + timedelta(hours=1))
     _allowed(db, secret, now=NOW + timedelta(hours=1) - US)
     return {"secret": secret, "now": NOW + timedelta(hours=1)}
 
 
 def sc_subscription_expired(db: Any, caller: Any) -> dict[str, Any]:
-    _, b = _setup(db, caller)
+    _, b = sold_meter(db, caller)
     assert sub_row(db, b.sub).ends_at == ENDS
     _allowed(db, b.secret, now=ENDS - US)
     return {"secret": b.secret, "now": ENDS}
@@ -260,7 +129,7 @@ def sc_subscription_expired(db: Any, caller: Any) -> dict[str, Any]:
 def sc_subscription_cancelled(db: Any, caller: Any) -> dict[str, Any]:
     from planctl.services import refunds
 
-    acc, b = _setup(db, caller)
+    acc, b = sold_meter(db, caller)
     extra(db, caller, acc, "extra-50")  # extra usage does not revive a cancelled subscription
     _allowed(db, b.secret)
     result = refunds.refund(db, b.order, amount=None, reason=None, details=None, caller=caller, now=NOW)
@@ -277,7 +146,7 @@ def sc_subscription_not_started(db: Any, caller: Any) -> dict[str, Any]:
 
 
 def sc_model_not_in_plan(db: Any, caller: Any) -> dict[str, Any]:
-    _, b = _setup(db, caller, models=["unit", "gpt-5.4"])
+    _, b = sold_meter(db, caller, models=["unit", "gpt-5.4"])
     _allowed(db, b.secret, model="gpt-5.4")
     return {"secret": b.secret, "model": "gpt-5.5"}
 
@@ -297,13 +166,13 @@ def sc_group_not_in_plan(db: Any, caller: Any) -> dict[str, Any]:
 
 
 def sc_api_type_not_in_plan(db: Any, caller: Any) -> dict[str, Any]:
-    _, b = _setup(db, caller, api_types=["responses"])
+    _, b = sold_meter(db, caller, api_types=["responses"])
     _allowed(db, b.secret, model="claude-sonnet-4-5", api="responses")
     return {"secret": b.secret, "model": "claude-sonnet-4-5", "api": "claude"}
 
 
 def sc_credit_exhausted(db: Any, caller: Any) -> dict[str, Any]:
-    acc, b = _setup(db, caller, total_credit="0.001")
+    acc, b = sold_meter(db, caller, total_credit="0.001")
     extra(db, caller, acc, "extra-50")  # extra usage does not revive an exhausted subscription
     use(db, b.key, "r1", 999)
     _allowed(db, b.secret)  # 1 µcr is left
@@ -312,7 +181,7 @@ def sc_credit_exhausted(db: Any, caller: Any) -> dict[str, Any]:
 
 
 def sc_key_credit_cap_reached(db: Any, caller: Any) -> dict[str, Any]:
-    _, b = _setup(db, caller)
+    _, b = sold_meter(db, caller)
     key, secret = team(db, caller, b.sub, credit_cap=300)
     use(db, key, "r1", 299)
     _allowed(db, secret)
@@ -322,7 +191,7 @@ def sc_key_credit_cap_reached(db: Any, caller: Any) -> dict[str, Any]:
 
 
 def sc_subuser_quota_reached(db: Any, caller: Any) -> dict[str, Any]:
-    acc, b = _setup(db, caller, max_subusers=2)
+    acc, b = sold_meter(db, caller, max_subusers=2)
     dev = account(db, caller, "dev", parent=acc, subuser_quota=300)
     key, secret = team(db, caller, b.sub, name="dev-key", account=dev)
     use(db, key, "r1", 299)
@@ -333,7 +202,7 @@ def sc_subuser_quota_reached(db: Any, caller: Any) -> dict[str, Any]:
 
 
 def sc_period_limit_reached(db: Any, caller: Any) -> dict[str, Any]:
-    _, b = _setup(db, caller, period="day", period_credit="0.0003")
+    _, b = sold_meter(db, caller, period="day", period_credit="0.0003")
     use(db, b.key, "r1", 299)
     _allowed(db, b.secret)
     use(db, b.key, "r2", 1)
@@ -341,7 +210,7 @@ def sc_period_limit_reached(db: Any, caller: Any) -> dict[str, Any]:
 
 
 def sc_rpd_reached(db: Any, caller: Any) -> dict[str, Any]:
-    _, b = _setup(db, caller, rpd=2)
+    _, b = sold_meter(db, caller, rpd=2)
     use(db, b.key, "r1", 1)
     _allowed(db, b.secret)
     use(db, b.key, "r2", 1)
@@ -349,7 +218,7 @@ def sc_rpd_reached(db: Any, caller: Any) -> dict[str, Any]:
 
 
 def sc_tpd_reached(db: Any, caller: Any) -> dict[str, Any]:
-    _, b = _setup(db, caller, tpd=500)
+    _, b = sold_meter(db, caller, tpd=500)
     use(db, b.key, "r1", 300, output_tokens=199)  # tokens: input (cached included) + output
     _allowed(db, b.secret)
     use(db, b.key, "r2", 1)
@@ -357,7 +226,7 @@ def sc_tpd_reached(db: Any, caller: Any) -> dict[str, Any]:
 
 
 def sc_key_daily_limit_reached(db: Any, caller: Any) -> dict[str, Any]:
-    _, b = _setup(db, caller)
+    _, b = sold_meter(db, caller)
     key, secret = team(db, caller, b.sub, daily_limit=300)
     use(db, key, "r1", 299)
     _allowed(db, secret)
@@ -367,7 +236,7 @@ def sc_key_daily_limit_reached(db: Any, caller: Any) -> dict[str, Any]:
 
 
 def sc_key_rpd_reached(db: Any, caller: Any) -> dict[str, Any]:
-    _, b = _setup(db, caller)
+    _, b = sold_meter(db, caller)
     key, secret = team(db, caller, b.sub, rpd=1)
     _allowed(db, secret)
     use(db, key, "r1", 1)
@@ -539,7 +408,7 @@ def test_cost_is_exact_with_cached_tokens_and_the_group_ratio_rounded_up_once(db
 def test_failed_requests_are_recorded_and_cost_what_the_upstream_reported(db: Any, caller: Any) -> None:
     from planctl.store.tables import UsageRecord
 
-    _, b = _setup(db, caller, rpd=5)
+    _, b = sold_meter(db, caller, rpd=5)
     r = use(db, b.key, "f1", 0, status_code=502, error="upstream timeout", latency_ms=30_000, stream=True)
     assert (r.record.cost, r.record.pool, r.record.status_code) == (0, "none", 502)
     (row,) = rows(db, UsageRecord, UsageRecord.request_id == "f1")
@@ -675,7 +544,7 @@ def test_the_next_reset_of_a_daily_boundary_is_the_natural_day_even_with_a_short
 
 
 def test_the_expiry_instant(db: Any, caller: Any) -> None:
-    _, b = _setup(db, caller)
+    _, b = sold_meter(db, caller)
     _, secret = team(db, caller, b.sub)
     for s in (b.secret, secret):
         last = auth(db, s, now=ENDS - US, reserve=10)
@@ -832,7 +701,7 @@ def test_limit_toggle_is_refused_where_the_plan_does_not_allow_it(
 def test_a_duplicate_request_id_changes_nothing_and_says_so(db: Any, db_url: str, cli: Any, caller: Any) -> None:
     from planctl.store.tables import LedgerEntry, UsageCounter, UsageRecord
 
-    _, b = _setup(db, caller)
+    _, b = sold_meter(db, caller)
     first = js(cli, "usage", "record", "--request-id", "req-1", "--key", b.key, "--model", "unit", "--input", "120",
                "--output", "10", "--status", "200")
     assert (first["duplicate"], first["cost"], first["pool"]) == (False, cr(140), "plan")
@@ -855,7 +724,7 @@ def test_the_same_request_id_with_other_content_is_a_conflict_naming_the_fields(
                                                                                   caller: Any) -> None:
     """Issue #11.5: a second record of a request id that says something else is not a silent
     duplicate: exit 6, the differing fields named, nothing changed."""
-    _, b = _setup(db, caller)
+    _, b = sold_meter(db, caller)
     other, _ = team(db, caller, b.sub)
     base = ("usage", "record", "--request-id", "req-1", "--model", "unit", "--status", "200")
     first = (*base, "--key", b.key, "--input", "120", "--output", "10", "--latency-ms", "900")
@@ -879,7 +748,7 @@ def test_a_hold_reduces_what_the_next_authorize_sees_and_recording_settles_it(db
     from planctl.services.database import check
     from planctl.domain.errors import Refused
 
-    _, b = _setup(db, caller, total_credit="0.001")
+    _, b = sold_meter(db, caller, total_credit="0.001")
     first = auth(db, b.secret, reserve=600)
     assert first.allowed and first.reservation_id and first.reservation_expires_at == NOW + timedelta(minutes=10)
     assert auth(db, b.secret).remaining["total"] == 400
@@ -914,7 +783,7 @@ def test_a_hold_reduces_what_the_next_authorize_sees_and_recording_settles_it(db
 def test_an_unsettled_hold_expires_after_its_timeout(db: Any, caller: Any) -> None:
     from planctl.services import metering
 
-    _, b = _setup(db, caller, total_credit="0.001")
+    _, b = sold_meter(db, caller, total_credit="0.001")
     hold = auth(db, b.secret, reserve=1000)
     assert auth(db, b.secret, reserve=1, now=NOW + timedelta(minutes=9, seconds=59)).reason == "credit_exhausted"
     later = NOW + timedelta(minutes=11)
@@ -935,7 +804,7 @@ def test_an_unsettled_hold_expires_after_its_timeout(db: Any, caller: Any) -> No
 def test_a_capped_key_holds_against_its_cap_and_settling_gives_the_hold_back(db: Any, caller: Any) -> None:
     from planctl.services import keys
 
-    _, b = _setup(db, caller, total_credit="0.01")
+    _, b = sold_meter(db, caller, total_credit="0.01")
     keys.edit(db, b.key, {"credit_cap": 1000}, caller=caller, now=NOW)
     first = auth(db, b.secret, reserve=600)
     assert first.allowed and key_row(db, b.key).credit_reserved == 600
@@ -952,7 +821,7 @@ def test_a_stale_hold_does_not_block_an_authorize_without_reserve(db: Any, calle
     must stop counting them, not only the ones that write."""
     from planctl.services import metering
 
-    _, b = _setup(db, caller, total_credit="0.001")
+    _, b = sold_meter(db, caller, total_credit="0.001")
     assert auth(db, b.secret, reserve=1000).allowed
     later = NOW + timedelta(minutes=11)
     a = auth(db, b.secret, now=later)
@@ -962,7 +831,7 @@ def test_a_stale_hold_does_not_block_an_authorize_without_reserve(db: Any, calle
 
 
 def test_a_balance_net_of_holds_never_goes_below_zero(db: Any, caller: Any) -> None:
-    _, b = _setup(db, caller, total_credit="0.001")
+    _, b = sold_meter(db, caller, total_credit="0.001")
     use(db, b.key, "r0", 300)
     hold = auth(db, b.secret, reserve=700)  # exactly the remaining credit
     assert hold.allowed
@@ -1029,7 +898,7 @@ def test_holds_on_a_payg_balance(db: Any, caller: Any) -> None:
 def test_a_reservation_settles_only_for_its_own_key(db: Any, caller: Any) -> None:
     from planctl.domain.errors import InvalidInput
 
-    _, b = _setup(db, caller)
+    _, b = sold_meter(db, caller)
     key, secret = team(db, caller, b.sub)
     hold = auth(db, secret, reserve=100)
     with pytest.raises(InvalidInput, match="does not belong"):
@@ -1062,7 +931,7 @@ def test_overdraw_is_bounded_and_shown_by_how_much_everywhere(db: Any, db_url: s
     overdrawn in limits show, subscriptions list and db check."""
     from planctl.services.database import check
 
-    _, b = _setup(db, caller, total_credit="0.0001")  # 100 µcr
+    _, b = sold_meter(db, caller, total_credit="0.0001")  # 100 µcr
     assert_refused(cli, db_url, [(("usage", "record", "--request-id", "huge", "--key", b.key, "--model", "unit",
                                    "--input", "999999999999", "--output", "0", "--status", "200"), 2,
                                   "invalid_input", "input tokens must be a whole number from 0 to 100,000,000")],
@@ -1181,7 +1050,7 @@ def test_usage_import_reports_rejected_lines_in_file_order(db: Any, caller: Any)
     """Lines refused by their shape and lines refused by the database are listed in one order."""
     from planctl.services import metering
 
-    _, b = _setup(db, caller)
+    _, b = sold_meter(db, caller)
 
     def line(rid: str, key: str, cached: int = 0) -> Any:
         return metering.UsageInput(request_id=rid, key=key, model="unit", input_tokens=5, cached_tokens=cached,
@@ -1198,7 +1067,7 @@ def test_usage_import_reports_rejected_lines_in_file_order(db: Any, caller: Any)
 def test_usage_import_counts_every_rejected_line_and_keeps_the_first_thousand(
         db: Any, cli: Any, caller: Any, tmp_path: Path) -> None:
     """A file of bad lines must not fill the memory: all are counted, the first 1,000 listed in order."""
-    _, b = _setup(db, caller)
+    _, b = sold_meter(db, caller)
     good = json.dumps({"request_id": "ok-1", "key": b.key, "model": "unit", "input": 5, "output": 0, "status": 200})
     lines = [good] + [json.dumps({"request_id": f"bad-{i}", "key": b.key, "model": "unit", "input": -1, "output": 0,
                                   "status": 200}) for i in range(2_500)] + ["{oops"]
@@ -1263,7 +1132,7 @@ def test_import_row_shapes_are_remembered_up_to_a_bound() -> None:
 
 def test_usage_import_csv_from_stdin_with_line_numbers_and_idempotent_reimport(
         db: Any, cli: Any, caller: Any, tmp_path: Path) -> None:
-    _, b = _setup(db, caller)
+    _, b = sold_meter(db, caller)
     text = "\n".join([
         "request_id,key,model,input,cached,output,status,time",
         f"c1,{b.key},unit,100,0,10,200,2026-11-21T04:00:00+00:00",
@@ -1349,7 +1218,7 @@ RECORD_FIELDS = {"request_id", "duplicate", "note", "at", "key_id", "account_id"
 
 def test_cli_usage_record_and_reservations(db: Any, cli: Any, caller: Any, monkeypatch: pytest.MonkeyPatch,
                                            tmp_path: Path) -> None:
-    _, b = _setup(db, caller, total_credit="0.001")
+    _, b = sold_meter(db, caller, total_credit="0.001")
     monkeypatch.setenv("PLANCTL_API_KEY", b.secret)
     hold = js(cli, "authorize", "--model", "gpt-5.4", "--reserve", "0.0006")
     listed = js(cli, "reservations", "list")
@@ -1453,7 +1322,7 @@ def test_limits_show_json_answers_why_cant_i_continue_today(db: Any, cli: Any, c
 
 
 def test_limits_show_for_exhausted_credit_and_an_empty_payg_balance(db: Any, cli: Any, caller: Any) -> None:
-    _, b = _setup(db, caller, total_credit="0.0001")
+    _, b = sold_meter(db, caller, total_credit="0.0001")
     use(db, b.key, "r1", 100)
     out = js(cli, "limits", "show", b.sub)
     assert out["blocking"] == "credit_exhausted" and out["period"] is None
@@ -1494,7 +1363,7 @@ def test_limits_show_prints_every_limit_that_applies_with_what_is_left(db: Any, 
 ])
 def test_limits_show_suggests_a_way_out_of_each_key_limit(db: Any, cli: Any, caller: Any, reason: str,
                                                          spec: dict[str, Any], tokens: int) -> None:
-    _, b = _setup(db, caller)
+    _, b = sold_meter(db, caller)
     key, _ = team(db, caller, b.sub, "ci", **spec)
     use(db, key, "r1", tokens)
     out = js(cli, "limits", "show", "ci")
@@ -1503,7 +1372,7 @@ def test_limits_show_suggests_a_way_out_of_each_key_limit(db: Any, cli: Any, cal
 
 
 def test_next_reset_of_a_weekly_limit_is_the_weeks(db: Any, cli: Any, caller: Any) -> None:
-    _, b = _setup(db, caller, period="week", period_credit="0.0001", rpd=100)
+    _, b = sold_meter(db, caller, period="week", period_credit="0.0001", rpd=100)
     use(db, b.key, "r1", 100)
     out = js(cli, "limits", "show", b.sub)
     assert out["blocking"] == "period_limit_reached"

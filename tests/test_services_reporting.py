@@ -39,10 +39,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from freezegun import freeze_time
 
-from conftest import BACKENDS, NOW, PG_URL, Cli, _pg_schema_url
+from helpers import BACKENDS, CR, Cli, NOW, PG_URL, cr, pg_schema_url, utc
 
 BJ = ZoneInfo("Asia/Shanghai")
-CR = 1_000_000  # µcr per credit
 START = datetime(2026, 11, 14, 16, 0, tzinfo=timezone.utc)  # 2026-11-15 00:00 Beijing: first recorded day
 EDGE_BEFORE = datetime(2026, 11, 20, 15, 59, 59, tzinfo=timezone.utc)  # 2026-11-20 23:59:59 Beijing
 EDGE_AFTER = datetime(2026, 11, 20, 16, 0, 0, tzinfo=timezone.utc)  # 2026-11-21 00:00:00 Beijing
@@ -84,18 +83,9 @@ HEALTH_CSV = ["id", "name", "requests", "success_rate", "consumption", "cache_hi
               "p95_latency_ms", "last_request_at", "status", "p95_exact"]
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)  # type: ignore[misc]
-
-
 def bj(day: str) -> datetime:
     """00:00 Beijing of an ISO date, in UTC."""
     return datetime.combine(date.fromisoformat(day), datetime.min.time(), BJ).astimezone(timezone.utc)
-
-
-def cr(micro: int) -> str:
-    """Credit as JSON carries it: exact, six decimals."""
-    return f"{micro // CR}.{micro % CR:06d}"
 
 
 def iso(instant: datetime) -> str:
@@ -343,7 +333,7 @@ class PgSchema:
         self.schema, self.plain = "t_" + secrets.token_hex(6), PG_URL.replace("postgresql+psycopg://", "postgresql://")
         with psycopg.connect(self.plain, autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {self.schema}")
-        return _pg_schema_url(self.schema)
+        return pg_schema_url(self.schema)
 
     def __exit__(self, *exc: Any) -> None:
         import psycopg
@@ -1204,7 +1194,7 @@ def test_prune_summarises_asks_and_removes_raw_records_only(fresh: World) -> Non
     state = _state(fresh)
     assert state["sum"] == sums(before)
 
-    summary.update(reservations=0, reservations_removed=0)  # (reservations: see test_meter_store)
+    summary.update(reservations=0, reservations_removed=0)  # (reservations: see test_store_meter)
     assert js(fresh, "usage", "prune", "--before", cutoff, "--dry-run") == {**summary, "removed": 0, "dry_run": True}
     result = run(fresh, "usage", "prune", "--before", cutoff)  # no terminal, no --yes: refused
     assert result.exit_code == 2 and result.stdout == ""

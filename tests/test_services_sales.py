@@ -11,40 +11,17 @@ nothing. Concurrency runs spawned processes against the same database.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
-from conftest import db_dump as dump
+from helpers import CR, ENDS, NOW, OPENS, US, db_dump as dump, rows, utc
 
-from conftest import NOW
+from helpers.sales import account, checks_ok, order_row, sell
 
-ENDS = datetime(2026, 12, 21, 4, 0, tzinfo=timezone.utc)  # NOW + 1mo (a 30-day term)
-OPENS = ENDS - timedelta(days=3)  # default renewal window
-US = timedelta(microseconds=1)
 PRO, LITE, MAX = "codex-pro-monthly", "codex-lite-monthly", "codex-max-monthly"
-CR = 1_000_000  # µcr per credit
-
-
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)  # type: ignore[misc]
-
-
 # ---------------------------------------------------------------- helpers
-
-
-
-def account(db: Any, caller: Any, name: str = "acme") -> str:
-    from planctl.services import accounts
-
-    return accounts.create(db, {"name": name}, caller=caller, now=NOW).id
-
-
-def sell(db: Any, caller: Any, now: datetime = NOW, dry_run: bool = False, **request: Any) -> Any:
-    from planctl.services.sales import SaleRequest, sell as sell_
-
-    return sell_(db, SaleRequest(**request), caller=caller, now=now, dry_run=dry_run)
 
 
 def buy(db: Any, caller: Any, acc: str, plan: str = PRO, now: datetime = NOW, **request: Any) -> Any:
@@ -59,25 +36,11 @@ def upgrade(db: Any, caller: Any, sub: str, to: str, now: datetime = NOW, **requ
     return sell(db, caller, now, kind="upgrade", subscription=sub, item=to, **request)
 
 
-def rows(db: Any, model: Any, *where: Any) -> list[Any]:
-    from sqlmodel import select
-
-    with db.read() as session:
-        return list(session.exec(select(model).where(*where)))
-
-
 def sub_row(db: Any, sub_id: str) -> Any:
     from planctl.store.tables import Subscription
 
     with db.read() as session:
         return session.get(Subscription, sub_id)
-
-
-def order_row(db: Any, order_id: str) -> Any:
-    from planctl.store.tables import Order
-
-    with db.read() as session:
-        return session.get(Order, order_id)
 
 
 def ledger(db: Any, **match: Any) -> list[tuple[str, str, int, str | None]]:
@@ -125,13 +88,6 @@ def refused(db_url: str, action: Any, reason: str, text: str = "", error: Any = 
     assert text in info.value.message
     assert dump(db_url) == before, f"{reason}: the database changed"
     return info.value
-
-
-def checks_ok(db: Any) -> None:
-    from planctl.services.database import check
-
-    bad = [r for r in check(db) if not r.ok]
-    assert not bad, bad
 
 
 # ---------------------------------------------------------------- buy

@@ -18,7 +18,7 @@ from planctl.services.database import backup, check, open_database
 from planctl.store import migrations
 from planctl.store.location import resolve_target
 from planctl.store.tables import Plan
-from tests.conftest import NOW, sqlite_dump
+from helpers import NOW, sqlite_dump
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from conftest import NOW, sqlite_dump
-from test_services_metering import account, auth, buy, install, plan, use
+from helpers import NOW, sqlite_dump
+from helpers.metering import auth, buy, install, plan, use
+from helpers.sales import account
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

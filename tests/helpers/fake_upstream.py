@@ -17,7 +17,7 @@ is the final event's response). It records each request in `requests`.
 
 Plain asyncio with HTTP/1.1 keep-alive and TCP_NODELAY (a server that writes headers and
 body separately stalls about 40 ms on delayed ACKs otherwise), so it is also the baseline
-of benchmarks/gateway.py. Standalone: `python tests/fake_upstream.py --port 9100`.
+of benchmarks/gateway.py. Standalone: `python tests/helpers/fake_upstream.py --port 9100`.
 """
 
 from __future__ import annotations
