@@ -1,7 +1,8 @@
 """Shared test helpers: one copy of each. Test modules import from here, never from each other.
 
-- this module: the fixed clock (`NOW`), instants (`utc`, `local`, `z`), credit (`CR`, `cr`), the
-  in-process CLI (`Cli`, `js`, `error_reason`), database dumps and `assert_refused`;
+- this module: the fixed clock (`NOW`, `ENDS`, `OPENS`), instants (`utc`, `local`, `z`), credit
+  (`CR`, `cr`), the in-process CLI (`Cli`, `run`, `js`, `error_reason`, `csv_rows`), database
+  dumps, `rows` and the refusal checks (`assert_refused`, `refusals`);
 - `helpers.sales`: sales through the services (`account`, `sell`, `order_row`, `checks_ok`);
 - `helpers.metering`: the metering world of plans billing the test model `unit` (1 µcr a token);
 - `helpers.gateway`: a gateway in a thread or `planctl serve` as a process, before the fake upstream;
