@@ -32,11 +32,10 @@ from planctl.gateway.sse import Events, Tokens
 from planctl.gateway.upstream import Route, candidates, make_client
 from planctl.gateway.writer import Pending, Writer
 from planctl.metering import Admission, Meter, Usage
-from planctl.store.meter import USAGE_COLUMNS
+from planctl.store.columns import U_COST
 
 log = logging.getLogger("planctl.gateway")
 
-USAGE_COST = USAGE_COLUMNS.index("cost")
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 FAILOVER_STATUSES = frozenset({429, 500, 502, 503, 504})
 ROUTES_REFRESH = 10.0  # seconds between reloads of the upstream list (edits by other processes)
@@ -401,7 +400,7 @@ class Gateway:
             if values is None and why != "already recorded":
                 log.error("could not settle %s: %s", call.request_id, why)
             if log.isEnabledFor(logging.INFO):
-                cost = values[USAGE_COST] if values is not None else None
+                cost = values[U_COST] if values is not None else None
                 _log_request(call, status, f"{usage.input_tokens}/{usage.cached_tokens}/{usage.output_tokens} "
                              f"tokens, {cost} µcr" + (" (estimated)" if estimated else ""), key_id=adm.key_id,
                              cost=cost, input_tokens=usage.input_tokens, cached_tokens=usage.cached_tokens,

@@ -41,6 +41,9 @@ from planctl.domain.ids import short_id
 from planctl.domain.latency import bucket_of
 from planctl.domain.secrets import digest, redact
 from planctl.store import meter
+from planctl.store.columns import (CONTENT_COLUMNS, ROLLUP_SUMS, U_ACCOUNT, U_API, U_BILLED, U_CACHED,
+                                   U_CHARGED_EXTRA, U_CHARGED_PAYG, U_CHARGED_PLAN, U_COST, U_GROUP, U_INPUT, U_KEY,
+                                   U_LATENCY, U_LOCAL_DAY, U_OUTPUT, U_STATUS, U_SUBSCRIPTION, USAGE_COLUMNS)
 from planctl.store.meter import AccountRow, CounterRow, HoldRow, KeyRow, PackRow, SubRow, Window
 from planctl.store.sql import Tx
 
@@ -438,7 +441,7 @@ class _Changes:
         self.read: dict[tuple[str, Any], tuple[int, ...]] = {}  # the moved fields as read (or last applied)
         self.blank: set[tuple[str, Any]] = set()  # rows not read from the database yet
         self.last_used: dict[str, datetime] = {}  # key id -> its latest use in this transaction
-        self.ledger: list[tuple[Any, ...]] = []  # rows of meter.LEDGER_COLUMNS, `at` as stored
+        self.ledger: list[tuple[Any, ...]] = []  # rows of LEDGER_COLUMNS, `at` as stored
         self.plan_debits: list[tuple[Any, ...]] = []  # usage charged to plan credit (meter.insert_plan_debits)
 
     def row(self, kind: str, ident: Any) -> Any:
@@ -478,7 +481,7 @@ class _Changes:
 
     def entry(self, stored_at: Any, account_id: str, pool: str, subscription_id: str | None, pack_id: int | None,
               key_id: str | None, kind: str, amount: int, request_id: str | None, reason: str) -> None:
-        """A ledger entry, its values in the order of meter.LEDGER_COLUMNS (no order: metering's own)."""
+        """A ledger entry, its values in the order of LEDGER_COLUMNS (no order: metering's own)."""
         self.ledger.append((stored_at, account_id, pool, subscription_id, pack_id, key_id, kind, amount, None,
                             request_id, reason))
 
@@ -717,7 +720,7 @@ class Recorded:
     request_id: str
     duplicate: bool
     note: str | None = None
-    values: tuple[Any, ...] | None = None  # the usage record as written (meter.USAGE_COLUMNS, `at` as stored)
+    values: tuple[Any, ...] | None = None  # the usage record as written (USAGE_COLUMNS, `at` as stored)
     at: datetime | None = None
 
     @property
@@ -725,7 +728,7 @@ class Recorded:
         """The usage record's values by column (`at` timezone-aware)."""
         if self.values is None:
             return None
-        row = dict(zip(meter.USAGE_COLUMNS, self.values))
+        row = dict(zip(USAGE_COLUMNS, self.values))
         row["at"], row["stream"] = self.at, bool(row["stream"])
         return row
 
@@ -824,7 +827,7 @@ class _Batch:
         self.key_ids: dict[str, str] = {}  # key reference -> key id
         self.found: dict[str, Found] = {}  # key id -> its rows
         self.index: dict[str, int] = {}  # request id -> its place in `records`
-        self.records: list[tuple[Any, ...]] = []  # rows of meter.USAGE_COLUMNS
+        self.records: list[tuple[Any, ...]] = []  # rows of USAGE_COLUMNS
         self.rollups = Rollups()
 
     def key_id(self, u: UsageInput) -> str:
@@ -899,7 +902,7 @@ class _Batch:
     def content(self, request_id: str) -> dict[str, Any]:
         """The content of a request this batch recorded, as `recorded` gives it."""
         values = self.records[self.index[request_id]]
-        return dict(zip(meter.CONTENT_COLUMNS, (values[_USAGE_AT[c]] for c in meter.CONTENT_COLUMNS)))
+        return dict(zip(CONTENT_COLUMNS, (values[_USAGE_AT[c]] for c in CONTENT_COLUMNS)))
 
     def state(self, found: Found, at: datetime, day: datetime) -> _State:
         """The key's windows at `at`, in the natural day starting at `day`, with the batch's objects
@@ -917,7 +920,7 @@ class _Batch:
         return state
 
     def charge(self, u: UsageInput) -> tuple[tuple[Any, ...], str | None]:
-        """Charge one request: the usage record's values (meter.USAGE_COLUMNS) and a note, if any."""
+        """Charge one request: the usage record's values (USAGE_COLUMNS) and a note, if any."""
         at = u.at or self.now
         found = self.key(u)
         billed = u.billed if u.billed in self.cat.models else self.cat.billed(u.model)
@@ -1027,11 +1030,7 @@ class _Batch:
         self.records, self.index, self.rollups = [], {}, Rollups()
 
 
-_ROLLED_UP = {2: "local_day", 3: "account_id", 4: "key_id", 5: "subscription_id", 6: "group_name", 8: "billed_model",
-              9: "api", 10: "input_tokens", 11: "cached_tokens", 12: "output_tokens", 13: "cost", 14: "charged_plan",
-              15: "charged_extra", 16: "charged_payg", 18: "status_code", 19: "latency_ms"}
-assert all(meter.USAGE_COLUMNS[i] == name for i, name in _ROLLED_UP.items()), "Rollups.add reads these positions"
-_USAGE_AT = {c: meter.USAGE_COLUMNS.index(c) for c in meter.CONTENT_COLUMNS}
+_USAGE_AT = {c: USAGE_COLUMNS.index(c) for c in CONTENT_COLUMNS}
 
 
 class Rollups:
@@ -1042,22 +1041,22 @@ class Rollups:
         self.sums: dict[tuple[Any, ...], list[Any]] = {}  # dimensions -> [owners, last at, *ROLLUP_SUMS]
 
     def add(self, v: tuple[Any, ...], at: datetime) -> None:
-        """One usage record (values of meter.USAGE_COLUMNS) made at `at`."""
-        dims = (v[2], v[4], v[6], v[8], v[9], v[18] // 100)  # local day, key, group, billed model, API, status
+        """One usage record (values of USAGE_COLUMNS) made at `at`."""
+        dims = (v[U_LOCAL_DAY], v[U_KEY], v[U_GROUP], v[U_BILLED], v[U_API], v[U_STATUS] // 100)
         row = self.sums.get(dims)
         if row is None:
-            row = self.sums[dims] = [(v[3], v[5]), at] + [0] * len(meter.ROLLUP_SUMS)  # account, subscription
+            row = self.sums[dims] = [(v[U_ACCOUNT], v[U_SUBSCRIPTION]), at] + [0] * len(ROLLUP_SUMS)
         elif at > row[1]:
             row[1] = at
-        row[2] += 1  # requests; then input, cached and output tokens, cost, charged plan, extra and PAYG
-        row[3] += v[10]
-        row[4] += v[11]
-        row[5] += v[12]
-        row[6] += v[13]
-        row[7] += v[14]
-        row[8] += v[15]
-        row[9] += v[16]
-        latency = v[19]
+        row[2] += 1  # then from row[3] on, as ROLLUP_SUMS has them: the summed columns, the latency
+        row[3] += v[U_INPUT]
+        row[4] += v[U_CACHED]
+        row[5] += v[U_OUTPUT]
+        row[6] += v[U_COST]
+        row[7] += v[U_CHARGED_PLAN]
+        row[8] += v[U_CHARGED_EXTRA]
+        row[9] += v[U_CHARGED_PAYG]
+        latency = v[U_LATENCY]
         if latency is not None:
             row[10] += latency
             row[11] += 1
@@ -1067,17 +1066,17 @@ class Rollups:
         out = []
         for (day, key_id, group, model, api, hundreds), row in self.sums.items():
             (account_id, subscription_id), last_at = row[0], row[1]
-            out.append(dict(zip(meter.ROLLUP_SUMS, row[2:]), local_day=day, key_id=key_id, group_name=group,
+            out.append(dict(zip(ROLLUP_SUMS, row[2:]), local_day=day, key_id=key_id, group_name=group,
                             billed_model=model, api=api, status_class=f"{hundreds}xx", account_id=account_id,
                             subscription_id=subscription_id, last_at=last_at))
         return out
 
 
 def rollups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Usage records (dicts of meter.USAGE_COLUMNS, `at` aware) summed into daily rollup rows."""
+    """Usage records (dicts of USAGE_COLUMNS, `at` aware) summed into daily rollup rows."""
     sums = Rollups()
     for r in records:
-        sums.add(tuple(r[c] for c in meter.USAGE_COLUMNS), r["at"])
+        sums.add(tuple(r[c] for c in USAGE_COLUMNS), r["at"])
     return sums.rows()
 
 

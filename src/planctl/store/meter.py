@@ -25,6 +25,8 @@ from operator import itemgetter
 from typing import Any
 
 from planctl.domain.errors import InvalidInput, NotFound
+from planctl.store.columns import (CONTENT_COLUMNS, LEDGER_COLUMNS, RESERVATION_COLUMNS, ROLLUP_COLUMNS,
+                                    ROLLUP_DIMENSIONS, ROLLUP_SUMS, USAGE_COLUMNS)
 from planctl.store.sql import Tx
 
 # ---------------------------------------------------------------- rows
@@ -278,8 +280,7 @@ def add_to_counters(tx: Tx, rows: list[dict[str, Any]]) -> None:
 
 # ---------------------------------------------------------------- reservations
 
-_HOLD = ("id, key_id, account_id, subscription_id, pool, amount, holds, status, request_id, created_at, expires_at, "
-         "closed_at")
+_HOLD = ", ".join(RESERVATION_COLUMNS)
 
 
 def _hold_row(tx: Tx, r: tuple[Any, ...]) -> HoldRow:
@@ -331,31 +332,15 @@ def list_holds(tx: Tx, *, status: str | None, key_id: str | None, limit: int) ->
 
 # ---------------------------------------------------------------- usage records, ledger, rollups
 
-USAGE_COLUMNS = ("request_id", "at", "local_day", "account_id", "key_id", "subscription_id", "group_name",
-                 "requested_model", "billed_model", "api", "input_tokens", "cached_tokens", "output_tokens", "cost",
-                 "charged_plan", "charged_extra", "charged_payg", "pool", "status_code", "latency_ms", "stream",
-                 "error", "reservation_id", "ttfb_ms", "upstream", "client_request_id", "session_id",
-                 "usage_estimated")
 _INSERT_USAGE = (f"INSERT INTO usage_records ({', '.join(USAGE_COLUMNS)}) "
                  f"VALUES ({', '.join(':' + c for c in USAGE_COLUMNS)}) ON CONFLICT (request_id) DO NOTHING")
-LEDGER_COLUMNS = ("at", "account_id", "pool", "subscription_id", "pack_id", "key_id", "kind", "amount", "order_id",
-                  "request_id", "reason")
 _INSERT_LEDGER = (f"INSERT INTO ledger ({', '.join(LEDGER_COLUMNS)}) "
                   f"VALUES ({', '.join(':' + c for c in LEDGER_COLUMNS)})")
-LATENCY_COLUMNS = tuple(f"lat_{i}" for i in range(12))
-ROLLUP_DIMENSIONS = ("local_day", "key_id", "group_name", "billed_model", "api", "status_class")
-ROLLUP_SUMS = ("requests", "input_tokens", "cached_tokens", "output_tokens", "cost", "charged_plan", "charged_extra",
-               "charged_payg", "latency_sum", "latency_count", *LATENCY_COLUMNS)
-_ROLLUP_COLUMNS = (*ROLLUP_DIMENSIONS, "account_id", "subscription_id", *ROLLUP_SUMS, "last_at")
-_ROLL_UP = (f"INSERT INTO usage_daily ({', '.join(_ROLLUP_COLUMNS)}) VALUES ({', '.join(':' + c for c in _ROLLUP_COLUMNS)}) "
+_ROLL_UP = (f"INSERT INTO usage_daily ({', '.join(ROLLUP_COLUMNS)}) VALUES ({', '.join(':' + c for c in ROLLUP_COLUMNS)}) "
             f"ON CONFLICT ({', '.join(ROLLUP_DIMENSIONS)}) DO UPDATE SET "
             + ", ".join(f"{c} = usage_daily.{c} + excluded.{c}" for c in ROLLUP_SUMS)
             + ", last_at = {latest}(usage_daily.last_at, excluded.last_at)")
 _ROLL_UP_SQL = {True: _ROLL_UP.format(latest="max"), False: _ROLL_UP.format(latest="greatest")}  # SQLite: max
-
-
-CONTENT_COLUMNS = ("request_id", "key_id", "requested_model", "api", "input_tokens", "cached_tokens", "output_tokens",
-                   "status_code", "latency_ms", "stream", "error", "reservation_id", "at")  # what a request said
 
 
 def recorded_content(tx: Tx, request_ids: list[str]) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,69 @@
+"""The column lists of store/columns.py agree with the schema of store/tables.py.
+
+Plain-SQL statements (metering, the reporting reader, the demo's bulk loader)
+are built from those lists. When a test here fails, a table gained, lost or
+reordered a column: change store/columns.py to match, and the statements and
+row builders that use the list (the failure names the list).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from planctl.domain.latency import LATENCY_BUCKETS_MS
+from planctl.store import columns, meter
+from planctl.store.tables import (Account, ApiKey, ExtraPack, LedgerEntry, Reservation, Subscription, UsageCounter,
+                                  UsageDaily, UsageRecord)
+
+
+def written(table: type) -> tuple[str, ...]:
+    """A table's columns in schema order, but for a serial id the database assigns."""
+    return tuple(c.name for c in table.__table__.columns  # type: ignore[attr-defined]
+                 if not (c.primary_key and c.type.python_type is int))
+
+
+def test_every_usage_record_column_is_written_in_schema_order() -> None:
+    assert columns.USAGE_COLUMNS == written(UsageRecord)
+
+
+def test_every_ledger_column_is_written_in_schema_order() -> None:
+    assert columns.LEDGER_COLUMNS == written(LedgerEntry)
+
+
+def test_every_reservation_column_is_written_in_schema_order() -> None:
+    assert columns.RESERVATION_COLUMNS == written(Reservation)
+
+
+def test_every_rollup_column_is_written_and_sums_follow_the_latency_buckets() -> None:
+    assert sorted(columns.ROLLUP_COLUMNS) == sorted(written(UsageDaily))
+    assert len(columns.LATENCY_COLUMNS) == len(LATENCY_BUCKETS_MS) + 1
+    assert set(columns.ROLLUP_SUMMED) <= set(columns.USAGE_COLUMNS)
+    unique = [c for c in UsageDaily.__table__.constraints if c.__class__.__name__ == "UniqueConstraint"]  # type: ignore[attr-defined]
+    assert [tuple(c.name for c in u.columns) for u in unique] == [columns.ROLLUP_DIMENSIONS]
+
+
+def test_the_content_of_a_request_is_columns_of_its_usage_record() -> None:
+    assert set(columns.CONTENT_COLUMNS) <= set(columns.USAGE_COLUMNS)
+    assert set(columns.USAGE_BY_HAND) <= set(columns.USAGE_COLUMNS)
+
+
+@pytest.mark.parametrize(("row", "table"), [
+    (meter.KeyRow, ApiKey), (meter.AccountRow, Account), (meter.SubRow, Subscription), (meter.PackRow, ExtraPack),
+    (meter.CounterRow, UsageCounter), (meter.HoldRow, Reservation),
+])
+def test_metering_rows_name_columns_of_their_table(row: type, table: type) -> None:
+    names = [f.name for f in dataclasses.fields(row)]
+    assert set(names) <= {c.name for c in table.__table__.columns}, set(names) - {  # type: ignore[attr-defined]
+        c.name for c in table.__table__.columns}  # type: ignore[attr-defined]
+
+
+def test_the_column_lists_import_nothing() -> None:
+    """A command that only meters imports store/columns.py: it must stay free of the ORM."""
+    code = "import sys, planctl.store.columns, planctl.store.meter; print(sorted(m for m in sys.modules " \
+           "if m.split('.')[0] in ('sqlalchemy', 'sqlmodel')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
