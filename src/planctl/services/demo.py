@@ -59,7 +59,9 @@ from planctl.domain.quota import request_cost
 from planctl.domain import lifecycle
 from planctl.services import accounts, keys, metering, sales, settings
 from planctl.services.audit import Caller
+from planctl.store.columns import ROLLUP_COLUMNS, ROLLUP_SUMMED, USAGE_BY_HAND
 from planctl.store.engine import Database
+from planctl.store.sql import sqlite_text
 from planctl.store.tables import Account, Group, Model, ModelAlias, Plan, Product, UsageRecord
 
 Progress = Callable[[int, int], None]  # (records written so far, records in all)
@@ -658,13 +660,6 @@ def _refused(u: metering.UsageInput, reason: str | None) -> metering.UsageInput:
 # ---------------------------------------------------------------- recording: bulk (--fast)
 
 
-RECORD_COLUMNS = ("request_id", "at", "local_day", "account_id", "key_id", "subscription_id", "group_name",
-                  "requested_model", "billed_model", "api", "input_tokens", "cached_tokens", "output_tokens", "cost",
-                  "charged_plan", "charged_extra", "charged_payg", "pool", "status_code", "latency_ms", "stream",
-                  "error", "reservation_id")
-_SUMS = ("input_tokens", "cached_tokens", "output_tokens", "cost", "charged_plan", "charged_extra", "charged_payg")
-
-
 def rollup_sql(mark: str) -> str:
     """Daily rollups of the usage records with id > the parameter, as `metering.rollups` makes them.
 
@@ -684,12 +679,9 @@ def rollup_sql(mark: str) -> str:
             cond = f"latency_ms > {bounds[-1]}"
         buckets.append(f"SUM(CASE WHEN {cond} THEN 1 ELSE 0 END)")
     status_class = "CAST(status_code / 100 AS VARCHAR(1)) || 'xx'"
-    columns = ("local_day, key_id, group_name, billed_model, api, status_class, account_id, subscription_id, "
-               "requests, " + ", ".join(_SUMS) + ", latency_sum, latency_count, "
-               + ", ".join(f"lat_{i}" for i in range(len(bounds) + 1)) + ", last_at")
-    return (f"INSERT INTO usage_daily ({columns}) "
+    return (f"INSERT INTO usage_daily ({', '.join(ROLLUP_COLUMNS)}) "
             f"SELECT local_day, key_id, group_name, billed_model, api, {status_class}, MIN(account_id), "
-            f"MIN(subscription_id), COUNT(*), " + ", ".join(f"SUM({c})" for c in _SUMS)
+            f"MIN(subscription_id), COUNT(*), " + ", ".join(f"SUM({c})" for c in ROLLUP_SUMMED)
             + ", COALESCE(SUM(latency_ms), 0), COUNT(latency_ms), " + ", ".join(buckets) + ", MAX(at) "
             f"FROM usage_records WHERE id > {mark} "
             f"GROUP BY local_day, key_id, group_name, billed_model, api, {status_class}")
@@ -699,8 +691,8 @@ def _record_fast(db: Database, traffic: _Traffic, summary: DemoSummary, progress
     """Bulk insert, one local day per transaction with that day's rollups; nothing is charged."""
     is_sqlite = db.dialect == "sqlite"
     mark = "?" if db.engine.dialect.paramstyle == "qmark" else "%s"
-    insert_sql = (f"INSERT INTO usage_records ({', '.join(RECORD_COLUMNS)}) "
-                  f"VALUES ({', '.join([mark] * len(RECORD_COLUMNS))})")
+    insert_sql = (f"INSERT INTO usage_records ({', '.join(USAGE_BY_HAND)}) "
+                  f"VALUES ({', '.join([mark] * len(USAGE_BY_HAND))})")
     rollup = rollup_sql(mark)
     prefix, total = traffic.prefix, traffic.records
     number = consumption = 0
@@ -717,7 +709,7 @@ def _record_fast(db: Database, traffic: _Traffic, summary: DemoSummary, progress
             rows: list[tuple[Any, ...]] = []
             while pending is not None and pending[1].date() == day:
                 start, _local, events = pending
-                stamp = start.strftime("%Y-%m-%d %H:%M:") if is_sqlite else None
+                stamp = sqlite_text(start)[:17] if is_sqlite else None  # "YYYY-MM-DD HH:MM:"
                 for offset, key, s in events:
                     number += 1
                     cost = s[10][key.group_index]
@@ -725,9 +717,9 @@ def _record_fast(db: Database, traffic: _Traffic, summary: DemoSummary, progress
                     seconds, micros = divmod(offset, 1_000_000)
                     at = f"{stamp}{seconds:02d}.{micros:06d}" if is_sqlite else \
                         start + timedelta(microseconds=offset)
-                    rows.append((f"{prefix}{number:08d}", at, local_day, key.account_id, key.id, key.subscription_id,
-                                 key.group, s[0], s[1], s[2], s[3], s[4], s[5], cost, 0, 0, 0, "none", s[6], s[7],
-                                 s[8], s[9], None))
+                    rows.append((f"{prefix}{number:08d}", at, local_day, key.account_id, key.id,  # USAGE_BY_HAND
+                                 key.subscription_id, key.group, s[0], s[1], s[2], s[3], s[4], s[5], cost, 0, 0, 0,
+                                 "none", s[6], s[7], s[8], s[9], None))
                 if len(rows) >= FAST_CHUNK:
                     conn.exec_driver_sql(insert_sql, rows)
                     rows = []

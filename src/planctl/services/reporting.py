@@ -1,16 +1,14 @@
 """Usage queries and group health, fast on millions of records.
 
-Reports are read-only SQL that runs unchanged on SQLite and PostgreSQL
-(`:name` parameters). On SQLite they use the standard `sqlite3` module
-directly, so `planctl usage --request-id R` does not pay for importing the ORM.
-Aggregations run in SQL. A time range [since, until) is split into whole
-natural days of the reset zone, read from the daily rollups, and the partial
-days at either end, read from raw records; both give the same sums.
+Reports are read-only SQL that runs unchanged on SQLite and PostgreSQL, through
+the store's reader (store/reader.py), which does not import the ORM for a
+SQLite file. Aggregations run in SQL. A time range [since, until) is split into
+whole natural days of the reset zone, read from the daily rollups, and the
+partial days at either end, read from raw records; both give the same sums.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -21,66 +19,16 @@ from planctl.domain.clock import local_date, start_of_local_day, zone
 from planctl.domain.errors import InvalidInput, NotFound
 from planctl.domain.latency import LATENCY_BUCKETS_MS, histogram_p95
 from planctl.store import refs
+from planctl.store.columns import LATENCY_COLUMNS, USAGE_COLUMNS
 from planctl.store.location import SCHEMA_VERSION, DbTarget
+from planctl.store.reader import Reader
 from planctl.store.sql import schema_version
 
-RECORD_COLUMNS = (
-    "request_id", "at", "local_day", "account_id", "key_id", "subscription_id", "group_name", "requested_model",
-    "billed_model", "api", "input_tokens", "cached_tokens", "output_tokens", "cost", "charged_plan",
-    "charged_extra", "charged_payg", "pool", "status_code", "latency_ms", "stream", "error", "reservation_id",
-    "ttfb_ms", "upstream", "client_request_id", "session_id", "usage_estimated",
-)
 STATUS_FILTERS = ("ok", "error", "1xx", "2xx", "3xx", "4xx", "5xx")
 DIMENSIONS = {"group": "group_name", "user": "account_id", "key": "key_id", "model": "billed_model"}
 
 
 # ---------------------------------------------------------------- reading
-
-
-class Reader:
-    """Portable read-only SQL over sqlite3 (SQLite files) or SQLAlchemy (PostgreSQL)."""
-
-    def __init__(self, target: DbTarget) -> None:
-        self.target = target
-        self.sqlite = target.path is not None
-        if self.sqlite:
-            self.conn: Any = sqlite3.connect(f"file:{target.path}?mode=ro", uri=True, timeout=10)
-            self.conn.execute("PRAGMA query_only = ON")
-        else:
-            from sqlalchemy import create_engine
-
-            self.engine = create_engine(target.url)
-            self.conn = self.engine.connect()
-
-    def rows(self, sql: str, params: dict[str, Any] | None = None) -> Iterator[tuple[Any, ...]]:
-        params = {k: self._param(v) for k, v in (params or {}).items()}
-        if self.sqlite:
-            yield from self.conn.execute(sql, params)
-        else:
-            from sqlalchemy import text
-
-            yield from self.conn.execution_options(stream_results=True, yield_per=5_000).execute(text(sql), params)
-
-    def one(self, sql: str, params: dict[str, Any] | None = None) -> tuple[Any, ...] | None:
-        return next(self.rows(sql, params), None)
-
-    def instant(self, value: Any) -> datetime | None:
-        """A stored timestamp as an aware UTC datetime (SQLite keeps naive UTC text)."""
-        if value is None:
-            return None
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value)
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-    def _param(self, value: Any) -> Any:
-        if isinstance(value, datetime) and self.sqlite:
-            return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
-        return value
-
-    def close(self) -> None:
-        self.conn.close()
-        if not self.sqlite:
-            self.engine.dispose()
 
 
 def open_reader(target: DbTarget, *, now: datetime) -> Reader:
@@ -257,7 +205,7 @@ def split_range(since: datetime | None, until: datetime | None, tz: ZoneInfo, *,
 
 
 # a record with the names people recognise beside its ids (a deleted key or account keeps its id)
-_SELECT = ", ".join(f"u.{c}" for c in RECORD_COLUMNS) + ", k.name, a.name"
+_SELECT = ", ".join(f"u.{c}" for c in USAGE_COLUMNS) + ", k.name, a.name"
 _FROM = "usage_records u LEFT JOIN api_keys k ON k.id = u.key_id LEFT JOIN accounts a ON a.id = u.account_id"
 
 
@@ -269,7 +217,7 @@ def get_record(reader: Reader, request_id: str) -> dict[str, Any]:
 
 
 def _record(reader: Reader, row: Sequence[Any]) -> dict[str, Any]:
-    record = dict(zip((*RECORD_COLUMNS, "key_name", "account_name"), row))
+    record = dict(zip((*USAGE_COLUMNS, "key_name", "account_name"), row))
     record["at"] = reader.instant(record["at"])
     record["stream"] = bool(record["stream"])
     record["usage_estimated"] = bool(record["usage_estimated"])
@@ -353,7 +301,7 @@ _RAW_SUMS = ("COUNT(*), SUM(CASE WHEN u.status_code < 400 THEN 1 ELSE 0 END), SU
 _ROLLUP_SUMS = ("SUM(d.requests), SUM(CASE WHEN d.status_class IN ('1xx', '2xx', '3xx') THEN d.requests ELSE 0 END), "
                 "SUM(d.input_tokens), SUM(d.cached_tokens), SUM(d.output_tokens), SUM(d.cost), SUM(d.charged_plan), "
                 "SUM(d.charged_extra), SUM(d.charged_payg), SUM(d.latency_sum), SUM(d.latency_count), "
-                "MAX(d.last_at), " + ", ".join(f"SUM(d.lat_{i})" for i in range(len(LATENCY_BUCKETS_MS) + 1)))
+                "MAX(d.last_at), " + ", ".join(f"SUM(d.{c})" for c in LATENCY_COLUMNS))
 
 
 def _aggregate(reader: Reader, row: Sequence[Any]) -> Aggregate:

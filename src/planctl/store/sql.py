@@ -39,6 +39,41 @@ _COMPILED: dict[tuple[str, bool], tuple[str, Callable[[Any], Any]]] = {}
 _STORED: dict[datetime, str] = {}  # instants as SQLite text: window starts and `now` repeat within a request
 
 
+# ---------------------------------------------------------------- the timestamp codec
+
+
+def sqlite_text(value: datetime) -> str:
+    """An aware instant as SQLite stores it: naive UTC text `YYYY-MM-DD HH:MM:SS.ffffff` (the
+    ORM's own format, so both sort and compare alike)."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    utc = value if value.tzinfo is UTC else value.astimezone(UTC)
+    return utc.isoformat(" ", "microseconds")[:26]  # no "+00:00"
+
+
+def stored_at(value: datetime | None, *, sqlite: bool) -> Any:
+    """An aware instant as the column stores it (PostgreSQL's `timestamptz` takes it as it is)."""
+    if value is None:
+        return None
+    if not sqlite:
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value
+    return sqlite_text(value)
+
+
+def instant(value: Any) -> datetime | None:
+    """A stored instant (SQLite text, or a driver's datetime), timezone-aware UTC."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return datetime.fromisoformat(value + "+00:00")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# ---------------------------------------------------------------- statements
+
+
 def compile_sql(text: str, sqlite: bool) -> tuple[str, Callable[[Any], Any]]:
     """The statement with positional markers, and a function picking its parameters out of a dict
     in order (the drivers bind positions several times faster than names)."""
@@ -112,14 +147,11 @@ class Tx:
             text = _STORED.get(value)
             if text is not None:
                 return text
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
         if not self.sqlite:
-            return value
+            return stored_at(value, sqlite=False)
         if len(_STORED) > 4096:
             _STORED.clear()
-        utc = value if value.tzinfo is UTC else value.astimezone(UTC)
-        text = _STORED[value] = utc.isoformat(" ", "microseconds")[:26]  # no "+00:00"
+        text = _STORED[value] = sqlite_text(value)
         return text
 
     def at_once(self, value: datetime) -> Any:
@@ -127,15 +159,9 @@ class Tx:
         and on SQLite no hash of the instant to compute."""
         if not self.sqlite or value.tzinfo is not UTC:
             return self.at(value)
-        return value.isoformat(" ", "microseconds")[:26]
+        return value.isoformat(" ", "microseconds")[:26]  # sqlite_text, inlined: one per record
 
-    def instant(self, value: Any) -> datetime | None:
-        """A stored instant, timezone-aware UTC."""
-        if value is None:
-            return None
-        if isinstance(value, str):
-            return datetime.fromisoformat(value + "+00:00")
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    instant = staticmethod(instant)
 
     def json_in(self, value: Any) -> str:
         return json.dumps(value, separators=(",", ":"))
