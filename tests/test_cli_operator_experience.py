@@ -211,6 +211,21 @@ def test_did_you_mean(cli: Cli, shop: Any, db_url: str) -> None:
     ])
 
 
+def test_products_upstreams_groups_models_and_codes_go_through_the_resolver(cli: Cli, shop: Any, db_url: str) -> None:
+    assert js(cli, "products", "show", "extra-20")["slug"] == "extra-200"  # a unique prefix, like a plan's
+    js(cli, "upstreams", "add", "openai", "--base-url", "https://api.example.com/v1", "--key-env", "K")
+    assert js(cli, "upstreams", "show", "open")["name"] == "openai"
+    assert js(cli, "discounts", "show", "spring15")["code"] == "SPRING15"  # codes ignore case
+    assert_refused(cli, db_url, [
+        (("accounts", "create", "beta", "--group", "prio"), 3, "not_found", "unknown group 'prio'"),  # named in full
+        (("accounts", "create", "beta", "--group", "priorty"), 3, "not_found", "did you mean 'priority'?"),
+        (("aliases", "set", "x*", "gpt-5"), 3, "not_found", "unknown model 'gpt-5'"),  # gpt-5.4 is another model
+        (("discounts", "show", "SPRING"), 3, "not_found", "unknown discount code 'SPRING'; see"),  # no prefix
+        (("discounts", "show", "SPRING16"), 3, "not_found", "unknown discount code 'SPRING16'; see"),  # no hint
+        (("upstreams", "remove", "op", "--yes"), 2, None, "too short to pick one upstream"),
+    ])
+
+
 # ---------------------------------------------------------------- safety rails
 
 

@@ -10,14 +10,14 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from planctl.domain.errors import Conflict, InvalidInput, NotFound, Refused
+from planctl.domain.errors import Conflict, InvalidInput, Refused
 from planctl.domain.ids import short_id
 from planctl.services import audit
 from planctl.services.audit import Caller
 from planctl.store.engine import Database
 from planctl.store import refs
 from planctl.store.sql import Tx
-from planctl.store.tables import Account, ExtraPack, Group, Order, Subscription
+from planctl.store.tables import Account, ExtraPack, Order, Subscription
 
 BILLING_FIELDS = ("billing_name", "billing_email", "billing_address", "billing_tax_id")
 
@@ -173,9 +173,7 @@ def _name(value: Any) -> str:
 
 
 def _group(session: Session, name: str) -> str:
-    if session.get(Group, name) is None:
-        raise NotFound(f"unknown group {name!r}; see 'planctl groups list'")
-    return name
+    return refs.resolve(Tx.within(session), "group", name)
 
 
 def _billing(fields: Mapping[str, Any]) -> dict[str, str]:

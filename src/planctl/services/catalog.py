@@ -22,7 +22,9 @@ from planctl.domain.errors import Conflict, InvalidInput, NotFound
 from planctl.domain.money import format_ratio
 from planctl.services import audit, settings
 from planctl.services.audit import Caller
+from planctl.store import refs
 from planctl.store.engine import Database
+from planctl.store.sql import Tx
 from planctl.store.tables import Group, Model, ModelAlias, Plan, PlanVersion, Product
 
 
@@ -146,8 +148,9 @@ def list_products(db: Database, *, kind: str | None = None) -> list[rules.Produc
 
 def get_product(db: Database, slug: str, *, kind: str | None = None) -> rules.ProductTerms:
     with db.read() as session:
-        row = session.exec(select(Product).where(Product.slug == slug)).first()
-        if row is None or (kind and row.kind != kind):
+        slug = refs.resolve(Tx.within(session), "product", slug)
+        row = session.exec(select(Product).where(Product.slug == slug)).one()
+        if kind and row.kind != kind:
             raise NotFound(f"unknown product {slug!r}; see 'planctl products list'")
         return product_from_row(row)
 
@@ -232,8 +235,7 @@ def list_aliases(db: Database) -> list[tuple[str, str]]:
 def set_alias(db: Database, pattern: str, model: str, *, caller: Caller, now: datetime) -> tuple[str, str]:
     pattern = rules.alias_pattern(pattern)
     with db.write() as session:
-        if session.get(Model, model) is None:
-            raise NotFound(f"unknown model {model!r}; see 'planctl models list'")
+        model = refs.resolve(Tx.within(session), "model", model)
         _save_alias(session, pattern, model, now)
         audit.record(session, caller, now, f"alias:{pattern}", f"-> {model}")
     return pattern, model
@@ -291,9 +293,8 @@ def create_group(db: Database, entry: Mapping[str, Any], *, caller: Caller, now:
 
 def update_group(db: Database, name: str, changes: Mapping[str, Any], *, caller: Caller, now: datetime) -> rules.GroupSpec:
     with db.write() as session:
-        row = session.get(Group, name)
-        if row is None:
-            raise NotFound(f"unknown group {name!r}; see 'planctl groups list'")
+        row = session.get(Group, refs.resolve(Tx.within(session), "group", name))
+        assert row is not None
         old = _group(row)
         new = rules.parse_group({**rules.group_to_dict(old), **{k: v for k, v in changes.items() if v is not None}})
         if _save_group(session, row, new, now) != "unchanged":

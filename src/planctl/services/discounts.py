@@ -15,7 +15,9 @@ from planctl.domain.catalog import currency_decimals
 from planctl.domain.errors import Conflict, InvalidInput, NotFound, Refused
 from planctl.services import audit, settings
 from planctl.services.audit import Caller
+from planctl.store import refs
 from planctl.store.engine import Database
+from planctl.store.sql import Tx
 from planctl.store.tables import DiscountCode, Order, Plan, Product
 
 
@@ -40,9 +42,8 @@ def _record(row: DiscountCode) -> CodeRecord:
 
 
 def _row(session: Session, code: str) -> DiscountCode:
-    row = session.get(DiscountCode, rules.normalize_code(code))
-    if row is None:
-        raise NotFound(f"unknown discount code {code.strip().upper()!r}; see 'planctl discounts list'")
+    row = session.get(DiscountCode, refs.resolve(Tx.within(session), "discount code", rules.normalize_code(code)))
+    assert row is not None
     return row
 
 

@@ -22,10 +22,10 @@ from planctl.domain.secrets import new_secret
 from planctl.services import accounts, audit, sales, settings
 from planctl.services.audit import Caller
 from planctl.store.engine import Database
-from planctl.store import meter
+from planctl.store import meter, refs
 from planctl.store.queries import starts_with
 from planctl.store.sql import Tx
-from planctl.store.tables import Account, ApiKey, Group, Plan, Subscription
+from planctl.store.tables import Account, ApiKey, Plan, Subscription
 
 Progress = Callable[[int], None]  # called with how many keys were made so far
 
@@ -146,10 +146,7 @@ def _payg_target(session: Session, spec: KeySpec) -> tuple[Account, None, str]:
     if spec.credit_cap is not None:
         raise InvalidInput("--credit caps plan credit; a pay-as-you-go key draws on the account balance")
     account = accounts.resolve(session, spec.account)
-    group = spec.group or account.default_group
-    if session.get(Group, group) is None:
-        raise NotFound(f"unknown group {group!r}; see 'planctl groups list'")
-    return account, None, group
+    return account, None, refs.resolve(Tx.within(session), "group", spec.group or account.default_group)
 
 
 # ---------------------------------------------------------------- finding keys
@@ -346,8 +343,7 @@ def edit(db: Database, ref: str, changes: dict[str, object], *, caller: Caller, 
 
 
 def _allowed_group(session: Session, key: ApiKey, group: str) -> str:
-    if session.get(Group, group) is None:
-        raise NotFound(f"unknown group {group!r}; see 'planctl groups list'")
+    group = refs.resolve(Tx.within(session), "group", group)
     if key.subscription_id is None:
         return group
     sub = session.get(Subscription, key.subscription_id)

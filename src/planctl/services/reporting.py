@@ -95,9 +95,12 @@ def resolve(reader: Reader, f: UsageFilter) -> _Resolved:
         raise InvalidInput(f"invalid --status {f.status!r}: use a code such as 200, or {', '.join(STATUS_FILTERS)}")
     r = _Resolved(since=f.since, until=f.until, group=f.group, status=f.status, api=f.api,
                   request_id=f.request_id)
-    if f.group and not (reader.one("SELECT 1 FROM groups WHERE name = :g", {"g": f.group})
-                        or reader.one("SELECT 1 FROM usage_daily WHERE group_name = :g LIMIT 1", {"g": f.group})):
-        raise NotFound(f"unknown group {f.group!r}; see 'planctl groups list'")
+    if f.group:
+        try:
+            r.group = refs.resolve(reader, "group", f.group)
+        except NotFound:  # a deleted group with usage is still a filter
+            if not reader.one("SELECT 1 FROM usage_daily WHERE group_name = :g LIMIT 1", {"g": f.group}):
+                raise
     if f.subscription:
         r.subscription = refs.resolve(reader, "subscription", f.subscription)
     if f.key:

@@ -18,10 +18,12 @@ from urllib.parse import urlsplit
 
 from sqlmodel import select
 
-from planctl.domain.errors import Conflict, InvalidInput, NotFound
+from planctl.domain.errors import Conflict, InvalidInput
 from planctl.services import audit
 from planctl.services.audit import Caller
+from planctl.store import refs
 from planctl.store.engine import Database
+from planctl.store.sql import Tx
 from planctl.store.tables import Upstream
 
 APIS = ("responses", "chat")
@@ -102,7 +104,7 @@ def edit(db: Database, name: str, spec: UpstreamSpec, *, caller: Caller, now: da
             row.weight = spec.weight
         row.updated_at = now
         session.add(row)
-        audit.record(session, caller, now, f"upstream:{name}", "edited")
+        audit.record(session, caller, now, f"upstream:{row.name}", "edited")
         return row
 
 
@@ -113,14 +115,15 @@ def set_enabled(db: Database, name: str, enabled: bool, *, caller: Caller, now: 
         if enabled:
             row.healthy, row.last_error = True, None
         session.add(row)
-        audit.record(session, caller, now, f"upstream:{name}", "enabled" if enabled else "disabled")
+        audit.record(session, caller, now, f"upstream:{row.name}", "enabled" if enabled else "disabled")
         return row
 
 
 def remove(db: Database, name: str, *, caller: Caller, now: datetime) -> None:
     with db.write() as session:
-        session.delete(_get(session, name))
-        audit.record(session, caller, now, f"upstream:{name}", "removed")
+        row = _get(session, name)
+        session.delete(row)
+        audit.record(session, caller, now, f"upstream:{row.name}", "removed")
 
 
 def get(db: Database, name: str) -> Upstream:
@@ -219,7 +222,6 @@ def read_secret(row: Any, env: Any = os.environ) -> str:
 
 
 def _get(session: Any, name: str) -> Upstream:
-    row = session.get(Upstream, name)
-    if row is None:
-        raise NotFound(f"unknown upstream {name!r}")
+    row = session.get(Upstream, refs.resolve(Tx.within(session), "upstream", name))
+    assert row is not None
     return row

@@ -1,15 +1,16 @@
 """The one reference resolver: how every command finds the account, key, plan, subscription,
-order or invoice a person names.
+order, invoice, product, group, model, upstream or discount code a person names.
 
 The rules, the same for every command (README "Naming things"):
 
 1. an exact id, then an exact name (a key's visible prefix `sk-AbCd` counts as a name);
-2. else an unambiguous prefix, of at least `MIN_PREFIX` characters, of an id or a name;
+2. else an unambiguous prefix, of at least `MIN_PREFIX` characters, of an id or a name
+   (not for the kinds named exactly: see `Kind.prefixes`);
 3. several matches are refused (exit 2) with the candidates listed; none is "unknown"
    (exit 3), with "did you mean …" when a name is close to one that exists.
 
 It runs plain SQL through any object with `rows(sql, params)` (`store.sql.Tx` inside a
-transaction, `services.reporting.Reader`), so it imports nothing heavy.
+transaction, `store.reader.Reader`), so it imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -37,15 +38,26 @@ class Kind:
     label: str  # the column people recognise, shown beside ids in messages
     listing: str
     upper: bool = False  # document numbers are upper-case: `ord-2026` finds ORD-2026…
+    prefixes: bool = True  # False: only the exact id or name (rule 2 does not apply)
+    suggest: bool = True  # False: an unknown one is never answered with existing names
 
 
 KINDS = {k.noun: k for k in (
     Kind("account", "accounts", ("id", "name"), "name", "planctl accounts list"),
     Kind("key", "api_keys", ("id", "name", "prefix"), "name", "planctl keys list"),
     Kind("plan", "plans", ("slug",), "slug", "planctl plans list"),
+    Kind("product", "products", ("slug",), "slug", "planctl products list"),
     Kind("subscription", "subscriptions", ("id",), "id", "planctl subscriptions list"),
     Kind("order", "orders", ("id",), "id", "planctl orders list", upper=True),
     Kind("invoice", "invoices", ("id",), "id", "planctl invoices list", upper=True),
+    Kind("upstream", "upstreams", ("name",), "name", "planctl upstreams list"),
+    # copied as they are into keys and plan terms, which compare them exactly
+    Kind("group", "groups", ("name",), "name", "planctl groups list", prefixes=False),
+    # a prefix of a model's id is often another model's (gpt-5, gpt-5-mini)
+    Kind("model", "models", ("id",), "id", "planctl models list", prefixes=False),
+    # buyers type codes: a prefix or a suggestion would give away codes they were not given
+    Kind("discount code", "discount_codes", ("code",), "code", "planctl discounts list", upper=True,
+         prefixes=False, suggest=False),
 )}
 
 
@@ -65,7 +77,7 @@ def resolve(db: Rows, noun: str, ref: str | None, *, account_id: str | None = No
         if found:
             _ambiguous(kind, shown, found)
     prefix = {}
-    for column in kind.columns:
+    for column in kind.columns if kind.prefixes else ():
         for row in _match(db, kind, f"substr({column}, 1, :n) = :ref", ref, account_id):
             prefix[row[0]] = row
     if len(ref) >= MIN_PREFIX:
@@ -76,7 +88,7 @@ def resolve(db: Rows, noun: str, ref: str | None, *, account_id: str | None = No
     elif prefix:
         raise InvalidInput(f"{shown!r} is too short to pick one {kind.noun}: give at least {MIN_PREFIX} "
                            f"characters, the name or the id")
-    close = _close_names(db, kind, ref, account_id)
+    close = _close_names(db, kind, ref, account_id) if kind.suggest else []
     hint = f"did you mean {_either(close)}?" if close else f"see '{kind.listing}'"
     raise NotFound(f"unknown {kind.noun} {shown!r}; {hint}")
 
