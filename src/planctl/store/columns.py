@@ -3,7 +3,7 @@
 store/tables.py is the schema; the metering hot path (store/meter.py), the
 reporting reader (store/reader.py) and the demo's bulk loader build their
 statements from these lists instead of spelling the columns again, and
-tests/test_store_columns.py fails when a list and its table disagree (a new
+tests/test_store_data_layer.py fails when a list and its table disagree (a new
 column that no statement writes).
 
 Rows of the hot path are plain tuples in the order of their list (a usage

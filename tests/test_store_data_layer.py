@@ -1,5 +1,6 @@
-"""The column lists of store/columns.py agree with the schema of store/tables.py.
+"""One place per piece of data-layer knowledge: column lists and the timestamp codec.
 
+The column lists of store/columns.py agree with the schema of store/tables.py.
 Plain-SQL statements (metering, the reporting reader, the demo's bulk loader)
 are built from those lists. When a test here fails, a table gained, lost or
 reordered a column: change store/columns.py to match, and the statements and
@@ -9,8 +10,12 @@ row builders that use the list (the failure names the list).
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import subprocess
 import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -67,3 +72,22 @@ def test_the_column_lists_import_nothing() -> None:
            "if m.split('.')[0] in ('sqlalchemy', 'sqlmodel')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_reporting_reader_binds_and_reads_instants_as_metering_stores_them(tmp_path: Path) -> None:
+    from planctl.store.location import DbTarget
+    from planctl.store.reader import Reader
+    from planctl.store.sql import Tx
+
+    beijing = datetime(2026, 11, 22, 0, 0, 0, 5, tzinfo=ZoneInfo("Asia/Shanghai"))
+    path = tmp_path / "t.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE t (at TEXT)")
+        connection.execute("INSERT INTO t (at) VALUES (?)", (Tx(connection, sqlite=True).at(beijing),))
+    reader = Reader(DbTarget(f"sqlite:///{path}", path, "--db"))
+    try:
+        rows = list(reader.rows("SELECT at FROM t WHERE at = :at", {"at": beijing}))
+        assert len(rows) == 1 and reader.instant(rows[0][0]) == beijing  # the text Tx stored, found and read back
+        assert reader.instant(rows[0][0]).tzinfo is timezone.utc
+    finally:
+        reader.close()
