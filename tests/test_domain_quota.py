@@ -345,11 +345,29 @@ def test_split_extra_draws_packs_in_the_order_given() -> None:
     assert quota.split_extra(10, []) == ((), 10)
 
 
-def test_packs_that_expire_first_are_drawn_first_and_packs_without_expiry_last() -> None:
-    soon, later = NOW + timedelta(days=7), NOW + timedelta(days=30)
-    packs = [(1, later), (2, None), (3, soon), (4, later), (5, None)]
-    ordered = sorted(packs, key=lambda p: quota.pack_order(p[1], p[0]))
-    assert [p[0] for p in ordered] == [3, 1, 4, 2, 5]
+def test_a_recorded_cost_is_charged_in_full_without_a_hold_and_never_beyond_the_balance_with_one() -> None:
+    split = quota.split_charge
+    # plan pool: in full without a hold (it may overshoot), capped at what is left with one
+    assert split(50, "plan", capped=False, packs=[], plan_available=30, payg_available=0) == (50, (), 0)
+    assert split(50, "plan", capped=True, packs=[], plan_available=30, payg_available=0) == (30, (), 0)
+    assert split(50, "plan", capped=True, packs=[], plan_available=-5, payg_available=0) == (0, (), 0)
+    assert split(50, "plan", capped=True, packs=[], plan_available=None, payg_available=0) == (50, (), 0)
+    # extra pool: the packs in the order given, the plan pays what they cannot
+    assert split(40, "extra", capped=False, packs=[(7, 30), (3, 50)], plan_available=0,
+                 payg_available=0) == (0, ((7, 30), (3, 10)), 0)
+    assert split(100, "extra", capped=False, packs=[(7, 30)], plan_available=0, payg_available=0) == (70, ((7, 30),), 0)
+    assert split(100, "extra", capped=True, packs=[(7, 30)], plan_available=20, payg_available=0) == (20, ((7, 30),), 0)
+    # payg pool: the balance net of holds, never below zero
+    assert split(50, "payg", capped=False, packs=[], plan_available=None, payg_available=10) == (0, (), 50)
+    assert split(50, "payg", capped=True, packs=[], plan_available=None, payg_available=10) == (0, (), 10)
+    assert split(50, "payg", capped=True, packs=[], plan_available=None, payg_available=-3) == (0, (), 0)
+
+
+@pytest.mark.parametrize(("plan", "extra", "payg", "label"), [
+    (0, 0, 0, "none"), (5, 0, 0, "plan"), (0, 5, 0, "extra"), (0, 0, 5, "payg"), (5, 5, 0, "mixed"), (5, 0, 5, "mixed"),
+])
+def test_a_records_pool_label_names_the_one_pool_that_paid(plan: int, extra: int, payg: int, label: str) -> None:
+    assert quota.paid_by(plan, extra, payg) == label
 
 
 # ---------------------------------------------------------------- reason codes

@@ -17,7 +17,6 @@ the per-key limits a team lead set.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
 from planctl.domain.catalog import ModelPrices
 from planctl.domain.money import Rounding, div_round
@@ -164,17 +163,9 @@ def _key_limits(limits: Limits, c: Counters, need: int) -> Decision | None:
     return None
 
 
-@dataclass(frozen=True)
-class Split:
-    """How a recorded cost is charged: plan credit, extra-usage packs, PAYG balance."""
-
-    plan: int = 0
-    extra: tuple[tuple[int, int], ...] = ()  # (pack id, µcr), packs expiring first first
-    payg: int = 0
-
-
 def split_extra(cost: int, packs: list[tuple[int, int]]) -> tuple[tuple[tuple[int, int], ...], int]:
-    """Draw `cost` from packs (id, available) in the order given; returns the draws and what is left."""
+    """Draw `cost` from packs (id, available) in the order given (the store reads them expiring first
+    first, never-expiring last: store/meter.py); returns the draws and what is left."""
     draws = []
     left = cost
     for pack_id, available in packs:
@@ -187,6 +178,24 @@ def split_extra(cost: int, packs: list[tuple[int, int]]) -> tuple[tuple[tuple[in
     return tuple(draws), left
 
 
-def pack_order(expires_at: datetime | None, pack_id: int) -> tuple[int, datetime | None, int]:
-    """Sort key: packs that expire first are drawn first; packs that never expire last."""
-    return (1, None, pack_id) if expires_at is None else (0, expires_at, pack_id)
+def split_charge(cost: int, pool: str, *, capped: bool, packs: list[tuple[int, int]], plan_available: int | None,
+                 payg_available: int) -> tuple[int, tuple[tuple[int, int], ...], int]:
+    """How a recorded cost is charged: (plan µcr, extra-pack draws, PAYG µcr). The pool was chosen at
+    admission; extra usage pays what its packs (id, available) hold and the plan the rest. Without a
+    hold (`capped` False) an admitted request is charged in full, so it may overshoot a limit; with
+    one, never beyond what is available (`plan_available` None: the plan has no total credit)."""
+    if pool == "payg":
+        return 0, (), min(cost, max(payg_available, 0)) if capped else cost
+    draws: tuple[tuple[int, int], ...] = ()
+    plan = cost
+    if pool == "extra":
+        draws, plan = split_extra(cost, packs)
+    if capped and plan_available is not None:
+        plan = min(plan, max(plan_available, 0))
+    return plan, draws, 0
+
+
+def paid_by(plan: int, extra: int, payg: int) -> str:
+    """A usage record's pool label: the one pool that paid, `mixed` for several, `none` for nothing."""
+    parts = (plan > 0) + (extra > 0) + (payg > 0)
+    return "none" if not parts else "mixed" if parts > 1 else "plan" if plan else "extra" if extra else "payg"

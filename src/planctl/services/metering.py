@@ -31,11 +31,11 @@ from operator import itemgetter
 from types import SimpleNamespace
 from typing import Any, Protocol
 
-from planctl.domain import config, lifecycle, quota
+from planctl.domain import config, denials, lifecycle, quota
 from planctl.domain import usage as bounds
 from planctl.domain import keys as key_rules
 from planctl.domain.catalog import Context, ModelPrices, PlanTerms, currency_decimals, parse_plan, resolve_model
-from planctl.domain.clock import iso, period_bounds, start_of_local_day, when, zone
+from planctl.domain.clock import iso, period_bounds, start_of_local_day, zone
 from planctl.domain.errors import Conflict, InvalidInput, NotFound, Refused
 from planctl.domain.ids import short_id
 from planctl.domain.latency import bucket_of
@@ -341,63 +341,15 @@ def _answer(state: _State, decision: quota.Decision, requested: str, billed: str
         "extra": c.extra_available,
         "payg": c.payg_available if state.key.kind == "payg" else None,
     }
-    next_reset = reset_of(decision.reason or decision.lifted, win)
+    next_reset = denials.reset_of(decision.reason or decision.lifted, win.day, win.period)
     if next_reset is None:  # what blocks does not reset by itself: say when the next counter does anyway
-        next_reset = min([win.day[1]] + ([win.period[1]] if win.period else []))
+        next_reset = denials.reset_of(None, win.day, win.period)
     return Authorization(
-        allowed=decision.allowed, reason=decision.reason, message=explain(decision, next_reset, tz),
+        allowed=decision.allowed, reason=decision.reason, message=denials.explain(decision, next_reset, tz),
         requested_model=requested, billed_model=billed, key_id=state.key.id, account_id=state.key.account_id,
         subscription_id=state.sub.id if state.sub else None, pool=decision.pool, lifted=decision.lifted,
         remaining=remaining, next_reset=next_reset,
     )
-
-
-MESSAGES = {
-    "key_disabled": "the key is disabled",
-    "key_revoked": "the key was revoked",
-    "key_expired": "the key has expired",
-    "subscription_expired": "the subscription has expired: renew it or ask for a direct renewal",
-    "subscription_cancelled": "the subscription was cancelled",
-    "subscription_not_started": "the subscription has not started yet",
-    "model_not_in_plan": "the model is not in the plan",
-    "group_not_in_plan": "the key's group is not in the plan",
-    "api_type_not_in_plan": "the API type is not in the plan",
-    "credit_exhausted": "the plan's total credit is used up: renew, or ask for a direct renewal",
-    "key_credit_cap_reached": "the key has used all the plan credit it may (its credit cap)",
-    "subuser_quota_reached": "the sub-user has used its quota",
-    "period_limit_reached": "this period's credit limit is reached",
-    "rpd_reached": "today's request limit (RPD) is reached",
-    "tpd_reached": "today's token limit (TPD) is reached",
-    "key_daily_limit_reached": "the key's daily credit limit is reached",
-    "key_rpd_reached": "the key's daily request limit is reached",
-    "payg_balance_empty": "the pay-as-you-go balance is used up: top up",
-}
-
-
-DAILY_REASONS = ("rpd_reached", "tpd_reached", "key_daily_limit_reached", "key_rpd_reached")
-
-
-def reset_of(blocking: str | None, win: Any) -> datetime | None:
-    """When the boundary named by `blocking` resets: the period's end for the periodic limit (a week
-    for a weekly plan), the natural day's for daily limits; None when nothing blocks or it never resets."""
-    if blocking == "period_limit_reached" and win.period:
-        return win.period[1]
-    if blocking in DAILY_REASONS:
-        return win.day[1]
-    if blocking is None:
-        return min([win.day[1]] + ([win.period[1]] if win.period else []))
-    return None
-
-
-def explain(decision: quota.Decision, next_reset: datetime, tz: Any) -> str:
-    if decision.allowed:
-        if decision.lifted:
-            return f"allowed on extra usage ({MESSAGES[decision.lifted]})"
-        return f"allowed, charged to {decision.pool}"
-    text = MESSAGES.get(decision.reason or "", decision.reason or "denied")
-    if decision.reason in quota.BOUNDARIES or decision.reason in DAILY_REASONS:
-        text += f"; it resets at {when(next_reset, tz)}"
-    return text
 
 
 # ---------------------------------------------------------------- balance changes
@@ -519,7 +471,7 @@ def _hold(tx: Tx, state: _State, decision: quota.Decision, limits: quota.Limits,
     holds: dict[str, Any] = {}
 
     def refuse(reason: str) -> Refused:
-        return Refused(f"{MESSAGES[reason]} (taken by a concurrent request)", reason=reason)
+        return Refused(f"{denials.PHRASES[reason]} (taken by a concurrent request)", reason=reason)
 
     if decision.pool == "payg":
         if not meter.hold_payg(tx, state.account.id, amount):
@@ -949,8 +901,7 @@ class _Batch:
         stored = self.tx.at_once(at)
         extra_total = self._apply(state, u, at, stored, plan, extra, payg)
         charged = plan + extra_total + payg
-        parts = (plan > 0) + (extra_total > 0) + (payg > 0)
-        paid_by = "none" if not parts else "mixed" if parts > 1 else "plan" if plan else "extra" if extra_total else "payg"
+        paid_by = quota.paid_by(plan, extra_total, payg)
         values = (u.request_id, stored, local_day, key.account_id, key.id, key.subscription_id, key.group_name,
                   u.model, billed, u.api, u.input_tokens, u.cached_tokens, u.output_tokens, cost, plan, extra_total,
                   payg, paid_by, u.status_code, u.latency_ms, u.stream, u.error[:2000] if u.error else None,
@@ -974,21 +925,17 @@ class _Batch:
         return "extra" if boundary and counters.extra_available > 0 else "plan"
 
     def _split(self, state: _State, pool: str, cost: int, *, capped: bool) -> tuple[int, list[tuple[int, int]], int]:
-        """Plan / extra draws / PAYG. Without a hold an admitted request is charged in full (it may
-        overshoot a limit); with one, never beyond what is available."""
-        if pool == "payg":
-            available = state.account.payg_balance - state.account.payg_reserved
-            return 0, [], min(cost, max(available, 0)) if capped else cost
-        plan_cost, draws = cost, []
+        """Plan / extra draws / PAYG (the rule: quota.split_charge)."""
         if pool == "extra":
             self.filled(state)
-            found, plan_cost = quota.split_extra(cost, [(p.id, p.available) for p in state.live_packs()])
-            draws = list(found)
         sub = state.sub
-        if capped and sub is not None and sub.credit_granted is not None:
-            available = sub.credit_granted - sub.credit_used - sub.credit_reserved
-            plan_cost = min(plan_cost, max(available, 0))
-        return plan_cost, draws, 0
+        plan, draws, payg = quota.split_charge(
+            cost, pool, capped=capped,
+            packs=[(p.id, p.available) for p in state.live_packs()] if pool == "extra" else [],
+            plan_available=None if sub is None or sub.credit_granted is None
+            else sub.credit_granted - sub.credit_used - sub.credit_reserved,
+            payg_available=state.account.payg_balance - state.account.payg_reserved)
+        return plan, list(draws), payg
 
     def _apply(self, state: _State, u: UsageInput, at: datetime, stored: Any, plan: int,
                extra: list[tuple[int, int]], payg: int) -> int:
@@ -1256,7 +1203,7 @@ def limits_view(db: Any, ref: str, *, now: datetime) -> LimitsView:
             period=state.windows.period, day=state.windows.day, reset_zone=cat.tz.key,
             can_disable_limit=bool(terms and terms.period_limit_can_disable),
             suggestions=_suggestions(decision, boundary, state, counters),
-            next_reset=reset_of(decision.reason or boundary, state.windows),
+            next_reset=denials.reset_of(decision.reason or boundary, state.windows.day, state.windows.period),
             payg_balance=state.account.payg_balance if state.key.kind == "payg" else None,
         )
 
