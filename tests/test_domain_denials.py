@@ -49,3 +49,29 @@ def test_an_admission_says_what_pays() -> None:
     assert denials.explain(Decision(True, pool="plan"), DAY[1], SHANGHAI) == "allowed, charged to plan"
     lifted = denials.explain(Decision(True, pool="extra", lifted="rpd_reached"), DAY[1], SHANGHAI)
     assert lifted == "allowed on extra usage (today's request limit (RPD) is reached)"
+
+
+def remedies(reason: str | None, boundary: str | None = None, *, subscription: bool = True, extra: int = 0,
+             can_disable: bool = False) -> list[str]:
+    return denials.remedies(reason, boundary, subscription=subscription, extra_available=extra,
+                            can_disable_limit=can_disable)
+
+
+def test_a_plan_boundary_is_lifted_by_extra_usage_or_the_limit_switch_else_by_waiting() -> None:
+    assert remedies("period_limit_reached", "period_limit_reached", can_disable=True) == [
+        "buy_extra_usage", "disable_period_limit"]
+    assert remedies("period_limit_reached", "period_limit_reached", extra=5) == ["wait_for_reset"]
+    assert remedies("rpd_reached", "rpd_reached", can_disable=True) == ["buy_extra_usage"]  # only the period's
+    assert remedies(None, "rpd_reached") == ["buy_extra_usage"]  # extra usage absorbs it now: buy more
+    assert remedies(None, "rpd_reached", extra=5) == []
+    assert remedies("rpd_reached", "rpd_reached", subscription=False) == ["wait_for_reset"]
+    assert remedies(None, None) == []
+
+
+def test_an_expired_or_used_up_subscription_is_renewed_and_a_key_or_account_fixed_by_its_reason() -> None:
+    assert remedies("credit_exhausted") == ["renew"]
+    assert remedies("subscription_expired") == ["renew"]
+    assert remedies("subscription_expired", subscription=False) == []
+    for reason in denials.FIXABLE:
+        assert remedies(reason) == [reason]
+    assert remedies("key_unknown") == []

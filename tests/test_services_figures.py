@@ -16,6 +16,7 @@ import pytest
 
 from helpers import ENDS, NOW, OPENS, US, assert_refused, db_dump as dump
 from helpers.sales import account, checks_ok, order_row, sell
+from planctl.cli.hints import word
 
 PRO, MAX, DAY = "codex-pro-monthly", "codex-max-monthly", "codex-day-pass"
 
@@ -76,7 +77,7 @@ def refused(db_url: str, action: Any, reason: str, text: str = "") -> Any:
     with pytest.raises(PlanctlError) as info:
         action()
     assert info.value.reason == reason, info.value.message
-    assert text in info.value.message, info.value.message
+    assert text in word(info.value), info.value.message  # as the operator reads it
     assert dump(db_url) == before, f"{reason}: the database changed"
     return info.value
 

@@ -49,7 +49,9 @@ class PlanctlGroup(TyperGroup):
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except PlanctlError as exc:
-            _report(ctx, exc.reason, exc.message)
+            from planctl.cli.hints import word
+
+            _report(ctx, exc.reason, word(exc))
             raise typer.Exit(exc.exit_code) from None
         except BrokenPipeError:  # `planctl … | head`: the reader has all it wanted
             devnull = os.open(os.devnull, os.O_WRONLY)

@@ -59,6 +59,7 @@ def check(ctx: typer.Context, json_: JsonOpt = False, journal: Annotated[Optiona
 
     Example: planctl db check
     """
+    from planctl.cli.hints import word
     from planctl.services import database
     from planctl.store.location import journal_dir
 
@@ -66,7 +67,7 @@ def check(ctx: typer.Context, json_: JsonOpt = False, journal: Annotated[Optiona
     fmt = output_format(st, json_=json_)
     results = database.check(st.db())
     results.append(database.check_journal(st.db(), journal or journal_dir(st.target)))
-    rows = [{"check": r.name, "ok": r.ok, "detail": r.detail} for r in results]
+    rows = [{"check": r.name, "ok": r.ok, "detail": word(r.detail)} for r in results]
     emit_rows(st, rows, (Column("check"), Column("ok", kind="bool"), Column("detail")), fmt)
     if not all(r.ok for r in results):
         raise typer.Exit(1)
@@ -79,6 +80,7 @@ def backup(ctx: typer.Context, file: Annotated[Path, typer.Argument(help="New fi
 
     Example: planctl db backup ~/planctl-$(date +%F).db
     """
+    from planctl.cli.hints import word
     from planctl.services import database
 
     st = state(ctx, read_only=True)

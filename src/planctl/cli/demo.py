@@ -35,6 +35,7 @@ def demo(
     benchmarks). Refused (exit 4) on a database that already has usage records, unless --yes.
     Example: planctl --db demo.db demo --days 7 --seed 42
     """
+    from planctl.cli.hints import word
     from planctl.services import demo as service
 
     st = state(ctx)
@@ -44,6 +45,7 @@ def demo(
     summary = service.run(st.db(), spec, caller=st.caller(), now=st.now(), force=yes, progress=progress)
     progress.finish()
     data = service.summary_json(summary)
+    data["notes"] = [word(n) for n in summary.notes]
     if fmt == "json":
         emit_json(st, data)
     else:

@@ -332,6 +332,7 @@ def usage_import(
     latency_ms, api, stream, time, reservation, error.
     Example: planctl usage import gateway-2026-11-21.jsonl
     """
+    from planctl.cli.hints import word
     from planctl.domain.errors import InvalidInput
     from planctl.services import metering
 
@@ -365,7 +366,7 @@ def usage_import(
     finally:
         signal.signal(signal.SIGTERM, previous)
     data = {"new": report.new, "duplicate": report.duplicate, "rejected": report.rejected,
-            "rejected_lines": [{"line": n, "error": e} for n, e in report.rejected_lines],
+            "rejected_lines": [{"line": n, "error": word(e)} for n, e in report.rejected_lines],
             "conflicting": report.conflicting,
             "conflicting_lines": [{"line": n, "error": e} for n, e in report.conflicting_lines],
             "retried": report.retried}
@@ -377,7 +378,7 @@ def usage_import(
         for what, count, lines in (("rejected", report.rejected, report.rejected_lines),
                                    ("conflicting", report.conflicting, report.conflicting_lines)):
             for number, why in lines[:20]:
-                say(st, f"line {number}: {why}")
+                say(st, f"line {number}: {word(why)}")
             if count > 20:
                 say(st, f"… and {count - 20} more {what} lines (--json lists the first {report.KEEP:,})")
     if report.rejected:
@@ -414,6 +415,7 @@ class _Progress:
 
 
 def limits_json(v: Any, zone: Any) -> dict[str, Any]:
+    from planctl.cli.hints import suggestion
     from planctl.domain.clock import iso
 
     c, lim = v.counters, v.limits
@@ -450,7 +452,7 @@ def limits_json(v: Any, zone: Any) -> dict[str, Any]:
                 "rpd_remaining": left(lim.key_rpd, c.key_day_requests)},
         "extra_usage": _credit(c.extra_available),
         "payg_balance": None if v.subscription_id else _credit(c.payg_available),
-        "reset_zone": v.reset_zone, "suggestions": v.suggestions,
+        "reset_zone": v.reset_zone, "suggestions": [suggestion(code, v.about) for code in v.suggestions],
     }
 
 

@@ -98,6 +98,7 @@ def key_json(key: Any, secret: str | None = None) -> dict[str, Any]:
 
 def sale_json(result: Any, now: Any) -> dict[str, Any]:
     """A sale's result; a dry run leaves out what only a real sale assigns (order number, new ids, key prefix)."""
+    from planctl.cli.hints import word
     from planctl.services.sales import state_name
 
     sub, order, key = result.subscription, order_json(result.order), result.key
@@ -107,7 +108,7 @@ def sale_json(result: Any, now: Any) -> dict[str, Any]:
                                                                    result.plan_version),
         "key": None if key is None else key_json(key, None if result.dry_run or result.secret is None
                                                  else result.secret.secret),
-        "replayed": result.replayed, "dry_run": result.dry_run, "notes": result.notes,
+        "replayed": result.replayed, "dry_run": result.dry_run, "notes": [word(n) for n in result.notes],
     }
     if result.dry_run:
         order["id"] = None

@@ -75,7 +75,7 @@ def spec(key: str) -> SettingSpec:
     try:
         return SETTINGS[key]
     except KeyError:
-        raise NotFound(f"unknown setting {key!r}; see 'planctl config list'") from None
+        raise NotFound(f"unknown setting {key!r}", code="unknown_setting") from None
 
 
 def normalize(key: str, value: str) -> str:

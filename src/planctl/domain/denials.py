@@ -61,3 +61,30 @@ def explain(decision: Decision, next_reset: datetime, tz: tzinfo) -> str:
     if decision.reason in BOUNDARIES or decision.reason in DAILY_REASONS:
         text += f"; it resets at {when(next_reset, tz)}"
     return text
+
+
+FIXABLE = (  # denials lifted by a change to the key, account or subscription itself
+    "payg_balance_empty", "key_credit_cap_reached", "key_daily_limit_reached", "key_rpd_reached", "key_disabled",
+    "key_expired", "key_revoked", "subscription_cancelled", "subscription_not_started", "subuser_quota_reached",
+    "group_not_in_plan", "model_not_in_plan", "api_type_not_in_plan",
+)
+
+
+def remedies(reason: str | None, boundary: str | None, *, subscription: bool, extra_available: int,
+             can_disable_limit: bool) -> list[str]:
+    """What would lift each reason that blocks now (the decision's `reason`, and a plan `boundary`
+    that extra usage absorbs), as codes: buying extra usage, disabling the periodic limit (where the
+    plan allows it and it is on), waiting for the reset when nothing else helps, renewing, or the
+    reason itself when a change to the key, account or subscription lifts it."""
+    out = []
+    if boundary and not extra_available and subscription:
+        out.append("buy_extra_usage")
+    if boundary == "period_limit_reached" and can_disable_limit and subscription:
+        out.append("disable_period_limit")
+    if reason in BOUNDARIES and not out:
+        out.append("wait_for_reset")
+    if reason in ("credit_exhausted", "subscription_expired") and subscription:
+        out.append("renew")
+    if reason in FIXABLE:
+        out.append(reason)
+    return out

@@ -1,7 +1,10 @@
 """Domain errors: each carries the exit code the CLI maps it to and a reason code.
 
-The message is one sentence saying what was wrong, followed where useful by what
-to do next. Messages never contain a secret.
+The message is one sentence saying what was wrong, in words any caller can show
+(the gateway sends some to API clients): it names no command and no flag.
+Where the command line has more to say (the flag to fix, the command to run
+next), the error carries a `code` and the `fields` to word it with, and
+cli/hints.py words it. Messages never contain a secret.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ class PlanctlError(Exception):
     exit_code: ExitCode = ExitCode.FAILURE
     default_reason = "error"
 
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    def __init__(self, message: str, *, reason: str | None = None, code: str | None = None, **fields: object) -> None:
         super().__init__(message)
         self.message = message
-        self.reason = reason or self.default_reason
+        self.reason = reason or self.default_reason  # stable, machine-readable (`--json` errors, the gateway)
+        self.code = code  # what the CLI words (cli/hints.py); None: the message says it all
+        self.fields = fields  # the values the wording uses: ids, names, instants
 
 
 class InvalidInput(PlanctlError):
@@ -68,3 +73,17 @@ class Conflict(PlanctlError):
 
     exit_code = ExitCode.CONFLICT
     default_reason = "conflict"
+
+
+class Note(str):
+    """A sentence for people that is not an error (a sale's note, a check's detail): like an error's
+    message it names no command, and like an error it may carry a `code` and `fields` the CLI
+    words (cli/hints.py). It is a `str`, so every caller can show it as it is."""
+
+    code: str | None
+    fields: dict[str, object]
+
+    def __new__(cls, text: str, *, code: str | None = None, **fields: object) -> Note:
+        note = super().__new__(cls, text)
+        note.code, note.fields = code, fields
+        return note

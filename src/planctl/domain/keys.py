@@ -25,7 +25,8 @@ def check_name(name: str) -> str:
 
 def check_quantity(quantity: int) -> int:
     if not 1 <= quantity <= MAX_BATCH:
-        raise InvalidInput(f"--quantity must be between 1 and {MAX_BATCH}, got {quantity}")
+        raise InvalidInput(f"the quantity must be between 1 and {MAX_BATCH}, got {quantity}", code="key_quantity",
+                           most=MAX_BATCH, quantity=quantity)
     return quantity
 
 
@@ -51,14 +52,14 @@ def batch_names(base: str, quantity: int, taken: Iterable[str]) -> list[str]:
 def check_group(group: str, plan_groups: Iterable[str], *, plan: str) -> str:
     groups = tuple(plan_groups)
     if group not in groups:
-        raise Refused(f"group {group!r} is not in plan {plan} (its groups: {', '.join(groups)}); choose one "
-                      "with --group", reason="group_not_in_plan")
+        raise Refused(f"group {group!r} is not in plan {plan} (its groups: {', '.join(groups)})",
+                      reason="group_not_in_plan", code="group_not_in_plan")
     return group
 
 
 def check_expiry(expires_at: datetime | None, now: datetime) -> datetime | None:
     if expires_at is not None and expires_at <= now:
-        raise InvalidInput("--expires must be in the future")
+        raise InvalidInput("the expiry must be in the future", code="expiry_past")
     return expires_at
 
 

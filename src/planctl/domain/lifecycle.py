@@ -246,12 +246,11 @@ def quote_refund(facts: RefundFacts, now: datetime, tz: ZoneInfo, *, override: i
 
     policy = parse_refund_policy(facts.policy)
     if policy.kind == "none":
-        raise Refused("the plan's refund policy is 'none'; an operator can still refund with --amount "
-                      "and --reason", reason="refund_not_allowed")
+        raise Refused("the plan's refund policy is 'none'", reason="refund_not_allowed", code="refund_policy_none")
     if policy.kind == "unused":
         if credit_left < facts.credit_granted - facts.credit_reversed:
             raise Refused("credit from this order has been used, so the 'unused' refund policy no longer "
-                          "applies; an operator can refund with --amount", reason="refund_credit_used")
+                          "applies", reason="refund_credit_used", code="refund_by_amount")
         if policy.within is not None:
             closes = add_duration(facts.paid_at, policy.within, tz)
             if now >= closes:
@@ -260,8 +259,7 @@ def quote_refund(facts: RefundFacts, now: datetime, tz: ZoneInfo, *, override: i
         return RefundQuote(remaining, credit_left, str(policy), facts.kind == "buy")
     # prorated: the unused share of the credit, times what was paid
     if facts.credit_granted == 0:
-        raise Refused("this order granted no credit to prorate; an operator can refund with --amount",
-                      reason="refund_not_allowed")
+        raise Refused("this order granted no credit to prorate", reason="refund_not_allowed", code="refund_by_amount")
     # credit_left already excludes credit taken back by earlier refunds, so this is what is still owed
     amount = min(div_round(facts.payable * credit_left, facts.credit_granted, Rounding.DOWN), remaining)
     if amount <= 0:

@@ -51,7 +51,7 @@ def create(db: Database, fields: Mapping[str, Any], *, caller: Caller, now: date
                           parent_id=parent and parent.id, subuser_quota=fields.get("subuser_quota"),
                           **_billing(fields))
         if account.subuser_quota is not None and parent is None:
-            raise InvalidInput("--quota applies to sub-users: give --parent too")
+            raise InvalidInput("a quota applies to sub-users: give the parent account too", code="quota_needs_parent")
         session.add(account)
         audit.record(session, caller, now, f"account:{account.id}", f"created {name!r}, group {group}"
                      + (f", sub-user of {parent.name}" if parent else ""))

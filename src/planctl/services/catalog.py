@@ -66,7 +66,7 @@ def plan_version_terms(session: Session, plan_version_id: int) -> rules.PlanTerm
 def create_plan(db: Database, entry: Mapping[str, Any], *, caller: Caller, now: datetime) -> PlanRecord:
     with db.write() as session:
         if _find_plan(session, str(entry.get("slug", ""))) is not None:
-            raise Conflict(f"plan {entry['slug']!r} already exists; change it with 'planctl plans update'")
+            raise Conflict(f"plan {entry['slug']!r} already exists", code="plan_exists")
         ctx = settings.catalog_context(session)
         terms = rules.parse_plan(entry, ctx)
         row = _save_plan(session, None, terms, now)
@@ -151,7 +151,7 @@ def get_product(db: Database, slug: str, *, kind: str | None = None) -> rules.Pr
         slug = refs.resolve(Tx.within(session), "product", slug)
         row = session.exec(select(Product).where(Product.slug == slug)).one()
         if kind and row.kind != kind:
-            raise NotFound(f"unknown product {slug!r}; see 'planctl products list'")
+            raise NotFound(f"unknown product {slug!r}", code="unknown_product")
         return product_from_row(row)
 
 
@@ -199,7 +199,7 @@ def set_model_price(
     with db.write() as session:
         row = session.get(Model, rules.model_id(entry["id"]))
         if row is None and not create:
-            raise NotFound(f"unknown model {entry['id']!r}; add it with --create and all three prices")
+            raise NotFound(f"unknown model {entry['id']!r}", code="unknown_model_to_create")
         current = rules.model_to_dict(_model(row)) if row else {}
         prices = rules.parse_model({**current, **{k: v for k, v in entry.items() if v is not None}})
         if _save_model(session, row, prices, now) != "unchanged":
@@ -257,7 +257,7 @@ def remove_alias(db: Database, pattern: str, *, caller: Caller, now: datetime) -
     with db.write() as session:
         row = session.get(ModelAlias, pattern)
         if row is None:
-            raise NotFound(f"no alias with pattern {pattern!r}; see 'planctl aliases list'")
+            raise NotFound(f"no alias with pattern {pattern!r}", code="unknown_alias")
         session.delete(row)
         audit.record(session, caller, now, f"alias:{pattern}", f"removed (was -> {row.model_id})")
 
@@ -285,7 +285,7 @@ def create_group(db: Database, entry: Mapping[str, Any], *, caller: Caller, now:
     spec = rules.parse_group(entry)
     with db.write() as session:
         if session.get(Group, spec.name) is not None:
-            raise Conflict(f"group {spec.name!r} already exists; change it with 'planctl groups update'")
+            raise Conflict(f"group {spec.name!r} already exists", code="group_exists")
         _save_group(session, None, spec, now)
         audit.record(session, caller, now, f"group:{spec.name}", f"created, ratio {format_ratio(spec.ratio_ppm)}")
     return spec

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlmodel import Session
 
-from planctl.domain.errors import Conflict, InvalidInput
+from planctl.domain.errors import Conflict, InvalidInput, Note
 from planctl.services.catalog import load_sample_catalog
 from planctl.store import migrations
 from planctl.store.engine import Database, open_engine
@@ -53,8 +53,8 @@ def check(db: Database) -> list[CheckResult]:
         version = migrations.recorded_version(conn)
         results.append(CheckResult(
             "schema_version", version == migrations.LATEST,
-            f"version {version} of {migrations.LATEST}"
-            + ("" if version == migrations.LATEST else "; run 'planctl db migrate'"),
+            Note(f"version {version} of {migrations.LATEST}",
+                 code=None if version == migrations.LATEST else "schema_behind"),
         ))
         if db.dialect == "sqlite":
             rows = [r[0] for r in conn.exec_driver_sql("PRAGMA integrity_check").fetchall()]
@@ -85,7 +85,7 @@ def check_journal(db: Database, directory: Path) -> CheckResult:
     detail = f"{missing} settlements in {directory} are not in the database"
     if live:
         detail += f" ({live} of them in files of running workers, which are writing them now)"
-    return CheckResult("journal", False, detail + "; start planctl serve to replay them")
+    return CheckResult("journal", False, Note(detail, code="journal_to_replay"))
 
 
 def ledger_checks(session: Session) -> list[CheckResult]:

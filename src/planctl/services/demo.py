@@ -53,7 +53,7 @@ from zoneinfo import ZoneInfo
 
 from planctl.domain.catalog import ModelPrices, resolve_model
 from planctl.domain.clock import local_date, start_of_local_day
-from planctl.domain.errors import InvalidInput, Refused
+from planctl.domain.errors import InvalidInput, Note, Refused
 from planctl.domain.latency import LATENCY_BUCKETS_MS
 from planctl.domain.quota import request_cost
 from planctl.domain import lifecycle
@@ -225,8 +225,8 @@ def run(db: Database, spec: DemoSpec, *, caller: Caller, now: datetime, force: b
     started = time.perf_counter()
     if spec.fast:
         _record_fast(db, traffic, summary, progress)
-        summary.notes.append("--fast: usage was not charged to balances (records carry their cost, pool 'none'; "
-                             "balances, counters and the ledger are unchanged)")
+        summary.notes.append(Note("usage was not charged to balances (records carry their cost, pool 'none'; "
+                                  "balances, counters and the ledger are unchanged)", code="demo_fast"))
     else:
         _record_charged(db, traffic, summary, now, progress)
     summary.usage_seconds = time.perf_counter() - started
@@ -235,19 +235,18 @@ def run(db: Database, spec: DemoSpec, *, caller: Caller, now: datetime, force: b
 
 def _check_spec(spec: DemoSpec) -> None:
     if not 1 <= spec.days <= 366:
-        raise InvalidInput("--days must be 1 to 366")
+        raise InvalidInput("the days must be 1 to 366", code="demo_days")
     if spec.records < 0:
-        raise InvalidInput("--records must be 0 or more")
+        raise InvalidInput("the records must be 0 or more", code="demo_records")
     if not 1 <= spec.accounts <= 100:
-        raise InvalidInput("--accounts must be 1 to 100")
+        raise InvalidInput("the accounts must be 1 to 100", code="demo_accounts")
 
 
 def _check_database(session: Session, *, force: bool) -> None:
     has_usage = session.exec(select(UsageRecord.id).limit(1)).first() is not None
     if has_usage and not force:
-        raise Refused("the database already has usage records and demo traffic would mix with them; "
-                      "pass --yes to add it anyway, or use a new database: planctl --db demo.db demo",
-                      reason="database_not_empty")
+        raise Refused("the database already has usage records and demo traffic would mix with them",
+                      reason="database_not_empty", code="demo_database_not_empty")
     missing = [slug for slug in (TEAM_PLAN, *PLANS) if session.exec(select(Plan.id).where(Plan.slug == slug)).first()
                is None]
     missing += [slug for slug in (EXTRA_PACK,) if session.exec(select(Product.id).where(Product.slug == slug)).first()
@@ -255,8 +254,8 @@ def _check_database(session: Session, *, force: bool) -> None:
     missing += [g for g in GROUPS if session.get(Group, g) is None]
     missing += [m for m in MODELS if session.get(Model, m) is None]
     if missing:
-        raise Refused(f"the demo uses the sample catalog, and this database lacks {', '.join(missing[:5])}; "
-                      "run it on a new database: planctl --db demo.db demo", reason="demo_needs_sample_catalog")
+        raise Refused(f"the demo uses the sample catalog, and this database lacks {', '.join(missing[:5])}",
+                      reason="demo_needs_sample_catalog", code="demo_needs_new_database")
 
 
 def _free_tag(session: Session, base: str) -> str:
@@ -287,9 +286,8 @@ class _Catalog:
         ratios = {g.name: g.ratio_ppm for g in session.exec(select(Group))}
         for requested in ALIASED:
             if resolve_model(requested, prices, aliases).billed is None:
-                raise Refused(f"the demo sends {requested!r}, which no alias of this catalog bills; "
-                              "run it on a new database: planctl --db demo.db demo",
-                              reason="demo_needs_sample_catalog")
+                raise Refused(f"the demo sends {requested!r}, which no alias of this catalog bills",
+                              reason="demo_needs_sample_catalog", code="demo_needs_new_database")
         return cls(prices, aliases, ratios)
 
     def billed(self, requested: str) -> str:
@@ -492,7 +490,7 @@ class _Traffic:
         if counts:
             counts[-1] += self.records - placed
         elif self.records:
-            raise InvalidInput("the range is shorter than a minute; give --days 1 or more")
+            raise InvalidInput("the range is shorter than a minute", code="demo_range_too_short")
         return counts
 
     def _plan_backfill(self, until: datetime) -> None:

@@ -62,13 +62,14 @@ def create(db: Database, spec: Mapping[str, Any], *, caller: Caller, now: dateti
             raise InvalidInput(f"unknown order kind {unknown[0]!r}: use {', '.join(rules.ORDER_KINDS)}")
         valid_from, valid_until = spec.get("valid_from"), spec.get("valid_until")
         if valid_from and valid_until and valid_until <= valid_from:
-            raise InvalidInput("--until must be after --from")
+            raise InvalidInput("the end of validity must be after its start", code="until_before_from")
         if valid_until is not None and valid_until <= now and not spec.get("force"):
-            raise Refused(f"--until {valid_until.isoformat()} is already past: the code could never be used "
-                          "(pass --force to create it anyway)", reason="discount_already_expired")
+            raise Refused(f"the end of validity {valid_until.isoformat()} is already past: the code could never "
+                          "be used", reason="discount_already_expired", code="discount_already_expired",
+                          until=valid_until)
         for key in ("max_redemptions", "max_per_account"):
             if spec.get(key) is not None and spec[key] < 1:
-                raise InvalidInput(f"--{key.replace('_', '-')} must be at least 1")
+                raise InvalidInput(f"{key.replace('_', ' ')} must be at least 1", code="at_least_one", option=key)
         row = DiscountCode(
             code=code, kind=kind, value=value, currency=currency, valid_from=valid_from, valid_until=valid_until,
             max_redemptions=spec.get("max_redemptions"), max_per_account=spec.get("max_per_account"),
@@ -86,7 +87,7 @@ def _check_items(session: Session, items: Any) -> None:
     known = set(session.exec(select(Plan.slug))) | set(session.exec(select(Product.slug)))
     unknown = [i for i in items if i not in known]
     if unknown:
-        raise NotFound(f"unknown plan or product {unknown[0]!r}; see 'planctl plans list'")
+        raise NotFound(f"unknown plan or product {unknown[0]!r}", code="unknown_plan")
 
 
 def list_codes(db: Database, *, active_only: bool = False) -> list[CodeRecord]:
@@ -157,7 +158,7 @@ def quote(db: Database, code: str, *, item: str, order_kind: str, payment_method
         plan = session.exec(select(Plan).where(Plan.slug == item)).first()
         product = session.exec(select(Product).where(Product.slug == item)).first()
         if plan is None and product is None:
-            raise NotFound(f"unknown plan or product {item!r}; see 'planctl plans list'")
+            raise NotFound(f"unknown plan or product {item!r}", code="unknown_plan")
         price = product.price_minor if product is not None else _plan_price(session, plan)
         sale = rules.Sale(now=now, tz=settings.reset_zone(session), item=item, order_kind=order_kind,
                           payment_method=payment_method, list_price=price, redemptions=0, account_redemptions=0)

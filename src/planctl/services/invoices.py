@@ -38,8 +38,8 @@ def issue(db: Database, order_id: str, *, caller: Caller, now: datetime) -> Invo
         order = resolve_order(session, order_id, lock=True)
         existing = _invoice_of(session, order.id)
         if existing is not None:
-            raise Conflict(f"order {order.id} already has invoice {existing.id}; "
-                           f"see 'planctl invoices show {existing.id}'", reason="already_invoiced")
+            raise Conflict(f"order {order.id} already has invoice {existing.id}", reason="already_invoiced",
+                           code="already_invoiced", invoice=existing.id)
         if order.status not in INVOICEABLE_STATUSES:
             state = "refunded in full" if order.status == "refunded" else order.status
             raise Refused(f"order {order.id} is {state}; only paid orders can be invoiced",
@@ -152,8 +152,8 @@ def _item_name(session: Session, order: Order) -> str:
 
     terms = plan_version_terms(session, order.plan_version_id)
     if not terms.invoice_supported:
-        raise Refused(f"plan {terms.slug} does not support invoices (order {order.id}); "
-                      "the operator can enable them with 'planctl plans update'", reason="invoice_not_supported")
+        raise Refused(f"plan {terms.slug} does not support invoices (order {order.id})",
+                      reason="invoice_not_supported", code="invoice_not_supported")
     return terms.name
 
 
@@ -176,6 +176,6 @@ def _seller(session: Session) -> docs.Seller:
 def _buyer(session: Session, account_id: str) -> docs.Buyer:
     a = session.get(Account, account_id)
     if a is None:  # an order's account is a foreign key: only a damaged database gets here
-        raise NotFound(f"account {account_id} of the order does not exist; run 'planctl db check'")
+        raise NotFound(f"account {account_id} of the order does not exist", code="database_damaged")
     return docs.Buyer(account_id=a.id, name=a.name, billing_name=a.billing_name, billing_email=a.billing_email,
                       billing_address=a.billing_address, billing_tax_id=a.billing_tax_id)

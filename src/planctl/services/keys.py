@@ -58,7 +58,7 @@ def create(db: Database, spec: KeySpec, *, caller: Caller, now: datetime,
     rules.check_quantity(spec.quantity)
     rules.check_expiry(spec.expires_at, now)
     if spec.rpd is not None and spec.rpd < 1:
-        raise InvalidInput("--rpd must be at least 1")
+        raise InvalidInput("rpd must be at least 1", code="at_least_one", option="rpd")
     with db.write() as session:
         if spec.payg:
             account, sub, group = _payg_target(session, spec)
@@ -100,7 +100,8 @@ def existing(db: Database, key_ids: Sequence[str]) -> set[str]:
 
 def _team_target(session: Session, spec: KeySpec, now: datetime) -> tuple[Account, Subscription, str]:
     if not spec.from_plan:
-        raise InvalidInput("give --from-plan PLAN_OR_SUBSCRIPTION, or --payg for a pay-as-you-go key")
+        raise InvalidInput("give the plan or subscription the key draws on, or make it a pay-as-you-go key",
+                           code="key_needs_source")
     account = accounts.resolve(session, spec.account) if spec.account else None
     sub = _subscription_for(session, spec.from_plan, account, now)
     owner = session.get(Account, sub.account_id)
@@ -124,7 +125,8 @@ def _subscription_for(session: Session, ref: str, account: Account | None, now: 
         return sales.resolve_subscription(session, ref)
     plan = sales.resolve_plan(session, ref)
     if account is None:
-        raise InvalidInput(f"give --account to pick {ref} subscriptions (or pass a subscription id)")
+        raise InvalidInput(f"give the account to pick {ref} subscriptions (or pass a subscription id)",
+                           code="key_needs_account_to_pick", plan=ref)
     owner_id = account.parent_id or account.id
     candidates = [s for s in session.exec(select(Subscription).where(
         Subscription.account_id == owner_id, Subscription.plan_id == plan.id, Subscription.status == "active",
@@ -133,18 +135,19 @@ def _subscription_for(session: Session, ref: str, account: Account | None, now: 
         raise NotFound(f"{account.name} has no active subscription of {plan.slug}; buy it first")
     if len(candidates) > 1:
         listed = ", ".join(f"{s.id} (ends {s.ends_at:%Y-%m-%d})" for s in candidates)
-        raise InvalidInput(f"{account.name} has {len(candidates)} active {plan.slug} subscriptions: {listed}; "
-                           "pass the subscription id to --from-plan")
+        raise InvalidInput(f"{account.name} has {len(candidates)} active {plan.slug} subscriptions: {listed}",
+                           code="key_several_subscriptions")
     return candidates[0]
 
 
 def _payg_target(session: Session, spec: KeySpec) -> tuple[Account, None, str]:
     if spec.from_plan:
-        raise InvalidInput("--payg keys draw on the account's balance: leave out --from-plan")
+        raise InvalidInput("pay-as-you-go keys draw on the account's balance, not on a plan", code="payg_key_with_plan")
     if not spec.account:
-        raise InvalidInput("give --account for a pay-as-you-go key")
+        raise InvalidInput("give the account of a pay-as-you-go key", code="payg_key_needs_account")
     if spec.credit_cap is not None:
-        raise InvalidInput("--credit caps plan credit; a pay-as-you-go key draws on the account balance")
+        raise InvalidInput("a credit cap caps plan credit; a pay-as-you-go key draws on the account balance",
+                           code="payg_key_with_cap")
     account = accounts.resolve(session, spec.account)
     return account, None, refs.resolve(Tx.within(session), "group", spec.group or account.default_group)
 
@@ -330,7 +333,7 @@ def edit(db: Database, ref: str, changes: dict[str, object], *, caller: Caller, 
         if "group_name" in changes:
             changes["group_name"] = _allowed_group(session, key, str(changes["group_name"]))
         if key.kind == "payg" and changes.get("credit_cap") is not None:
-            raise InvalidInput("--credit caps plan credit; a pay-as-you-go key has none")
+            raise InvalidInput("a credit cap caps plan credit; a pay-as-you-go key has none", code="payg_key_cap_edit")
         diff = {k: v for k, v in changes.items() if getattr(key, k) != v}
         if diff:
             audit.record(session, caller, now, f"key:{key.id}",

@@ -36,7 +36,7 @@ from planctl.domain import usage as bounds
 from planctl.domain import keys as key_rules
 from planctl.domain.catalog import Context, ModelPrices, PlanTerms, currency_decimals, parse_plan, resolve_model
 from planctl.domain.clock import iso, period_bounds, start_of_local_day, zone
-from planctl.domain.errors import Conflict, InvalidInput, NotFound, Refused
+from planctl.domain.errors import Conflict, InvalidInput, Note, NotFound, Refused
 from planctl.domain.ids import short_id
 from planctl.domain.latency import bucket_of
 from planctl.domain.secrets import digest, redact
@@ -306,7 +306,7 @@ def authorize(db: MeterDb, secret: str, *, model: str, api: str = "responses", r
     if api not in quota.API_TYPES:
         raise InvalidInput(f"unknown API type {api!r}: use {', '.join(quota.API_TYPES)}")
     if reserve is not None and reserve <= 0:
-        raise InvalidInput("--reserve must be greater than zero")
+        raise InvalidInput("the amount to reserve must be greater than zero", code="reserve_not_positive")
     write = bool(reserve)
     inline = write and db.url.startswith("sqlite")  # BEGIN IMMEDIATE excludes every other writer: no lock order
     if not inline:
@@ -589,7 +589,7 @@ def release(db: Any, reservation_id: str, *, caller: Any, now: datetime) -> Hold
         _expire(tx, now)
         res = meter.get_hold(tx, reservation_id)
         if res is None:
-            raise NotFound(f"unknown reservation {reservation_id!r}; see 'planctl reservations list'")
+            raise NotFound(f"unknown reservation {reservation_id!r}", code="unknown_reservation")
         meter.lock_owners(tx, [res.key_id])
         changes = _Changes()
         if res.status != "held" or not _release(tx, res, now, "released", changes):
@@ -1053,8 +1053,13 @@ class ImportReport:
     def _keep(self, kept: list[tuple[int, str]], lines: list[tuple[int, str]]) -> int:
         room = self.KEEP - len(kept)
         if room > 0:
-            kept.extend((n, redact(why)) for n, why in sorted(lines)[:room])
+            kept.extend((n, _redacted(why)) for n, why in sorted(lines)[:room])
         return len(lines)
+
+
+def _redacted(why: str) -> str:
+    """`why` with any secret masked, still carrying the code the CLI words (a Note)."""
+    return Note(redact(why), code=why.code, **why.fields) if isinstance(why, Note) else redact(why)
 
 
 def import_usage(db: MeterDb, lines: Any, *, now: datetime, batch_size: int = 2_000,
@@ -1139,7 +1144,7 @@ def _charge_chunk(batch: _Batch, valid: list[tuple[int, UsageInput]]) -> _ChunkO
         try:
             out.values[number] = batch.charge(u)[0]  # refuses before it changes anything
         except (InvalidInput, NotFound, Refused) as exc:
-            out.rejected.append((number, exc.message))
+            out.rejected.append((number, Note(exc.message, code=exc.code, **exc.fields)))  # the CLI words it
             continue
         out.new += 1
     batch.flush()
@@ -1164,7 +1169,8 @@ class LimitsView:
     day: tuple[datetime, datetime]
     reset_zone: str
     can_disable_limit: bool
-    suggestions: list[str]
+    suggestions: list[str]  # what would lift it: codes the CLI words (domain/denials.py: remedies)
+    about: dict[str, Any]  # the ids and names those words use
     next_reset: datetime | None = None  # when what blocks resets (None: it does not reset by itself)
     payg_balance: int | None = None  # the account's PAYG balance (a PAYG key's pool)
 
@@ -1202,48 +1208,17 @@ def limits_view(db: Any, ref: str, *, now: datetime) -> LimitsView:
             blocking=decision.reason or boundary, lifted_by_extra=bool(decision.allowed and decision.lifted),
             period=state.windows.period, day=state.windows.day, reset_zone=cat.tz.key,
             can_disable_limit=bool(terms and terms.period_limit_can_disable),
-            suggestions=_suggestions(decision, boundary, state, counters),
+            suggestions=denials.remedies(
+                decision.reason, boundary, subscription=state.sub is not None, extra_available=counters.extra_available,
+                can_disable_limit=bool(terms and terms.period_limit_can_disable and state.sub
+                                       and state.sub.period_limit_enabled)),
+            about={"key": state.key.id, "account": state.account.id, "subuser": state.key.account_id,
+                   "subscription": state.sub.id if state.sub else None,
+                   "subscription_account": state.sub.account_id if state.sub else None,
+                   "plan": terms.slug if terms else None, "owner": state.extra_owner_id},
             next_reset=denials.reset_of(decision.reason or boundary, state.windows.day, state.windows.period),
             payg_balance=state.account.payg_balance if state.key.kind == "payg" else None,
         )
-
-
-def _suggestions(decision: quota.Decision, boundary: str | None, state: _State, c: quota.Counters) -> list[str]:
-    """What would lift each reason that blocks now (the decision's, and a plan boundary extra usage absorbs)."""
-    out = []
-    reason = decision.reason
-    sub, key = state.sub, state.key
-    if boundary and not c.extra_available and sub is not None:
-        out.append(f"buy extra usage: planctl extra buy extra-50 --account {sub.account_id}")
-    if boundary == "period_limit_reached" and state.terms and state.terms.period_limit_can_disable \
-            and sub is not None and sub.period_limit_enabled:
-        out.append(f"disable the periodic limit to use the total credit: planctl limits disable {sub.id}")
-    if reason in quota.BOUNDARIES and not out:
-        out.append("wait for the reset shown above (this plan offers no other way)")
-    if reason in ("credit_exhausted", "subscription_expired") and sub is not None:
-        out.append(f"renew (inside the renewal window) or ask for a direct renewal: planctl renew {sub.id}")
-    fixes = {
-        "payg_balance_empty": f"top up: planctl topup {state.account.id} 100",
-        "key_credit_cap_reached": f"raise or clear the key's credit cap: planctl keys edit {key.id} --credit none",
-        "key_daily_limit_reached": f"raise or clear the key's daily limit: planctl keys edit {key.id} "
-                                   "--daily-limit none (or wait for the reset)",
-        "key_rpd_reached": f"raise or clear the key's RPD: planctl keys edit {key.id} --rpd none (or wait for the reset)",
-        "key_disabled": f"enable the key: planctl keys enable {key.id}",
-        "key_expired": f"extend the key: planctl keys edit {key.id} --expires none",
-        "key_revoked": "a revoked key stays revoked: create a new one with planctl keys create --from-plan "
-                       + (sub.id if sub is not None else "PLAN"),
-        "subscription_cancelled": f"buy the plan again: planctl buy {state.terms.slug if state.terms else 'PLAN'} "
-                                  f"--account {state.extra_owner_id}",
-        "subscription_not_started": "wait for the subscription's start (planctl subscriptions show)",
-        "subuser_quota_reached": f"raise or clear the sub-user's quota: planctl accounts update {key.account_id} "
-                                 "--quota none",
-        "group_not_in_plan": f"move the key to one of the plan's groups: planctl keys edit {key.id} --group GROUP",
-        "model_not_in_plan": "use a model of the plan, or upgrade to a plan that has it: planctl upgrade",
-        "api_type_not_in_plan": "use an API type of the plan, or upgrade to a plan that has it: planctl upgrade",
-    }
-    if reason in fixes:
-        out.append(fixes[reason])
-    return out
 
 
 def set_period_limit(db: Any, ref: str, enabled: bool, *, caller: Any, now: datetime) -> Any:

@@ -40,7 +40,7 @@ def refund(db: Database, order_id: str, *, amount: int | None, reason: str | Non
            details: Mapping[str, str] | None, caller: Caller, now: datetime, dry_run: bool = False) -> RefundResult:
     """Refund an order. `amount` (minor units) overrides the policy and needs a reason."""
     if amount is not None and not (reason and reason.strip()):
-        raise InvalidInput("an override amount needs --reason")
+        raise InvalidInput("an override amount needs a reason", code="refund_amount_needs_reason")
     with db.write(rollback=dry_run) as session:
         # the row lock queues a refund behind an invoice being issued for the same order (PostgreSQL)
         from planctl.services.invoices import resolve_order

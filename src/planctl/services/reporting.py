@@ -89,10 +89,11 @@ class _Resolved:
 
 def resolve(reader: Reader, f: UsageFilter) -> _Resolved:
     if f.since and f.until and f.until <= f.since:
-        raise InvalidInput("--until must be after --since")
+        raise InvalidInput("the end of the range must be after its start", code="until_before_since")
     if f.status is not None and f.status not in STATUS_FILTERS and not (
             f.status.isdigit() and 100 <= int(f.status) <= 599):
-        raise InvalidInput(f"invalid --status {f.status!r}: use a code such as 200, or {', '.join(STATUS_FILTERS)}")
+        raise InvalidInput(f"invalid status {f.status!r}: use a code such as 200, or {', '.join(STATUS_FILTERS)}",
+                           code="invalid_status", status=f.status, choices=", ".join(STATUS_FILTERS))
     r = _Resolved(since=f.since, until=f.until, group=f.group, status=f.status, api=f.api,
                   request_id=f.request_id)
     if f.group:
@@ -114,8 +115,8 @@ def resolve(reader: Reader, f: UsageFilter) -> _Resolved:
         elif _alias_bills(reader, f.model):
             r.requested = f.model  # a name an alias bills: only raw records know it
         else:
-            raise NotFound(f"unknown model {f.model!r}: neither a model, an alias nor a model with usage; "
-                           "see 'planctl models list'")
+            raise NotFound(f"unknown model {f.model!r}: neither a model, an alias nor a model with usage",
+                           code="unknown_model")
     return r
 
 
@@ -236,7 +237,7 @@ def list_records(reader: Reader, f: UsageFilter, *, limit: int | None, after: st
     if after is not None:
         anchor = reader.one("SELECT at, id FROM usage_records WHERE request_id = :a", {"a": after})
         if anchor is None:
-            raise NotFound(f"--after: no usage record with request id {after!r}")
+            raise NotFound(f"no usage record with request id {after!r}", code="unknown_after")
         clauses.append("(u.at < :after_at OR (u.at = :after_at AND u.id < :after_id))")
         params.update(after_at=reader.instant(anchor[0]), after_id=anchor[1])
     sql = (f"SELECT {_SELECT} FROM {_FROM}"

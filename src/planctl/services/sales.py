@@ -22,7 +22,7 @@ from planctl.domain import discounts as discount_rules
 from planctl.domain import lifecycle
 from planctl.domain.catalog import PlanTerms, ProductTerms, currency_decimals, parse_plan
 from planctl.domain.clock import add_duration, iso, local_date
-from planctl.domain.errors import Conflict, InvalidInput, NotFound, Refused
+from planctl.domain.errors import Conflict, InvalidInput, Note, NotFound, Refused
 from planctl.domain.ids import short_id
 from planctl.domain.money import Rounding, div_round, format_credit, format_money, format_units
 from planctl.domain.secrets import NewSecret, new_secret
@@ -110,9 +110,10 @@ def sell(db: Database, req: SaleRequest, *, caller: Caller, now: datetime, dry_r
 
 def _check_request(req: SaleRequest) -> None:
     if req.kind == "direct-renewal" and not (req.reason and req.reason.strip()):
-        raise InvalidInput("a direct renewal needs --reason (it is recorded in the audit log)")
+        raise InvalidInput("a direct renewal needs a reason (it is recorded in the audit log)",
+                           code="direct_renewal_needs_reason")
     if req.price is not None and (req.kind != "direct-renewal" or req.price < 0):
-        raise InvalidInput("--amount sets the price of a direct renewal (--direct), zero or more")
+        raise InvalidInput("an amount sets the price of a direct renewal only, zero or more", code="amount_not_direct")
     if not req.payment_method or not req.payment_method.replace("-", "").replace("_", "").isalnum():
         raise InvalidInput(f"invalid payment method {req.payment_method!r}: use a word such as alipay or card")
     if req.idempotency_key is not None and not (1 <= len(req.idempotency_key) <= 200):
@@ -204,16 +205,16 @@ def _upgrade(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, no
     return result
 
 
-def _dropped_groups(session: Session, sub: Subscription, new: PlanTerms) -> list[str]:
+def _dropped_groups(session: Session, sub: Subscription, new: PlanTerms) -> list[Note]:
     """A warning per group the new terms drop while keys of the subscription still use it."""
     stranded: dict[str, list[str]] = {}
     for key in session.exec(select(ApiKey).where(ApiKey.subscription_id == sub.id, ApiKey.status != "revoked")
                             .order_by(col(ApiKey.created_at))):
         if key.group_name not in new.groups:
             stranded.setdefault(key.group_name, []).append(key.name)
-    return [f"warning: {new.slug} has no group {group!r}; keys {', '.join(names)} will be refused "
-            f"(group_not_in_plan) until moved to one of {', '.join(new.groups)}: "
-            f"planctl keys edit KEY --group {new.groups[0]}" for group, names in stranded.items()]
+    return [Note(f"warning: {new.slug} has no group {group!r}; keys {', '.join(names)} will be refused "
+                 f"(group_not_in_plan) until moved to one of {', '.join(new.groups)}",
+                 code="move_keys_to_group", group=new.groups[0]) for group, names in stranded.items()]
 
 
 def _direct_renewal(session: Session, req: SaleRequest, now: datetime, tz: ZoneInfo, notes: list[str]) -> SaleResult:
@@ -321,9 +322,8 @@ def _apply_code(session: Session, req: SaleRequest, order: Order, notes: list[st
         discounts.redeem(session, terms, order.account_id)
     except (Refused, NotFound) as exc:  # an unknown code is the most common invalid one
         if not req.ignore_invalid_code:
-            raise type(exc)(f"{exc.message} (sell at list price with --ignore-invalid-code)",
-                            reason=exc.reason) from None
-        notes.append(f"code not applied, sold at list price: {exc.message}")
+            raise type(exc)(exc.message, reason=exc.reason, code="code_not_applicable", cause=exc) from None
+        notes.append(Note(f"code not applied, sold at list price: {exc.message}", code="code_not_applied", cause=exc))
         return
     order.discount_code, order.discount_amount = terms.code, amount
     order.payable = order.list_price - amount
@@ -388,7 +388,7 @@ def _rename_subscription_keys(session: Session, sub: Subscription, old: str, new
 
 def _account(session: Session, ref: str | None) -> Account:
     if not ref:
-        raise InvalidInput("give the buyer with --account")
+        raise InvalidInput("give the buyer's account", code="buyer_missing")
     return accounts.resolve(session, ref)
 
 
@@ -410,8 +410,8 @@ def _product(session: Session, slug: str | None, kind: str) -> ProductTerms:
 
     row = session.exec(select(Product).where(Product.slug == (slug or ""))).first()
     if row is None or row.kind != kind:
-        raise NotFound(f"unknown {'extra-usage pack' if kind == 'extra' else 'pay-as-you-go product'} "
-                       f"{slug!r}; see 'planctl products list --kind {kind}'")
+        raise NotFound(f"unknown {'extra-usage pack' if kind == 'extra' else 'pay-as-you-go product'} {slug!r}",
+                       code="unknown_product_of_kind", kind=kind)
     if not row.on_sale:
         raise Refused(f"{slug} has been removed from sale", reason="product_not_on_sale")
     return product_from_row(row)

@@ -121,18 +121,18 @@ def open_engine(target: DbTarget) -> Database:
 
 def _prepare_sqlite_file(path: Path) -> None:
     """Refuse unusable paths with one clear line; create a new file private (0600)."""
-    hint = "choose another file with --db or PLANCTL_DB"
+    hint = "unusable_database_file"
     if path.is_dir():
-        raise InvalidInput(f"database path {path} is a directory; {hint}")
+        raise InvalidInput(f"database path {path} is a directory", code=hint)
     if path.exists():
         if not path.is_file():
-            raise InvalidInput(f"not a planctl database: {path} is not a regular file; {hint}")
+            raise InvalidInput(f"not a planctl database: {path} is not a regular file", code=hint)
         if not os.access(path, os.R_OK | os.W_OK):
-            raise InvalidInput(f"database file {path} is not readable and writable; {hint}")
+            raise InvalidInput(f"database file {path} is not readable and writable", code=hint)
         with path.open("rb") as handle:
             header = handle.read(len(SQLITE_HEADER))
         if header and header != SQLITE_HEADER:  # an empty file is a new database
-            raise InvalidInput(f"not a planctl database: {path} is not a SQLite file; {hint}")
+            raise InvalidInput(f"not a planctl database: {path} is not a SQLite file", code=hint)
         return
     parent = path.parent
     if not parent.is_dir():

@@ -34,7 +34,8 @@ def resolve_target(db_option: str | None, env: Mapping[str, str] = os.environ) -
     """Pick the database from the first setting present, in documented order."""
     if db_option is not None:
         if not db_option.strip():
-            raise InvalidInput("--db is empty: give a SQLite file path or a postgresql://… URL")
+            raise InvalidInput("the database is empty: give a SQLite file path or a postgresql://… URL",
+                               code="db_option_empty")
         return _from_text(db_option, "--db")
     if env.get("PLANCTL_DATABASE_URL"):
         return _from_url(env["PLANCTL_DATABASE_URL"], "PLANCTL_DATABASE_URL")
@@ -75,10 +76,8 @@ def _sqlite(path: Path, source: str, *, make_dir: bool) -> DbTarget:
         try:
             path.parent.mkdir(parents=True, mode=0o700)
         except OSError as exc:
-            raise InvalidInput(
-                f"cannot create data directory {path.parent}: {exc.strerror.lower()}; "
-                "set PLANCTL_HOME or --db"
-            ) from None
+            raise InvalidInput(f"cannot create data directory {path.parent}: {exc.strerror.lower()}",
+                               code="data_directory_unusable") from None
     return DbTarget(url=f"sqlite:///{path}", path=path, source=source)
 
 

@@ -36,27 +36,26 @@ class Kind:
     table: str
     columns: tuple[str, ...]  # matched in this order: the id column first
     label: str  # the column people recognise, shown beside ids in messages
-    listing: str
     upper: bool = False  # document numbers are upper-case: `ord-2026` finds ORD-2026…
     prefixes: bool = True  # False: only the exact id or name (rule 2 does not apply)
     suggest: bool = True  # False: an unknown one is never answered with existing names
 
 
 KINDS = {k.noun: k for k in (
-    Kind("account", "accounts", ("id", "name"), "name", "planctl accounts list"),
-    Kind("key", "api_keys", ("id", "name", "prefix"), "name", "planctl keys list"),
-    Kind("plan", "plans", ("slug",), "slug", "planctl plans list"),
-    Kind("product", "products", ("slug",), "slug", "planctl products list"),
-    Kind("subscription", "subscriptions", ("id",), "id", "planctl subscriptions list"),
-    Kind("order", "orders", ("id",), "id", "planctl orders list", upper=True),
-    Kind("invoice", "invoices", ("id",), "id", "planctl invoices list", upper=True),
-    Kind("upstream", "upstreams", ("name",), "name", "planctl upstreams list"),
+    Kind("account", "accounts", ("id", "name"), "name"),
+    Kind("key", "api_keys", ("id", "name", "prefix"), "name"),
+    Kind("plan", "plans", ("slug",), "slug"),
+    Kind("product", "products", ("slug",), "slug"),
+    Kind("subscription", "subscriptions", ("id",), "id"),
+    Kind("order", "orders", ("id",), "id", upper=True),
+    Kind("invoice", "invoices", ("id",), "id", upper=True),
+    Kind("upstream", "upstreams", ("name",), "name"),
     # copied as they are into keys and plan terms, which compare them exactly
-    Kind("group", "groups", ("name",), "name", "planctl groups list", prefixes=False),
+    Kind("group", "groups", ("name",), "name", prefixes=False),
     # a prefix of a model's id is often another model's (gpt-5, gpt-5-mini)
-    Kind("model", "models", ("id",), "id", "planctl models list", prefixes=False),
+    Kind("model", "models", ("id",), "id", prefixes=False),
     # buyers type codes: a prefix or a suggestion would give away codes they were not given
-    Kind("discount code", "discount_codes", ("code",), "code", "planctl discounts list", upper=True,
+    Kind("discount code", "discount_codes", ("code",), "code", upper=True,
          prefixes=False, suggest=False),
 )}
 
@@ -89,8 +88,9 @@ def resolve(db: Rows, noun: str, ref: str | None, *, account_id: str | None = No
         raise InvalidInput(f"{shown!r} is too short to pick one {kind.noun}: give at least {MIN_PREFIX} "
                            f"characters, the name or the id")
     close = _close_names(db, kind, ref, account_id) if kind.suggest else []
-    hint = f"did you mean {_either(close)}?" if close else f"see '{kind.listing}'"
-    raise NotFound(f"unknown {kind.noun} {shown!r}; {hint}")
+    if close:
+        raise NotFound(f"unknown {kind.noun} {shown!r}; did you mean {_either(close)}?")
+    raise NotFound(f"unknown {kind.noun} {shown!r}", code=f"unknown_{kind.noun.replace(' ', '_')}")
 
 
 def _match(db: Rows, kind: Kind, condition: str, ref: str, account_id: str | None) -> list[tuple[Any, ...]]:
@@ -103,8 +103,8 @@ def _match(db: Rows, kind: Kind, condition: str, ref: str, account_id: str | Non
 def _ambiguous(kind: Kind, shown: str, found: list[tuple[Any, ...]]) -> None:
     listed = ", ".join(str(i) if i == label else f"{label} ({i})" for i, label in found[:_SHOW])
     more = ", …" if len(found) > _SHOW else ""
-    hint = " (or --account)" if kind.noun == "key" else ""
-    raise InvalidInput(f"{shown!r} matches several {kind.noun}s: {listed}{more}; give more of it, or use the id{hint}")
+    raise InvalidInput(f"{shown!r} matches several {kind.noun}s: {listed}{more}; give more of it, or use the id",
+                       code=f"ambiguous_{kind.noun}")
 
 
 def _close_names(db: Rows, kind: Kind, ref: str, account_id: str | None) -> list[str]:
