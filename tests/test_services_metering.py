@@ -908,6 +908,31 @@ def test_a_reservation_settles_only_for_its_own_key(db: Any, caller: Any) -> Non
     checks_ok(db)
 
 
+@pytest.mark.parametrize("limit,reason", [({"rpd": 1}, "rpd_reached"), ({"key_rpd": 1}, "key_rpd_reached")])
+def test_an_open_hold_counts_against_the_request_limits_until_it_is_recorded_or_released(
+        db: Any, caller: Any, limit: dict[str, Any], reason: str) -> None:
+    """A gateway answers before its settlement is recorded: an admitted request whose hold is still
+    open counts as a request of the day (RPD, a key's RPD) at admission; once it is recorded the
+    count is the recorded one (not both), and a released hold counts for nothing."""
+    from planctl.services import metering
+
+    _, b = _setup(db, caller, rpd=limit.get("rpd"))
+    key, secret = team(db, caller, b.sub, rpd=limit["key_rpd"]) if "key_rpd" in limit else (b.key, b.secret)
+    first = auth(db, secret, reserve=10)
+    assert first.allowed and first.remaining.get("rpd") in (None, 1)
+    for kw in ({}, {"reserve": 10}):  # a plain authorize sees the open hold too
+        second = auth(db, secret, **kw)
+        assert (second.allowed, second.reason) == (False, reason), second.message
+    assert metering.release_hold(db, first.reservation_id, now=NOW)
+    again = auth(db, secret, reserve=10)
+    assert again.allowed, again.message
+    use(db, key, "r1", 5, reservation=again.reservation_id)  # settled: counted once, as recorded
+    assert (auth(db, secret).reason, auth(db, secret, reserve=10).reason) == (reason, reason)
+    if "rpd" in limit:
+        assert auth(db, secret).remaining["rpd"] == 0
+    checks_ok(db)
+
+
 def test_payg_overshoot_without_a_reservation_keeps_db_check_clean(db: Any, caller: Any) -> None:
     """Without a hold an admitted request is charged in full and may overshoot (SPEC §5); the
     ledger still matches, so `db check` must not report it, and the next admission is refused."""

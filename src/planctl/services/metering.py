@@ -25,7 +25,7 @@ sets a new one: see store/engine.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from operator import itemgetter
 from types import SimpleNamespace
@@ -111,9 +111,13 @@ class _Catalog:
 _CATALOGS: dict[str, tuple[int, _Catalog]] = {}
 
 
-def _catalog(tx: Tx, db: MeterDb, *, write: bool) -> _Catalog:
-    """The cached catalog when its stamp is current (one indexed read), else loaded afresh."""
-    stamp = meter.catalog_stamp(tx)
+_UNREAD = -1  # a catalog stamp not read yet
+
+
+def _catalog(tx: Tx, db: MeterDb, *, write: bool, stamp: int | None = _UNREAD) -> _Catalog:
+    """The cached catalog when its stamp (read here, or given) is current, else loaded afresh."""
+    if stamp == _UNREAD:
+        stamp = meter.catalog_stamp(tx)
     if stamp is None and write:  # a database from before stamps: give it one
         stamp = meter.new_catalog_stamp(tx)
     cached = _CATALOGS.get(db.url)
@@ -155,6 +159,7 @@ class _State:
     count: dict[str, CounterRow] = field(default_factory=dict)  # loaded by `_load` (or a batch, when needed)
     packs: list[PackRow] = field(default_factory=list)  # the extra-usage packs of the subscription's account
     loaded: bool = False  # counters and packs read
+    extra: int | None = None  # what the live packs have left, when read as a sum instead of `packs`
     _limits: quota.Limits | None = None
 
     @property
@@ -193,7 +198,7 @@ class _State:
             key_used=self.key.credit_used, key_reserved=self.key.credit_reserved,
             key_day_requests=kd.requests, key_day_credit=kd.credit,
             subuser_used=su.credit if su else 0, subuser_reserved=su.reserved if su else 0,
-            extra_available=sum(p.available for p in self.live_packs()),
+            extra_available=self.extra if self.extra is not None else sum(p.available for p in self.live_packs()),
             payg_available=self.account.payg_balance - self.account.payg_reserved,
         )
 
@@ -201,10 +206,11 @@ class _State:
 Found = tuple[KeyRow, AccountRow, SubRow | None]
 
 
-def _frame(tx: Tx, cat: _Catalog, found: Found, at: datetime) -> _State:
-    """A key's state without its counters and packs: the windows it counts in at `at`."""
+def _frame(tx: Tx, cat: _Catalog, found: Found, at: datetime, version: int | None = None) -> _State:
+    """A key's state without its counters and packs: the windows it counts in at `at` (`version`:
+    the plan version in force then, when already read)."""
     key, account, sub = found
-    terms = cat.terms(tx, _version_at(tx, sub, at)) if sub is not None else None
+    terms = cat.terms(tx, version or _version_at(tx, sub, at)) if sub is not None else None
     win = _windows(cat, terms, sub, at)
     window: dict[str, Window] = {"key_day": (key.id, "key-day", win.day[0])}
     if sub is not None:
@@ -308,25 +314,63 @@ def authorize(db: MeterDb, secret: str, *, model: str, api: str = "responses", r
     if reserve is not None and reserve <= 0:
         raise InvalidInput("the amount to reserve must be greater than zero", code="reserve_not_positive")
     write = bool(reserve)
-    inline = write and db.url.startswith("sqlite")  # BEGIN IMMEDIATE excludes every other writer: no lock order
-    if not inline:
-        _release_stale(db, now)  # its own transaction: it locks other keys' rows (store/meter.py on lock order)
-    with db.tx(write=write) as tx:
-        if inline:
-            _expire(tx, now)
-        found = key_by_secret(tx, secret, now, write=write)
-        if found is None:
-            return Authorization(False, "key_unknown", "no key has this secret", model)
-        cat = _catalog(tx, db, write=write)
-        state = _load(tx, cat, found, now, write=write)
-        billed = cat.billed(model)
-        limits, counters = state.limits(), state.counters()
-        decision = quota.decide(_request(state, billed, api, reserve or 0, now), limits, counters)
-        auth = _answer(state, decision, model, billed, limits, counters, cat.tz)
-        if decision.allowed and reserve:
-            res = _hold(tx, state, decision, limits, reserve, now, hold_for)
-            auth.reservation_id, auth.reservation_expires_at = res.id, res.expires_at
-        return auth
+    for _ in range(2):
+        with db.tx(write=write) as tx:
+            read = _key_at_secret(tx, secret, now, write=write)
+            if read is not None and read.stale and write and tx.sqlite:  # BEGIN IMMEDIATE excludes every
+                _expire(tx, now)  # other writer: no lock order to keep
+                read = _key_at_secret(tx, secret, now, write=write)
+            if read is None:
+                return Authorization(False, "key_unknown", "no key has this secret", model)
+            if not read.stale or (write and tx.sqlite):
+                return _admit(tx, db, read, model, api, reserve, now, hold_for)
+        _release_stale(db, now)  # in its own transaction: it locks other keys' rows (store/meter.py)
+    raise Conflict("holds keep expiring under this request; try again")
+
+
+def _key_at_secret(tx: Tx, secret: str, now: datetime, *, write: bool) -> meter.KeyAt | None:
+    """The key a secret belongs to (its current secret, or its previous one within the rotation
+    grace), with what admission needs besides (meter.key_at)."""
+    hashed = digest(secret)
+    read = meter.key_at(tx, "secret_sha256", hashed, now, write=write)
+    if read is None:
+        read = meter.key_at(tx, "previous_sha256", hashed, now, write=write)
+        until = read.found[0].previous_valid_until if read is not None else None
+        if until is None or now >= until:
+            return None
+    return read
+
+
+def _admit(tx: Tx, db: MeterDb, read: meter.KeyAt, model: str, api: str, reserve: int | None, now: datetime,
+           hold_for: timedelta) -> Authorization:
+    write = bool(reserve)
+    cat = _catalog(tx, db, write=write, stamp=read.stamp)
+    state = _frame(tx, cat, read.found, now, read.version_id)
+    state.extra = read.extra
+    limits = state.limits()
+    state.loaded = True  # the packs are summed in `read`: listed only when extra usage is held
+    state.count = {name: CounterRow() for name in state.window}
+    held = (0, 0)  # open holds of the key, and of the key and its subscription
+    if _counted(limits):
+        statements = [meter.counters_statement(tx, list(state.window.values()))]
+        if limits.rpd is not None or limits.key_rpd is not None:
+            statements.append(meter.open_holds_statement(state.key.id, state.sub.id if state.sub else None))
+        results = tx.batch(statements)
+        rows = meter.counters_from(tx, list(state.window.values()), results[0][1])
+        state.count = {name: rows[w] for name, w in state.window.items()}
+        if len(results) > 1:
+            held = results[1][1][0]
+    billed = cat.billed(model)
+    counters = state.counters()
+    if held[1]:  # requests admitted and not recorded yet count against the request limits
+        counters = replace(counters, day_requests=counters.day_requests + held[1],
+                           key_day_requests=counters.key_day_requests + held[0])
+    decision = quota.decide(_request(state, billed, api, reserve or 0, now), limits, counters)
+    auth = _answer(state, decision, model, billed, limits, counters, cat.tz)
+    if decision.allowed and reserve:
+        res = _hold(tx, state, decision, limits, reserve, now, hold_for)
+        auth.reservation_id, auth.reservation_expires_at = res.id, res.expires_at
+    return auth
 
 
 def _answer(state: _State, decision: quota.Decision, requested: str, billed: str | None, limits: quota.Limits,
@@ -474,31 +518,32 @@ def _hold(tx: Tx, state: _State, decision: quota.Decision, limits: quota.Limits,
         return Refused(f"{denials.PHRASES[reason]} (taken by a concurrent request)", reason=reason)
 
     if decision.pool == "payg":
-        if not meter.hold_payg(tx, state.account.id, amount):
-            raise refuse("payg_balance_empty")
+        meter.hold_payg(tx, state.account.id, amount, refuse("payg_balance_empty"))
         holds["payg"] = amount
     elif decision.pool == "extra":
+        state.packs = meter.packs_of(tx, state.extra_owner_id, lock=True)
         draws, left = quota.split_extra(amount, [(p.id, p.available) for p in state.live_packs()])
-        if left or not all(meter.hold_pack(tx, pack_id, take) for pack_id, take in draws):
-            raise refuse(decision.lifted or "credit_exhausted")
+        lost = refuse(decision.lifted or "credit_exhausted")
+        if left:
+            raise lost
+        for pack_id, take in draws:
+            meter.hold_pack(tx, pack_id, take, lost)
         holds["packs"] = {str(pack_id): take for pack_id, take in draws}
     sub = state.sub
     if sub is not None and decision.pool == "plan":
-        if not meter.hold_subscription(tx, sub.id, amount):
-            raise refuse("credit_exhausted")
+        meter.hold_subscription(tx, sub.id, amount, refuse("credit_exhausted"))
         holds["plan"] = amount
         if "period" in state.window:
             capped = limits.period_credit is not None and limits.period_limit_enabled
-            if not meter.hold_counter(tx, state.window["period"], amount, limits.period_credit if capped else None):
-                raise refuse("period_limit_reached")
+            meter.hold_counter(tx, state.window["period"], amount, limits.period_credit if capped else None,
+                               refuse("period_limit_reached"))
             holds["period"] = [iso(state.window["period"][2]), amount]
         if state.key.credit_cap is not None:  # a key's holds only matter to its cap
-            if not meter.hold_key(tx, state.key.id, amount):
-                raise refuse("key_credit_cap_reached")
+            meter.hold_key(tx, state.key.id, amount, refuse("key_credit_cap_reached"))
             holds["key"] = amount
         if "subuser" in state.window:
-            if not meter.hold_counter(tx, state.window["subuser"], amount, limits.subuser_quota):
-                raise refuse("subuser_quota_reached")
+            meter.hold_counter(tx, state.window["subuser"], amount, limits.subuser_quota,
+                               refuse("subuser_quota_reached"))
             holds["subuser"] = amount
     res = HoldRow(id=short_id("res", 10), key_id=state.key.id, account_id=state.key.account_id,
                   subscription_id=sub.id if sub else None, pool=decision.pool or "plan", amount=amount, holds=holds,
@@ -507,6 +552,7 @@ def _hold(tx: Tx, state: _State, decision: quota.Decision, limits: quota.Limits,
     changes = _Changes()
     _hold_ledger(changes, res, tx.at(now), sign=-1, kind="reserve")
     meter.insert_ledger(tx, changes.ledger)
+    tx.send()  # every conditional update checked (a refusal raised) here, before the commit
     return res
 
 
@@ -525,10 +571,11 @@ def _hold_ledger(changes: _Changes, res: HoldRow, stored_now: Any, *, sign: int,
 
 
 def _release(tx: Tx, res: HoldRow, now: datetime, status: str, changes: _Changes,
-             request_id: str | None = None) -> bool:
+             request_id: str | None = None, lost: Exception | None = None) -> bool:
     """Give a hold back (settled by its record, released by hand, or expired), exactly once:
-    the status change is conditional, so of two transactions closing the same hold one wins."""
-    if not meter.close_hold(tx, res.id, status, now, request_id):
+    the status change is conditional, so of two transactions closing the same hold one wins
+    (`lost`: raised at the latest before the commit, when the caller read it after its key's lock)."""
+    if not meter.close_hold(tx, res.id, status, now, request_id, lost=lost):
         return False
     _hold_ledger(changes, res, tx.at(now), sign=+1, kind="release")
     res.status, res.closed_at, res.request_id = status, now, request_id or res.request_id
@@ -731,8 +778,16 @@ RETRIES = 3  # a batch that lost a race for a request id to another transaction 
 
 
 class _RaceLost(Exception):
-    """Another transaction committed one of the batch's request ids after the batch checked them:
-    the batch is rolled back and run again, when that id is an ordinary duplicate."""
+    """Another transaction committed one of the batch's request ids after the batch checked them
+    (or closed a hold it was settling): the batch is rolled back and run again, when that id is an
+    ordinary duplicate."""
+
+
+def _all_new(count: int) -> Any:
+    def check(inserted: int) -> None:
+        if inserted != count:
+            raise _RaceLost()
+    return check
 
 
 def record(db: MeterDb, u: UsageInput, *, now: datetime) -> Recorded:
@@ -742,8 +797,8 @@ def record(db: MeterDb, u: UsageInput, *, now: datetime) -> Recorded:
     for attempt in range(RETRIES + 1):
         try:
             with db.tx(write=True) as tx:
-                batch = _Batch(tx, db, now)
-                batch.key(u)  # locks the key, its account and subscription first: then no one else records it
+                batch = _Batch.seeded(tx, db, now, u)  # locks the key, its account and subscription first
+                batch.key(u)  # (then no one else records it)
                 stored = batch.recorded([u.request_id]).get(u.request_id)
                 if stored is not None:
                     differ = batch.differences(u, stored)
@@ -771,9 +826,9 @@ class _Batch:
     Everything that can refuse a request is checked before it changes anything.
     """
 
-    def __init__(self, tx: Tx, db: MeterDb, now: datetime) -> None:
+    def __init__(self, tx: Tx, db: MeterDb, now: datetime, stamp: int | None = _UNREAD) -> None:
         self.tx, self.now = tx, now
-        self.cat = _catalog(tx, db, write=True)
+        self.cat = _catalog(tx, db, write=True, stamp=stamp)
         self.changes = _Changes()
         self.states: dict[tuple[str, datetime], _State] = {}
         self.key_ids: dict[str, str] = {}  # key reference -> key id
@@ -781,6 +836,35 @@ class _Batch:
         self.index: dict[str, int] = {}  # request id -> its place in `records`
         self.records: list[tuple[Any, ...]] = []  # rows of USAGE_COLUMNS
         self.rollups = Rollups()
+        self.holds: dict[str, HoldRow | None] = {}  # reservations read ahead (read after their key's lock)
+        self.versions: dict[tuple[str, datetime], int] = {}  # (key id, instant) -> plan version then
+        self.known: dict[str, dict[str, Any]] | None = None  # `recorded`, read ahead
+
+    @classmethod
+    def seeded(cls, tx: Tx, db: MeterDb, now: datetime, u: UsageInput) -> _Batch:
+        """A batch for one record whose key is given by id (the gateway's): its key, subscription,
+        plan version, catalog stamp, request id and hold read at once (meter.key_at)."""
+        if u.key is None:
+            return cls(tx, db, now)
+        then = [meter.recorded_statement([u.request_id])]
+        if u.reservation:
+            then.append(meter.hold_statement(u.reservation))
+        at = u.at or now
+        read = meter.key_at(tx, "id", u.key, at, write=True, then=tuple(then))
+        if read is None:
+            return cls(tx, db, now)
+        batch = cls(tx, db, now, read.stamp)
+        key, account, sub = read.found
+        adopt = batch.changes.adopt
+        batch.key_ids[u.key] = key.id
+        batch.found[key.id] = (adopt("key", key.id, key), adopt("account", account.id, account),
+                               None if sub is None else adopt("sub", sub.id, sub))
+        batch.known = meter.content_from(read.then[0])
+        if u.reservation:
+            batch.holds[u.reservation] = meter.hold_from(tx, read.then[1])
+        if read.version_id is not None:
+            batch.versions[(key.id, at)] = read.version_id
+        return batch
 
     def key_id(self, u: UsageInput) -> str:
         """The id of the key a request names (by id, name, prefix or secret), without locking it."""
@@ -829,6 +913,9 @@ class _Batch:
     def recorded(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The content of the request ids already recorded (call it after `lock`: on PostgreSQL a
         concurrent writer of the same keys has then committed)."""
+        if self.known is not None:
+            known, self.known = self.known, None
+            return known
         return meter.recorded_content(self.tx, request_ids)
 
     def differences(self, u: UsageInput, stored: dict[str, Any]) -> list[str]:
@@ -861,7 +948,8 @@ class _Batch:
         of their counters (read from the database only when a decision needs them: `filled`)."""
         state = self.states.get((found[0].id, day))
         if state is None or (state.windows.period and not state.windows.period[0] <= at < state.windows.period[1]):
-            state = self.states[(found[0].id, day)] = _frame(self.tx, self.cat, found, at)
+            state = self.states[(found[0].id, day)] = _frame(self.tx, self.cat, found, at,
+                                                             self.versions.get((found[0].id, at)))
             state.count = {name: self.changes.row("counter", window) for name, window in state.window.items()}
         state.at = at
         return state
@@ -890,11 +978,13 @@ class _Batch:
                                   ratio_ppm=self.cat.ratios.get(key.group_name, 1_000_000))
         note, res = None, None
         if u.reservation:
-            res = meter.get_hold(self.tx, u.reservation)
+            res = self.holds[u.reservation] if u.reservation in self.holds else meter.get_hold(self.tx, u.reservation)
             if res is None or res.key_id != key.id:
                 raise InvalidInput(f"reservation {u.reservation!r} does not belong to this key")
-            # settling: the hold is given back first, then the real cost is charged
-            if res.status != "held" or not _release(self.tx, res, self.now, "settled", self.changes, u.request_id):
+            # settling: the hold is given back first, then the real cost is charged; its key is locked, so
+            # the hold is held as read (a change meanwhile would be a lost race: the batch starts over)
+            if res.status != "held" or not _release(self.tx, res, self.now, "settled", self.changes, u.request_id,
+                                                    lost=_RaceLost()):
                 note, res = f"reservation {u.reservation} was already {res.status}; charged without it", None
         pool = res.pool if res is not None else self._pool(state)
         plan, extra, payg = self._split(state, pool, cost, capped=res is not None)
@@ -971,8 +1061,7 @@ class _Batch:
     def flush(self) -> None:
         self.changes.apply(self.tx)
         if self.records:
-            if meter.insert_usage(self.tx, self.records) != len(self.records):
-                raise _RaceLost()
+            meter.insert_usage(self.tx, self.records, _all_new(len(self.records)))
             meter.roll_up(self.tx, self.rollups.rows())
         self.records, self.index, self.rollups = [], {}, Rollups()
 

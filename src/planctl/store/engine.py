@@ -75,6 +75,9 @@ class Database:
         if held is None:
             held = self._local.connection = self.engine.raw_connection()
             self._held.append(held)
+            if self.dialect != "sqlite":  # transactions begin with their first statements (store/sql.py)
+                held.driver_connection.rollback()
+                held.driver_connection.autocommit = True
         return transaction(held.driver_connection, sqlite=self.dialect == "sqlite", write=write,
                            display=self.target.display, errors=self.engine.dialect.dbapi)
 

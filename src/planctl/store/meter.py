@@ -19,6 +19,7 @@ IMMEDIATE` already excludes other writers.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import itemgetter
@@ -144,12 +145,82 @@ def key_by(tx: Tx, column: str, value: str, *, write: bool) -> tuple[KeyRow, Acc
         if row is None:
             return None
         sub = row[19:] if row[19] is not None else None
+    return _found(tx, row, sub)
+
+
+@dataclass(slots=True)
+class KeyAt:
+    """A key with its account and subscription, and what admitting or charging it at one instant
+    also needs, read together: the plan version in force, the catalog stamp, whether any hold
+    anywhere is past its expiry, and the extra usage the subscription's account has left."""
+
+    found: tuple[KeyRow, AccountRow, SubRow | None]
+    version_id: int | None
+    stamp: int | None
+    stale: bool
+    extra: int
+    then: list[Any]  # the results of the statements sent with it (`key_at`'s `then`)
+
+
+_AT_ANY = ("(SELECT value FROM counters WHERE name = 'catalog-stamp'), "
+           "EXISTS (SELECT 1 FROM reservations WHERE status = 'held' AND expires_at <= :at)")
+_AT_SUB = ("COALESCE((SELECT t.plan_version_id FROM subscription_terms t WHERE t.subscription_id = s.id "
+           "AND t.starts_at <= :at ORDER BY t.starts_at DESC LIMIT 1), s.plan_version_id), "
+           "(SELECT COALESCE(SUM(p.credit - p.used - p.reserved), 0) FROM extra_packs p WHERE p.account_id = s.account_id "
+           "AND p.credit > p.used AND (p.expires_at IS NULL OR p.expires_at > :at))")
+_KEY_AT_SQL = {column: (f"SELECT {_KEY}, {_SUB}, {_AT_SUB}, {_AT_ANY} FROM api_keys k JOIN accounts a "
+                        f"ON a.id = k.account_id LEFT JOIN subscriptions s ON s.id = k.subscription_id "
+                        f"WHERE k.{column} = :value") for column in _KEY_SQL}
+_KEY_AT_LOCK_SQL = {column: (f"SELECT {_KEY}, {_AT_ANY} FROM api_keys k JOIN accounts a ON a.id = k.account_id "
+                             f"WHERE k.{column} = :value FOR NO KEY UPDATE OF k, a",
+                             f"SELECT {_SUB}, {_AT_SUB} FROM subscriptions s WHERE s.id = (SELECT subscription_id "
+                             f"FROM api_keys WHERE {column} = :value) FOR NO KEY UPDATE OF s")
+                    for column in _KEY_SQL}
+
+
+def key_at(tx: Tx, column: str, value: str, at: datetime, *, write: bool,
+           then: tuple[tuple[str, dict[str, Any] | None], ...] = ()) -> KeyAt | None:
+    """`key_by` and what goes with it at `at` (KeyAt), in one statement (two on PostgreSQL in a
+    write, which lock the key and account, then the subscription); on PostgreSQL `then`'s
+    statements travel in the same round trip, after the locks."""
+    params = {"value": value, "at": tx.at(at)}
+    if write and not tx.sqlite:
+        results = tx.batch([(sql, params) for sql in _KEY_AT_LOCK_SQL[column]] + list(then))
+        if not results[0][1]:
+            return None
+        row, subs = results[0][1][0], results[1][1]
+        sub = subs[0] if subs else None
+        stamp, stale = row[19], row[20]
+        version, extra = (sub[11], sub[12]) if sub else (None, 0)
+        later = [r[1] for r in results[2:]]
+    else:
+        results = tx.batch([(_KEY_AT_SQL[column], params)] + list(then))
+        if not results[0][1]:
+            return None
+        row = results[0][1][0]
+        sub = row[19:30] if row[19] is not None else None
+        version, extra, stamp, stale = row[30:34]
+        later = [r[1] for r in results[1:]]
+    return KeyAt(_found(tx, row, sub), version, stamp, bool(stale), extra or 0, later)
+
+
+def _found(tx: Tx, row: Any, sub: Any) -> tuple[KeyRow, AccountRow, SubRow | None]:
     at = tx.instant
     key = KeyRow(*row[:7], at(row[7]), *row[8:13], at(row[13]), at(row[14]))
     account = AccountRow(row[1], *row[15:19])
     if sub is None:
         return key, account, None
     return key, account, SubRow(*sub[:4], at(sub[4]), at(sub[5]), *sub[6:10], bool(sub[10]))
+
+
+_OPEN_HOLDS_SQL = ("SELECT COALESCE(SUM(CASE WHEN key_id = :key THEN 1 ELSE 0 END), 0), COUNT(*) FROM reservations "
+                   "WHERE status = 'held' AND (key_id = :key OR subscription_id = :sub)")
+
+
+def open_holds_statement(key_id: str, sub_id: str | None) -> tuple[str, dict[str, Any]]:
+    """The statement counting the open holds of a key and of its subscription (requests admitted
+    and not yet recorded): its one row is (the key's, the key's and the subscription's)."""
+    return _OPEN_HOLDS_SQL, {"key": key_id, "sub": sub_id}
 
 
 def lock_owners(tx: Tx, key_ids: Any) -> None:
@@ -177,40 +248,50 @@ def resolve_key(tx: Tx, ref: str, account_id: str | None = None) -> str:
 
 def charge_keys(tx: Tx, rows: list[dict[str, Any]]) -> None:
     """rows of {id, used, reserved, last}: consumption and holds moved by increments."""
-    tx.many("UPDATE api_keys SET credit_used = credit_used + :used, credit_reserved = credit_reserved + :reserved, "
+    tx.later("UPDATE api_keys SET credit_used = credit_used + :used, credit_reserved = credit_reserved + :reserved, "
             "last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < :last THEN :last ELSE last_used_at END "
             "WHERE id = :id", [{**r, "last": tx.at(r["last"])} for r in rows])
 
 
-def hold_key(tx: Tx, key_id: str, amount: int) -> bool:
-    return tx.run("UPDATE api_keys SET credit_reserved = credit_reserved + :amount WHERE id = :id AND "
-                  "(credit_cap IS NULL OR credit_used + credit_reserved + :amount <= credit_cap)",
-                  {"id": key_id, "amount": amount}) == 1
+def hold_key(tx: Tx, key_id: str, amount: int, refuse: Exception) -> None:
+    """Hold on the key's credit cap; `refuse` is raised (at the latest before the commit) when the
+    cap has no room. So are the other holds."""
+    tx.later("UPDATE api_keys SET credit_reserved = credit_reserved + :amount WHERE id = :id AND "
+             "(credit_cap IS NULL OR credit_used + credit_reserved + :amount <= credit_cap)",
+             {"id": key_id, "amount": amount}, check=_one_or(refuse))
+
+
+def _one_or(refuse: Exception) -> Callable[[int], None]:
+    """A check that one row was changed, raising `refuse` otherwise."""
+    def check(count: int) -> None:
+        if count != 1:
+            raise refuse
+    return check
 
 
 # ---------------------------------------------------------------- subscriptions, accounts, packs
 
 
-def hold_subscription(tx: Tx, sub_id: str, amount: int) -> bool:
-    return tx.run("UPDATE subscriptions SET credit_reserved = credit_reserved + :amount WHERE id = :id AND "
-                  "(credit_granted IS NULL OR credit_granted - credit_used - credit_reserved >= :amount)",
-                  {"id": sub_id, "amount": amount}) == 1
+def hold_subscription(tx: Tx, sub_id: str, amount: int, refuse: Exception) -> None:
+    tx.later("UPDATE subscriptions SET credit_reserved = credit_reserved + :amount WHERE id = :id AND "
+             "(credit_granted IS NULL OR credit_granted - credit_used - credit_reserved >= :amount)",
+             {"id": sub_id, "amount": amount}, check=_one_or(refuse))
 
 
 def charge_subscriptions(tx: Tx, rows: list[dict[str, Any]]) -> None:
     """rows of {id, used, reserved}."""
-    tx.many("UPDATE subscriptions SET credit_used = credit_used + :used, "
+    tx.later("UPDATE subscriptions SET credit_used = credit_used + :used, "
             "credit_reserved = credit_reserved + :reserved WHERE id = :id", rows)
 
 
-def hold_payg(tx: Tx, account_id: str, amount: int) -> bool:
-    return tx.run("UPDATE accounts SET payg_reserved = payg_reserved + :amount WHERE id = :id AND "
-                  "payg_balance - payg_reserved >= :amount", {"id": account_id, "amount": amount}) == 1
+def hold_payg(tx: Tx, account_id: str, amount: int, refuse: Exception) -> None:
+    tx.later("UPDATE accounts SET payg_reserved = payg_reserved + :amount WHERE id = :id AND "
+             "payg_balance - payg_reserved >= :amount", {"id": account_id, "amount": amount}, check=_one_or(refuse))
 
 
 def charge_payg(tx: Tx, rows: list[dict[str, Any]]) -> None:
     """rows of {id, balance, reserved}: increments of the PAYG balance and its holds."""
-    tx.many("UPDATE accounts SET payg_balance = payg_balance + :balance, payg_reserved = payg_reserved + :reserved "
+    tx.later("UPDATE accounts SET payg_balance = payg_balance + :balance, payg_reserved = payg_reserved + :reserved "
             "WHERE id = :id", rows)
 
 
@@ -223,14 +304,14 @@ def packs_of(tx: Tx, account_id: str, *, lock: bool) -> list[PackRow]:
         + (tx.lock if lock else ""), {"account": account_id})]
 
 
-def hold_pack(tx: Tx, pack_id: int, amount: int) -> bool:
-    return tx.run("UPDATE extra_packs SET reserved = reserved + :amount WHERE id = :id AND "
-                  "credit - used - reserved >= :amount", {"id": pack_id, "amount": amount}) == 1
+def hold_pack(tx: Tx, pack_id: int, amount: int, refuse: Exception) -> None:
+    tx.later("UPDATE extra_packs SET reserved = reserved + :amount WHERE id = :id AND "
+             "credit - used - reserved >= :amount", {"id": pack_id, "amount": amount}, check=_one_or(refuse))
 
 
 def charge_packs(tx: Tx, rows: list[dict[str, Any]]) -> None:
     """rows of {id, used, reserved}."""
-    tx.many("UPDATE extra_packs SET used = used + :used, reserved = reserved + :reserved WHERE id = :id", rows)
+    tx.later("UPDATE extra_packs SET used = used + :used, reserved = reserved + :reserved WHERE id = :id", rows)
 
 
 # ---------------------------------------------------------------- counters
@@ -242,34 +323,43 @@ _COUNTERS_SQL = ("SELECT owner, scope, window_start, requests, tokens, credit, r
 
 def counters(tx: Tx, windows: list[Window]) -> dict[Window, CounterRow]:
     """The counters of up to four windows in one statement (a missing row counts zero)."""
+    return counters_from(tx, windows, tx.rows(*counters_statement(tx, windows)))
+
+
+def counters_statement(tx: Tx, windows: list[Window]) -> tuple[str, dict[str, Any]]:
+    """`counters` as a statement to send with others; `counters_from` reads its rows."""
     params: dict[str, Any] = {}
-    stored = [(owner, scope, tx.at(start)) for owner, scope, start in windows]  # as the rows hold them
     for i in range(4):
-        params[f"o{i}"], params[f"s{i}"], params[f"w{i}"] = stored[i] if i < len(stored) else (None, None, None)
-    found = {(r[0], r[1], r[2]): CounterRow(*r[3:]) for r in tx.rows(_COUNTERS_SQL, params)}
-    return {w: found.get(s) or CounterRow() for w, s in zip(windows, stored)}
+        owner, scope, start = windows[i] if i < len(windows) else (None, None, None)
+        params[f"o{i}"], params[f"s{i}"], params[f"w{i}"] = owner, scope, tx.at(start)
+    return _COUNTERS_SQL, params
+
+
+def counters_from(tx: Tx, windows: list[Window], rows: list[Any] | None) -> dict[Window, CounterRow]:
+    found = {(r[0], r[1], r[2]): CounterRow(*r[3:]) for r in rows or ()}
+    return {w: found.get((w[0], w[1], tx.at(w[2]))) or CounterRow() for w in windows}  # keys as the rows hold them
 
 
 def ensure_counter(tx: Tx, window: Window) -> None:
-    tx.run("INSERT INTO usage_counters (owner, scope, window_start, requests, tokens, credit, reserved) "
+    tx.later("INSERT INTO usage_counters (owner, scope, window_start, requests, tokens, credit, reserved) "
            "VALUES (:owner, :scope, :start, 0, 0, 0, 0) ON CONFLICT (owner, scope, window_start) DO NOTHING",
            {"owner": window[0], "scope": window[1], "start": tx.at(window[2])})
 
 
-def hold_counter(tx: Tx, window: Window, amount: int, cap: int | None) -> bool:
+def hold_counter(tx: Tx, window: Window, amount: int, cap: int | None, refuse: Exception) -> None:
     """Hold credit on a counter (created if missing), within `cap` when there is one."""
     ensure_counter(tx, window)
     within = "" if cap is None else " AND credit + reserved + :amount <= :cap"
-    return tx.run("UPDATE usage_counters SET reserved = reserved + :amount WHERE owner = :owner AND scope = :scope "
-                  "AND window_start = :start" + within,
-                  {"owner": window[0], "scope": window[1], "start": tx.at(window[2]), "amount": amount,
-                   "cap": cap}) == 1
+    tx.later("UPDATE usage_counters SET reserved = reserved + :amount WHERE owner = :owner AND scope = :scope "
+             "AND window_start = :start" + within,
+             {"owner": window[0], "scope": window[1], "start": tx.at(window[2]), "amount": amount, "cap": cap},
+             check=_one_or(refuse))
 
 
 def add_to_counters(tx: Tx, rows: list[dict[str, Any]]) -> None:
     """rows of {id: window, requests, tokens, credit, reserved}: added to each window's counter,
     which is created when new."""
-    tx.many("INSERT INTO usage_counters (owner, scope, window_start, requests, tokens, credit, reserved) "
+    tx.later("INSERT INTO usage_counters (owner, scope, window_start, requests, tokens, credit, reserved) "
             "VALUES (:owner, :scope, :start, :requests, :tokens, :credit, :reserved) "
             "ON CONFLICT (owner, scope, window_start) DO UPDATE SET requests = usage_counters.requests + "
             "excluded.requests, tokens = usage_counters.tokens + excluded.tokens, "
@@ -288,23 +378,43 @@ def _hold_row(tx: Tx, r: tuple[Any, ...]) -> HoldRow:
 
 
 def insert_hold(tx: Tx, res: HoldRow) -> None:
-    tx.run(f"INSERT INTO reservations ({_HOLD}) VALUES (:id, :key_id, :account_id, :subscription_id, :pool, :amount, "
+    tx.later(f"INSERT INTO reservations ({_HOLD}) VALUES (:id, :key_id, :account_id, :subscription_id, :pool, :amount, "
            ":holds, :status, NULL, :created_at, :expires_at, NULL)",
            {"id": res.id, "key_id": res.key_id, "account_id": res.account_id, "subscription_id": res.subscription_id,
             "pool": res.pool, "amount": res.amount, "holds": tx.json_in(res.holds), "status": res.status,
             "created_at": tx.at(res.created_at), "expires_at": tx.at(res.expires_at)})
 
 
+_GET_HOLD = f"SELECT {_HOLD} FROM reservations WHERE id = :id"
+
+
 def get_hold(tx: Tx, res_id: str) -> HoldRow | None:
-    row = tx.one(f"SELECT {_HOLD} FROM reservations WHERE id = :id", {"id": res_id})
-    return None if row is None else _hold_row(tx, row)
+    return hold_from(tx, tx.rows(_GET_HOLD, {"id": res_id}))
 
 
-def close_hold(tx: Tx, res_id: str, status: str, at: datetime, request_id: str | None = None) -> bool:
-    """held → settled | released | expired, once: of two transactions closing a hold, one wins."""
-    return tx.run("UPDATE reservations SET status = :status, closed_at = :at, "
-                  "request_id = COALESCE(:request, request_id) WHERE id = :id AND status = 'held'",
-                  {"id": res_id, "status": status, "at": tx.at(at), "request": request_id}) == 1
+def hold_statement(res_id: str) -> tuple[str, dict[str, Any]]:
+    """`get_hold` as a statement to send with others (`key_at`'s `then`); `hold_from` reads its rows."""
+    return _GET_HOLD, {"id": res_id}
+
+
+def hold_from(tx: Tx, rows: list[Any] | None) -> HoldRow | None:
+    return _hold_row(tx, rows[0]) if rows else None
+
+
+_CLOSE_HOLD = ("UPDATE reservations SET status = :status, closed_at = :at, "
+               "request_id = COALESCE(:request, request_id) WHERE id = :id AND status = 'held'")
+
+
+def close_hold(tx: Tx, res_id: str, status: str, at: datetime, request_id: str | None = None, *,
+               lost: Exception | None = None) -> bool:
+    """held → settled | released | expired, once: of two transactions closing a hold, one wins.
+    With `lost` (the caller read the hold as held after locking its key) the change waits for
+    the next round trip, and `lost` is raised if the hold was closed meanwhile after all."""
+    params = {"id": res_id, "status": status, "at": tx.at(at), "request": request_id}
+    if lost is not None:
+        tx.later(_CLOSE_HOLD, params, check=_one_or(lost))
+        return True
+    return tx.run(_CLOSE_HOLD, params) == 1
 
 
 def any_stale(tx: Tx, now: datetime) -> bool:
@@ -348,25 +458,33 @@ def recorded_content(tx: Tx, request_ids: list[str]) -> dict[str, dict[str, Any]
     that exist."""
     found: dict[str, dict[str, Any]] = {}
     for i in range(0, len(request_ids), 500):
-        chunk = request_ids[i:i + 500]
-        marks = ", ".join(f":r{j}" for j in range(len(chunk)))
-        for r in tx.rows(f"SELECT {', '.join(CONTENT_COLUMNS)} FROM usage_records WHERE request_id IN ({marks})",
-                         {f"r{j}": rid for j, rid in enumerate(chunk)}):
-            found[r[0]] = dict(zip(CONTENT_COLUMNS, r))
+        found.update(content_from(tx.rows(*recorded_statement(request_ids[i:i + 500]))))
     return found
 
 
-def insert_usage(tx: Tx, records: list[tuple[Any, ...]]) -> int:
+def recorded_statement(request_ids: list[str]) -> tuple[str, dict[str, Any]]:
+    """`recorded_content` of up to 500 request ids as a statement to send with others;
+    `content_from` reads its rows."""
+    marks = ", ".join(f":r{j}" for j in range(len(request_ids)))
+    return (f"SELECT {', '.join(CONTENT_COLUMNS)} FROM usage_records WHERE request_id IN ({marks})",
+            {f"r{j}": rid for j, rid in enumerate(request_ids)})
+
+
+def content_from(rows: list[Any] | None) -> dict[str, dict[str, Any]]:
+    return {r[0]: dict(zip(CONTENT_COLUMNS, r)) for r in rows or ()}
+
+
+def insert_usage(tx: Tx, records: list[tuple[Any, ...]], check: Callable[[int], None]) -> None:
     """Usage records: values in the order of USAGE_COLUMNS, `at` as stored (`tx.at`), inserted in
-    request id order; returns how many were new (a request id another transaction committed
+    request id order; `check` gets how many were new (a request id another transaction committed
     meanwhile is skipped, and the caller starts over)."""
     records.sort(key=itemgetter(0))
-    return tx.many_in_order(_INSERT_USAGE, records)
+    tx.later(_INSERT_USAGE, records, check=check)
 
 
 def insert_ledger(tx: Tx, entries: list[tuple[Any, ...]]) -> None:
     """Ledger entries: values in the order of LEDGER_COLUMNS, `at` as stored (`tx.at`)."""
-    tx.many_in_order(_INSERT_LEDGER, entries)
+    tx.later(_INSERT_LEDGER, entries)
 
 
 _INSERT_PLAN_DEBIT = (f"INSERT INTO ledger ({', '.join(LEDGER_COLUMNS)}) VALUES "
@@ -378,7 +496,7 @@ def insert_plan_debits(tx: Tx, entries: list[tuple[Any, ...]]) -> None:
     """Ledger entries of usage charged to plan credit, the most frequent kind: values of (at as
     stored, account_id, subscription_id, key_id, amount, request_id, reason); the constant
     columns are not bound per row."""
-    tx.many_in_order(_INSERT_PLAN_DEBIT, entries)
+    tx.later(_INSERT_PLAN_DEBIT, entries)
 
 
 def roll_up(tx: Tx, rows: list[dict[str, Any]]) -> None:
@@ -386,7 +504,7 @@ def roll_up(tx: Tx, rows: list[dict[str, Any]]) -> None:
     if tx.sqlite:
         rows = [{**r, "last_at": tx.at(r["last_at"])} for r in rows]
     rows.sort(key=itemgetter(*ROLLUP_DIMENSIONS))  # rows locked in one order (see the module's docstring)
-    tx.many(_ROLL_UP_SQL[tx.sqlite], rows)
+    tx.later(_ROLL_UP_SQL[tx.sqlite], rows)
 
 
 # ---------------------------------------------------------------- catalog

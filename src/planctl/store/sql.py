@@ -12,6 +12,16 @@ faster than names.
 This module imports neither SQLAlchemy nor the table models, so a command that
 only meters (`planctl authorize`) starts in about the time of `--version`.
 
+On PostgreSQL every statement is a round trip to the server, so a metering
+transaction sends its statements in groups: `Tx.later` queues a write (with a
+check of its affected-row count), and the queue goes out with the next read,
+`Tx.send`, or the commit, as one multi-statement query (psycopg's client-side
+binding); `Tx.batch` sends several reads at once. The metering connection runs
+in autocommit mode and a write transaction's `BEGIN` travels with its first
+statements; a read-only one runs each statement on its own snapshot (what READ
+COMMITTED gives a transaction anyway). On SQLite, in process, all of this runs
+statement by statement, checks included, as before.
+
 Conventions the ORM also follows: instants are stored in UTC (naive
 `YYYY-MM-DD HH:MM:SS.ffffff` text on SQLite, `timestamptz` on PostgreSQL) and
 read back timezone-aware; a write transaction on SQLite begins `IMMEDIATE`.
@@ -95,21 +105,117 @@ def compile_sql(text: str, sqlite: bool) -> tuple[str, Callable[[Any], Any]]:
 class Tx:
     """One open transaction on a driver connection."""
 
-    __slots__ = ("cur", "sqlite", "lock")
+    __slots__ = ("cur", "sqlite", "lock", "connection", "begin", "queue", "_client")
 
-    def __init__(self, connection: Any, *, sqlite: bool) -> None:
+    def __init__(self, connection: Any, *, sqlite: bool, begin: bool = False, grouped: bool = False) -> None:
+        self.connection = connection
         self.cur = connection.cursor()
         self.sqlite = sqlite
         self.lock = "" if sqlite else " FOR NO KEY UPDATE"  # SQLite's write transaction already excludes writers
+        self.begin = begin and not sqlite  # PostgreSQL: BEGIN goes out with the first statements
+        self.queue: list[tuple[str, tuple[Any, ...], Callable[[int], None] | None]] | None = (
+            [] if grouped and not sqlite else None)  # PostgreSQL writes waiting for the next round trip
+        self._client: Any = None
 
     def run(self, sql: str, params: dict[str, Any] | None = None) -> int:
         """Execute; returns the affected-row count (what a conditional UPDATE is decided by)."""
+        if self.begin or self.queue:
+            return self.batch([(sql, params)])[0][0]
         text, pick = compile_sql(sql, self.sqlite)
         self.cur.execute(text, pick(params))
         return self.cur.rowcount
 
+    def later(self, sql: str, rows: Any = None, *, check: Callable[[int], None] | None = None) -> None:
+        """A write whose result nothing reads before the commit: on PostgreSQL it waits for the
+        next round trip; `check` gets the affected-row count of all its rows (and raises to
+        refuse). On SQLite it runs, and is checked, now. `rows`: one dict of parameters, a list
+        of them, or a list of tuples already in the statement's order."""
+        rows = [rows or {}] if rows is None or isinstance(rows, dict) else rows
+        if not rows:
+            return
+        if self.queue is None or len(rows) > 16:  # many rows: the driver's executemany binds them best
+            self.send()
+            count = (self.many_in_order(sql, rows) if isinstance(rows[0], tuple)
+                     else self.many(sql, rows) or self.cur.rowcount)
+            if check is not None:
+                check(count)
+            return
+        text, pick = compile_sql(sql, False)
+        for row in rows:
+            self.queue.append((text, row if isinstance(row, tuple) else pick(row), None))
+        if check is not None:  # one check over the rows just queued
+            self.queue.append(("", (len(rows),), check))
+
+    def send(self) -> None:
+        """Run what is queued now (one round trip), checks included."""
+        if self.begin or self.queue:
+            self.batch([])
+
+    def batch(self, statements: list[tuple[str, dict[str, Any] | None]]) -> list[tuple[int, list[Any] | None]]:
+        """Several statements at once: (affected rows, fetched rows or None) of each. On
+        PostgreSQL one round trip carries them, after what is queued (and BEGIN, if pending)."""
+        if self.sqlite or self.queue is None and not self.begin:
+            out = []
+            for sql, params in statements:
+                text, pick = compile_sql(sql, self.sqlite)
+                self.cur.execute(text, pick(params))
+                out.append((self.cur.rowcount, self.cur.fetchall() if self.cur.description else None))
+            return out
+        texts: list[str] = ["BEGIN"] if self.begin else []
+        args: list[Any] = []
+        checks: list[tuple[int, int, Callable[[int], None]]] = []  # (first result, results, check)
+        for text, values, check in self.queue or ():
+            if check is None:
+                texts.append(text)
+                args.extend(values)
+            else:
+                checks.append((len(texts) - values[0], values[0], check))
+        mine = len(texts)
+        for sql, params in statements:
+            text, pick = compile_sql(sql, False)
+            texts.append(text)
+            args.extend(pick(params))
+        self.begin = False
+        if self.queue:
+            self.queue = []
+        if len(texts) == 0:
+            return []
+        if self._client is None:
+            from psycopg import ClientCursor
+
+            self._client = ClientCursor(self.connection)
+        cur = self._client
+        cur.execute("; ".join(texts), args)
+        counts: list[int] = []
+        out = []
+        for i in range(len(texts)):
+            if i:
+                cur.nextset()
+            counts.append(cur.rowcount)
+            if i >= mine:
+                out.append((cur.rowcount, cur.fetchall() if cur.description else None))
+        for first, n, check in checks:
+            check(sum(counts[first:first + n]))
+        return out
+
+    def commit(self) -> None:
+        """On PostgreSQL what is queued goes out with the COMMIT (first on its own when it has
+        checks: they must pass before anything is committed). The driver's commit and rollback
+        act on an open transaction, in autocommit mode too."""
+        if self.queue and any(check is not None for _, _, check in self.queue):
+            self.send()
+        if self.queue:
+            self.batch([("COMMIT", None)])
+        else:
+            self.connection.commit()
+
+    def rollback(self) -> None:
+        self.begin, self.queue = False, [] if self.queue is not None else None
+        self.connection.rollback()
+
     def many(self, sql: str, rows: list[dict[str, Any]]) -> None:
         if rows:
+            self.send()
             text, pick = compile_sql(sql, self.sqlite)
             if len(rows) == 1:  # psycopg sets up a pipeline for executemany: dear for one row
                 self.cur.execute(text, pick(rows[0]))
@@ -122,6 +228,7 @@ class Tx:
         affected-row count of them all."""
         if not rows:
             return 0
+        self.send()
         text = compile_sql(sql, self.sqlite)[0]
         if len(rows) == 1:
             self.cur.execute(text, rows[0])
@@ -130,11 +237,16 @@ class Tx:
         return self.cur.rowcount
 
     def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        if self.begin or self.queue:
+            return self.batch([(sql, params)])[0][1] or []
         text, pick = compile_sql(sql, self.sqlite)
         self.cur.execute(text, pick(params))
         return self.cur.fetchall()
 
     def one(self, sql: str, params: dict[str, Any] | None = None) -> tuple[Any, ...] | None:
+        if self.begin or self.queue:
+            found = self.batch([(sql, params)])[0][1]
+            return found[0] if found else None
         text, pick = compile_sql(sql, self.sqlite)
         self.cur.execute(text, pick(params))
         return self.cur.fetchone()
@@ -180,7 +292,7 @@ class transaction:  # noqa: N801 - used like the contextmanager it replaces, wit
     """`with transaction(...) as tx:` commits on success and rolls back on any error; driver
     errors with a meaning for the user become domain errors."""
 
-    __slots__ = ("connection", "sqlite", "write", "display", "errors", "on_exit")
+    __slots__ = ("connection", "sqlite", "write", "display", "errors", "on_exit", "tx")
 
     def __init__(self, connection: Any, *, sqlite: bool, write: bool, display: str, errors: Any,
                  on_exit: Any = None) -> None:
@@ -197,19 +309,20 @@ class transaction:  # noqa: N801 - used like the contextmanager it replaces, wit
                 if translated is exc:
                     raise
                 raise translated from None
-        return Tx(self.connection, sqlite=self.sqlite)
+        self.tx = Tx(self.connection, sqlite=self.sqlite, begin=self.write, grouped=True)
+        return self.tx
 
     def __exit__(self, kind: Any, exc: BaseException | None, _tb: Any) -> None:
         try:
             if exc is None:
                 try:
-                    self.connection.commit()
+                    self.tx.commit()
                     return
                 except BaseException as failed:
                     exc = failed
-                    self.connection.rollback()
+                    self.tx.rollback()
             else:
-                self.connection.rollback()
+                self.tx.rollback()
         finally:
             self._finish()
         translated = self._translate(exc)
