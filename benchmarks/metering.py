@@ -2,7 +2,7 @@
 """Metering throughput of planctl against raw sqlite3, on this machine.
 
     python benchmarks/metering.py [--records N] [--quick] [--budget S] [--rounds R] [--import-budget S]
-                                  [--only admit|import|cli] [--dir DIR]
+                                  [--only admit|threads|import|cli|pg|statements] [--dir DIR] [--pg URL]
 
 Every planctl figure is printed beside a baseline measured in the same run with
 the standard `sqlite3` module doing the equivalent raw statements on a copy of
@@ -33,6 +33,19 @@ foreign_keys=ON, BEGIN IMMEDIATE for writes):
    updates, 2,000 records per transaction). Target: >= 50,000 records/s.
    An import still running after --import-budget seconds is stopped and its
    rate is computed from the records it had committed.
+1b. the gateway's shape: THREADS threads of one process, each calling `Meter.admit` (with a
+   reservation) then `Meter.settle`, on one SQLite file, for --budget seconds; then the
+   database is checked: every settled request has its usage record (0 lost), the
+   subscription's consumption equals the sum of its records (0 double-charged), no hold is
+   left open, and `db check` is clean. Baseline: raw 2 txn from as many threads, each with
+   its own sqlite3 connection. Target: >= 2,000 requests/s.
+4. PostgreSQL (with --pg URL: a database of your own; each run makes a schema in it and drops
+   it): `Meter.admit` + `settle` from one thread (median latency, target <= 1.5 ms), then
+   PG_PROCS processes x PG_THREADS threads spread over PG_SUBS subscriptions (target >= 1,500/s)
+   and on one subscription; baseline: raw psycopg issuing the same statements one at a time
+   (two transactions per request, as section 1's raw 2 txn).
+5. Statements per admit and per settle (SQLite: the sqlite3 trace callback) and round trips
+   (PostgreSQL, with --pg: the libpq trace, one per Sync or simple Query the client sends).
 3. `planctl authorize --model M --key-file F --json` as a CLI subprocess:
    median wall time over --runs runs, interleaved with `planctl --version`,
    `python -c pass` and a raw sqlite3 key look-up in `python -c`.
@@ -54,6 +67,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -65,6 +79,8 @@ ADMIT_TARGET = 2_000.0
 IMPORT_TARGET = 50_000.0
 RESERVE = 50_000  # µcr held per admitted request (0.05 credit)
 WORKERS = 4
+THREADS = 16  # section 1b: the gateway's metering threads
+PG_PROCS, PG_THREADS, PG_SUBS = 4, 8, 8  # section 4
 IMPORT_KEYS = 4
 MODELS = (("gpt-5.4", "responses"), ("gpt-5.4-mini", "chat"), ("claude-sonnet-4-5", "claude"))
 BILLED = {"gpt-5.4": "gpt-5.4", "gpt-5.4-mini": "gpt-5.4-mini", "claude-sonnet-4-5": "gpt-5.4"}
@@ -84,7 +100,7 @@ def say(text: str) -> None:
 # ---------------------------------------------------------------- fixture
 
 
-def setup_template(path: Path, since: datetime) -> dict[str, Any]:
+def setup_template(path: Path | str, since: datetime, subscriptions: int = 1) -> dict[str, Any]:
     """A planctl database with an ample plan, one account, one subscription and its keys."""
     from planctl.services import accounts, catalog, keys, sales, settings
     from planctl.services.audit import Caller
@@ -106,16 +122,26 @@ def setup_template(path: Path, since: datetime) -> dict[str, Any]:
     finally:
         db.dispose()
     pairs = [(sale.key.id, sale.secret.secret)] + [(c.key.id, c.secret) for c in made]
-    con = sqlite3.connect(path)
+    db = open_database(resolve_target(str(path)), now=since)
     try:
-        prices = {m: (i, c, o) for m, i, c, o in con.execute(
-            "SELECT id, input_price, cached_price, output_price FROM models")}
-        ratio = dict(con.execute("SELECT name, ratio_ppm FROM groups"))["default"]
-        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with db.tx(write=False) as tx:
+            prices = {m: (i, c, o) for m, i, c, o in tx.rows(
+                "SELECT id, input_price, cached_price, output_price FROM models")}
+            ratio = dict(tx.rows("SELECT name, ratio_ppm FROM groups"))["default"]
+        subs = [(sale.subscription.id, sale.key.id, sale.secret.secret)]
+        for n in range(1, subscriptions):  # more subscriptions, a key each (section 4 spreads over them)
+            other = accounts.create(db, {"name": f"bench-co-{n}"}, caller=caller, now=since)
+            more = sales.sell(db, sales.SaleRequest(kind="buy", account=other.id, item=PLAN["slug"]),
+                              caller=caller, now=since)
+            subs.append((more.subscription.id, more.key.id, more.secret.secret))
     finally:
+        db.dispose()
+    if not str(path).startswith("postgresql"):
+        con = sqlite3.connect(path)
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         con.close()
     return {"subscription": sale.subscription.id, "account": account.id, "keys": pairs, "prices": prices,
-            "ratio": ratio, "zone": zone}
+            "ratio": ratio, "zone": zone, "subscriptions": subs}
 
 
 def copy_db(template: Path, dest: Path) -> Path:
@@ -197,25 +223,11 @@ def admit_loop(mode: str, db_path: str, fx: dict[str, Any], slot: int, tag: str,
     key_id, secret = fx["keys"][slot]
     tag = f"{tag}k{slot}"  # request ids are unique across rounds and processes
     if mode == "planctl":
-        from planctl.services import metering
-        from planctl.services.database import open_database
-        from planctl.store.location import resolve_target
+        from planctl.metering import Meter
 
-        db = open_database(resolve_target(db_path), now=datetime.now(timezone.utc))
-
-        def one(i: int) -> None:
-            model, api, inp, cached, out, status = request_shape(i)
-            now = datetime.now(timezone.utc)
-            auth = metering.authorize(db, secret, model=model, api=api, reserve=RESERVE, now=now)
-            if not auth.allowed or not auth.reservation_id:
-                raise RuntimeError(f"request refused: {auth.reason} {auth.message}")
-            done = metering.record(db, metering.UsageInput(
-                request_id=f"{tag}-{i}", key=auth.key_id, model=model, input_tokens=inp, cached_tokens=cached,
-                output_tokens=out, status_code=status, latency_ms=900, api=api,
-                reservation=auth.reservation_id), now=now)
-            if done.duplicate or done.note:
-                raise RuntimeError(f"request {tag}-{i} not charged as expected: {done.note}")
-        close = db.dispose
+        meter = Meter.open(db_path)
+        one = meter_one(meter, secret, tag)
+        close = meter.close
     else:
         con = raw_connect(db_path)
         one = (_raw_one_txn if mode == "raw1" else _raw_two_txn)(con, fx, secret, tag)
@@ -235,6 +247,22 @@ def admit_loop(mode: str, db_path: str, fx: dict[str, Any], slot: int, tag: str,
         return done, time.perf_counter() - start
     finally:
         close()
+
+
+def meter_one(meter: Any, secret: str, tag: str) -> Any:
+    """One request as the gateway meters it: `Meter.admit` with a reservation, then `settle`."""
+    from planctl.metering import Usage
+
+    def one(i: int) -> None:
+        model, api, inp, cached, out, status = request_shape(i)
+        adm = meter.admit(secret, model, api, reserve=RESERVE)
+        if not adm.allowed or not adm.reservation_id:
+            raise RuntimeError(f"request refused: {adm.reason} {adm.message}")
+        done = meter.settle(adm, Usage(request_id=f"{tag}-{i}", input_tokens=inp, cached_tokens=cached,
+                                       output_tokens=out, status_code=status, latency_ms=900))
+        if done.duplicate or done.note:
+            raise RuntimeError(f"request {tag}-{i} not charged as expected: {done.note}")
+    return one
 
 
 def _raw_one_txn(con: sqlite3.Connection, fx: dict[str, Any], secret: str, tag: str) -> Any:
@@ -408,6 +436,300 @@ def bench_admit(fx: dict[str, Any], tmp: Path, args: argparse.Namespace) -> dict
             say(f"  admit+record, {WORKERS} processes, {m}, round {r + 1}/{args.rounds} …")
             out["multi"][m].append(admit_parallel(m, dbs[m], fx, f"m{r}", args.budget))
     return out
+
+
+# ---------------------------------------------------------------- 1b and 4. threads of one process
+
+
+def run_threads(make_one: Any, n: int, budget: float) -> tuple[int, float, dict[int, int]]:
+    """`n` threads, each running `make_one(t)` (which returns `one(i)`) after 3 warm-up calls,
+    for `budget` seconds; returns (requests, seconds, requests by thread)."""
+    barrier, stop, done, errors = threading.Barrier(n + 1), threading.Event(), {}, []
+
+    def work(t: int) -> None:
+        try:
+            one = make_one(t)
+            for i in range(3):
+                one(-1 - i)
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()
+            return
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            return
+        i = 0
+        try:
+            while not stop.is_set():
+                one(i)
+                i += 1
+        except BaseException as exc:
+            errors.append(exc)
+        done[t] = i
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(n)]
+    for t in threads:
+        t.start()
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        pass
+    start = time.perf_counter()
+    stop.wait(budget) if not errors else None
+    stop.set()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    if errors:
+        sys.exit(f"error: a thread failed: {type(errors[0]).__name__}: {errors[0]}")
+    return sum(done.values()), seconds, done
+
+
+def verify(location: str, tags: dict[str, int]) -> dict[str, Any]:
+    """What section 1b and 4 promise of a run: every settled request recorded (lost), every
+    subscription's consumption the sum of its records (double-charged), no hold left open, and
+    `db check` clean. `tags`: request id prefix -> requests settled under it (warm-ups included)."""
+    from planctl.services.database import check, open_database
+    from planctl.store.location import resolve_target
+
+    db = open_database(resolve_target(location), now=datetime.now(timezone.utc))
+    try:
+        with db.tx(write=False) as tx:
+            lost = 0
+            for tag, settled in tags.items():
+                (found,) = tx.one("SELECT count(*) FROM usage_records WHERE request_id LIKE :p", {"p": tag + "-%"})
+                lost += settled - found
+            double = tx.one("SELECT count(*) FROM subscriptions s WHERE s.credit_used <> (SELECT COALESCE("
+                            "SUM(u.charged_plan), 0) FROM usage_records u WHERE u.subscription_id = s.id)")[0]
+            held = tx.one("SELECT count(*) FROM reservations WHERE status = 'held'")[0]
+        failed = [r.name for r in check(db) if not r.ok]
+    finally:
+        db.dispose()
+    return {"lost": lost, "double_charged": double, "open_holds": held, "db_check": failed or "clean"}
+
+
+def bench_threads(fx: dict[str, Any], tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Section 1b: THREADS threads of one process admitting and settling on one SQLite file."""
+    from planctl.metering import Meter
+
+    dbs = {m: str(copy_db(fx["template"], tmp / f"threads-{m}.db")) for m in ("planctl", "raw2")}
+    out: dict[str, Any] = {"planctl": [], "raw2": [], "tags": {}}
+    keys = fx["keys"]
+    for r in range(args.rounds):
+        for m in dbs:
+            say(f"  {THREADS} threads, {m}, round {r + 1}/{args.rounds} …")
+            if m == "planctl":
+                meter = Meter.open(dbs[m])
+                make = lambda t, r=r: meter_one(meter, keys[t % len(keys)][1], f"t{r}x{t}")  # noqa: E731
+                try:
+                    total, secs, by = run_threads(make, THREADS, args.budget)
+                finally:
+                    meter.close()
+                out["tags"].update({f"t{r}x{t}": n + 3 for t, n in by.items()})
+            else:
+                cons: list[sqlite3.Connection] = []
+
+                def make(t: int, r: int = r) -> Any:
+                    con = raw_connect(dbs[m])
+                    cons.append(con)
+                    return _raw_two_txn(con, fx, keys[t % len(keys)][1], f"t{r}x{t}")
+                total, secs, _ = run_threads(make, THREADS, args.budget)
+                for con in cons:
+                    con.close()
+            out[m].append(total / secs)
+    say("  checking the database of the threads …")
+    out["verify"] = verify(dbs["planctl"], out["tags"])
+    return out
+
+
+class PgRaw:
+    """Section 1's raw 2-txn statements on psycopg, one statement per round trip (server-side binding,
+    prepared after a few uses: psycopg's defaults)."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.con = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        sql = "BEGIN" if sql == "BEGIN IMMEDIATE" else sql.replace("?", "%s").replace("max(usage_daily", "greatest(usage_daily")
+        return self.con.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Any) -> None:
+        with self.con.cursor() as cur:
+            cur.executemany(sql.replace("?", "%s"), rows)
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def pg_schema(base: str) -> tuple[str, Any]:
+    """A new schema in the database at `base`: its URL, and a function dropping it."""
+    import psycopg
+
+    plain = base.replace("postgresql+psycopg://", "postgresql://")
+    name = "bench_" + os.urandom(4).hex()
+    with psycopg.connect(plain, autocommit=True) as con:
+        con.execute(f"CREATE SCHEMA {name}")
+
+    def drop() -> None:
+        with psycopg.connect(plain, autocommit=True) as con:
+            con.execute(f"DROP SCHEMA {name} CASCADE")
+    sep = "&" if "?" in plain else "?"
+    return f"{plain.replace('postgresql://', 'postgresql+psycopg://', 1)}{sep}options=-csearch_path%3D{name}", drop
+
+
+def _pg_worker(mode: str, url: str, fx: dict[str, Any], slot: int, spread: bool, tag: str, budget: float,
+               barrier: Any, results: Any) -> None:
+    """One process of section 4: PG_THREADS threads, each on a key of its own subscription (spread)
+    or on the keys of one subscription."""
+    try:
+        barrier.wait()
+        if mode == "planctl":
+            from planctl.metering import Meter
+
+            meter = Meter.open(url)
+            close = meter.close
+        else:
+            cons: list[PgRaw] = []
+            close = lambda: [c.close() for c in cons]  # noqa: E731
+
+        def make(t: int) -> Any:
+            n = slot * PG_THREADS + t
+            secret = fx["subscriptions"][n % PG_SUBS][2] if spread else fx["keys"][n % len(fx["keys"])][1]
+            if mode == "planctl":
+                return meter_one(meter, secret, f"{tag}p{slot}x{t}")
+            con = PgRaw(url)
+            cons.append(con)
+            return _raw_two_txn(con, fx, secret, f"{tag}p{slot}x{t}")
+        try:
+            total, secs, by = run_threads(make, PG_THREADS, budget)
+        finally:
+            close()
+        results.put((slot, total / secs, {f"{tag}p{slot}x{t}": n + 3 for t, n in by.items()}))
+    except BaseException as exc:  # report instead of hanging the parent
+        results.put((slot, -1, f"{type(exc).__name__}: {exc}"))
+
+
+def pg_parallel(mode: str, url: str, fx: dict[str, Any], spread: bool, tag: str, budget: float) -> tuple[float, dict]:
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(PG_PROCS), ctx.Queue()
+    procs = [ctx.Process(target=_pg_worker, args=(mode, url, fx, slot, spread, tag, budget, barrier, results))
+             for slot in range(PG_PROCS)]
+    for proc in procs:
+        proc.start()
+    got = [results.get(timeout=budget + 300) for _ in procs]
+    for proc in procs:
+        proc.join()
+    failed = [g for g in got if g[1] < 0]
+    if failed:
+        sys.exit(f"error: a {mode} PostgreSQL worker failed: {failed[0][2]}")
+    tags: dict[str, int] = {}
+    for g in got:
+        tags.update(g[2])
+    return sum(g[1] for g in got), tags
+
+
+def bench_pg(args: argparse.Namespace) -> dict[str, Any]:
+    """Section 4, on schemas of their own in the --pg database."""
+    from planctl.metering import Meter
+
+    since = datetime.now(timezone.utc) - timedelta(days=7)
+    out: dict[str, Any] = {"latency": {"planctl": [], "raw2": []}, "spread": {"planctl": [], "raw2": []},
+                           "one": {"planctl": [], "raw2": []}, "tags": {}}
+    drops = []
+    try:
+        urls, fxs = {}, {}
+        for m in ("planctl", "raw2"):
+            say(f"  PostgreSQL: setting up a schema for {m} …")
+            urls[m], drop = pg_schema(args.pg)
+            drops.append(drop)
+            fxs[m] = setup_template(urls[m], since, subscriptions=PG_SUBS)
+        say("  PostgreSQL: one thread, admit + settle latency …")
+        for m in ("planctl", "raw2"):
+            if m == "planctl":
+                meter = Meter.open(urls[m])
+                one, close = meter_one(meter, fxs[m]["keys"][0][1], "lat"), meter.close
+            else:
+                con = PgRaw(urls[m])
+                one, close = _raw_two_txn(con, fxs[m], fxs[m]["keys"][0][1], "lat"), con.close
+            try:
+                for i in range(20):
+                    one(-1 - i)
+                deadline = time.perf_counter() + args.budget
+                i = 0
+                while time.perf_counter() < deadline:
+                    t = time.perf_counter()
+                    one(i)
+                    out["latency"][m].append(time.perf_counter() - t)
+                    i += 1
+            finally:
+                close()
+            if m == "planctl":
+                out["tags"]["lat"] = i + 20
+        for r in range(args.rounds):
+            for kind, spread in (("spread", True), ("one", False)):
+                for m in ("planctl", "raw2"):
+                    say(f"  PostgreSQL: {PG_PROCS} processes x {PG_THREADS} threads, "
+                        f"{'spread' if spread else 'one subscription'}, {m}, round {r + 1}/{args.rounds} …")
+                    rate, tags = pg_parallel(m, urls[m], fxs[m], spread, f"{kind[0]}{r}", args.budget)
+                    out[kind][m].append(rate)
+                    if m == "planctl":
+                        out["tags"].update(tags)
+        say("  PostgreSQL: checking the database …")
+        out["verify"] = verify(urls["planctl"], out["tags"])
+    finally:
+        for drop in drops:
+            drop()
+    return out
+
+
+# ---------------------------------------------------------------- 5. statements per call
+
+
+def count_statements(location: str, key: tuple[str, str]) -> dict[str, Any]:
+    """Statements (SQLite) or round trips (PostgreSQL) of one admit and one settle, after a warm-up."""
+    from planctl.metering import Meter, Usage
+
+    meter = Meter.open(location)
+    try:
+        one = meter_one(meter, key[1], "count")
+        for i in range(3):
+            one(-1 - i)
+        connection = meter.db._local.connection.driver_connection  # this thread's metering connection
+        out: dict[str, Any] = {}
+        adm = None
+
+        def admit() -> None:
+            nonlocal adm
+            adm = meter.admit(key[1], "gpt-5.4", "responses", reserve=RESERVE)
+
+        def settle() -> None:
+            meter.settle(adm, Usage(request_id="count-x", input_tokens=100, output_tokens=10))
+
+        for name, call in (("admit", admit), ("settle", settle)):
+            if meter.db.dialect == "sqlite":
+                seen: list[str] = []
+                connection.set_trace_callback(seen.append)
+                call()
+                connection.set_trace_callback(None)
+                out[name] = (len(seen), [s.split()[0] + " " + " ".join(s.split()[1:4]) for s in seen])
+            else:
+                trace = Path(tempfile.mkstemp(prefix="planctl-trace-")[1])
+                with open(trace, "w") as f:
+                    connection.pgconn.trace(f.fileno())
+                    call()
+                    connection.pgconn.untrace()
+                sent = [line.split("\t") for line in trace.read_text().splitlines() if "\tF\t" in line]
+                trace.unlink()
+                trips = [m for m in sent if m[3] in ("Sync", "Query")]
+                statements = sum(max(1, m[4].count(";") + 1) if m[3] == "Query" else 0 for m in sent) + sum(
+                    1 for m in sent if m[3] == "Bind")
+                out[name] = (len(trips), statements)
+        return out
+    finally:
+        meter.close()
 
 
 # ---------------------------------------------------------------- 2. usage import
@@ -697,7 +1019,7 @@ def _filesystem(path: Path) -> str:
 
 
 def report(args: argparse.Namespace, fx: dict[str, Any], admit: dict[str, Any] | None, imp: dict[str, Any] | None,
-           cli: dict[str, list[float]] | None, started: float) -> None:
+           cli: dict[str, list[float]] | None, started: float, more: dict[str, Any] | None = None) -> None:
     try:
         from planctl import __version__ as version
     except ImportError:
@@ -719,7 +1041,7 @@ def report(args: argparse.Namespace, fx: dict[str, Any], admit: dict[str, Any] |
         print(f"   {WORKERS} processes = multiprocessing spawn, one database handle each, "
               f"{WORKERS} distinct keys of ONE subscription")
         print(f"   {'':<34}{'1 process':>22}{f'{WORKERS} processes':>22}")
-        labels = {"planctl": "planctl authorize + record",
+        labels = {"planctl": "planctl Meter.admit + settle",
                   "raw1": "raw sqlite3, 1 txn/request",
                   "raw2": "raw sqlite3, 2 txn/request"}
         for m, label in labels.items():
@@ -735,7 +1057,48 @@ def report(args: argparse.Namespace, fx: dict[str, Any], admit: dict[str, Any] |
             print(f"   {name}: planctl is {r1 / p:.1f}x slower than raw 1 txn, {r2 / p:.1f}x slower than raw 2 txn;"
                   f" {1e6 / p:,.0f} µs per admit+record")
         verdict = "met" if p1 >= ADMIT_TARGET else "MISSED"
-        print(f"   target  : >= {ADMIT_TARGET:,.0f}/s in one process: {verdict} ({fmt_rate(p1)}/s)")
+        print(f"   target  : >= {ADMIT_TARGET:,.0f}/s in one process: {verdict} ({fmt_rate(p1)}/s); ratio to raw 2 txn "
+              f"{p1 / statistics.median(admit['single']['raw2']):.2f}")
+        print()
+    more = more or {}
+    if "threads" in more:
+        t = more["threads"]
+        print(f"1b. {THREADS} threads of one process, Meter.admit (reservation) then settle, one SQLite file "
+              f"(requests/s, median of {args.rounds} rounds of {args.budget:g} s; min–max)")
+        for m, label in (("planctl", "planctl Meter, 16 threads"), ("raw2", "raw sqlite3 2 txn, 16 threads")):
+            v = t[m]
+            print(f"   {label:<34}{fmt_rate(statistics.median(v)):>8} ({fmt_rate(min(v))}–{fmt_rate(max(v))})")
+        p = statistics.median(t["planctl"])
+        print(f"   ratio to raw 2 txn: {p / statistics.median(t['raw2']):.2f}; after the run: {t['verify']}")
+        print(f"   target  : >= {ADMIT_TARGET:,.0f}/s, 0 lost, 0 double-charged, db check clean: "
+              f"{'met' if p >= ADMIT_TARGET else 'MISSED'} ({fmt_rate(p)}/s)")
+        print()
+    if "pg" in more:
+        g = more["pg"]
+        print(f"4. PostgreSQL ({args.pg.split('@')[-1]}), Meter.admit (reservation) + settle; baseline raw psycopg, "
+              "the same statements one per round trip")
+        lat = {m: statistics.median(v) * 1000 for m, v in g["latency"].items()}
+        print(f"   one thread, median ms per admit+settle: planctl {lat['planctl']:.2f} ({len(g['latency']['planctl'])} "
+              f"requests), raw {lat['raw2']:.2f}; ratio raw/planctl time {lat['raw2'] / lat['planctl']:.2f}; "
+              f"target <= 1.5 ms: {'met' if lat['planctl'] <= 1.5 else 'MISSED'}")
+        for kind, label in (("spread", f"over {PG_SUBS} subscriptions"), ("one", "on one subscription")):
+            p, r = (statistics.median(g[kind][m]) for m in ("planctl", "raw2"))
+            print(f"   {PG_PROCS} processes x {PG_THREADS} threads {label:<22}: planctl {fmt_rate(p)}/s "
+                  f"({'–'.join(fmt_rate(x) for x in (min(g[kind]['planctl']), max(g[kind]['planctl'])))}), "
+                  f"raw {fmt_rate(r)}/s, ratio {p / r:.2f}")
+        p = statistics.median(g["spread"]["planctl"])
+        print(f"   target >= 1,500/s spread: {'met' if p >= 1500 else 'MISSED'} ({fmt_rate(p)}/s); "
+              f"after the runs: {g['verify']}")
+        print()
+    if "statements" in more:
+        print("5. statements per call (SQLite: sqlite3 trace, BEGIN and COMMIT included) and round trips "
+              "(PostgreSQL: libpq trace)")
+        for where, got in more["statements"].items():
+            for name, value in got.items():
+                if where == "sqlite":
+                    print(f"   SQLite     {name:<7}: {value[0]} statements: {'; '.join(value[1])}")
+                else:
+                    print(f"   PostgreSQL {name:<7}: {value[0]} round trips carrying {value[1]} statements")
         print()
     if imp is not None:
         print("2. planctl usage import FILE --json (JSON Lines; subprocess wall time incl. start-up; "
@@ -796,11 +1159,14 @@ def main() -> int:
     parser.add_argument("--import-budget", type=float, default=75.0,
                         help="stop the large planctl import after this many seconds, 0 = never (default 75, "
                              "to keep the default run near 5 minutes on a 2-core machine)")
-    parser.add_argument("--only", choices=("admit", "import", "cli"), action="append",
+    parser.add_argument("--only", choices=("admit", "threads", "import", "cli", "pg", "statements"), action="append",
                         help="run only this part (repeatable)")
     parser.add_argument("--dir", default=None,
                         help="where the databases go (default: the system temporary directory); "
                              "/dev/shm takes the disk out of the figures, leaving the CPU cost")
+    parser.add_argument("--pg", default=os.environ.get("PLANCTL_BENCH_PG"),
+                        help="a PostgreSQL database URL of your own for sections 4 and 5 (schemas are made in it "
+                             "and dropped); default $PLANCTL_BENCH_PG, none: those parts are skipped")
     parser.add_argument("--raw-import", nargs=3, metavar=("DB", "FILE", "FIXTURE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw_import:
@@ -811,7 +1177,7 @@ def main() -> int:
         args.budget = 3.0 if args.quick else 5.0
     if args.records < 10 or args.rounds < 1 or args.runs < 1 or args.budget <= 0:
         parser.error("--records must be at least 10, --rounds, --runs and --budget positive")
-    parts = set(args.only or ("admit", "import", "cli"))
+    parts = set(args.only or ("admit", "threads", "import", "cli", "pg", "statements"))
 
     planctl = str(find_planctl())
     started = time.monotonic()
@@ -826,15 +1192,30 @@ def main() -> int:
         fx = setup_template(template, since)
         fx["template"] = template
         admit = imp = cli = None
+        more: dict[str, Any] = {}
+        if "statements" in parts:
+            say("  statements per admit and settle …")
+            more["statements"] = {"sqlite": count_statements(str(copy_db(template, tmp / "count.db")), fx["keys"][0])}
+            if args.pg:
+                url, drop = pg_schema(args.pg)
+                try:
+                    pfx = setup_template(url, since)
+                    more["statements"]["postgresql"] = count_statements(url, pfx["keys"][0])
+                finally:
+                    drop()
         if "admit" in parts:
             admit = bench_admit(fx, tmp, args)
+        if "threads" in parts:
+            more["threads"] = bench_threads(fx, tmp, args)
+        if "pg" in parts and args.pg:
+            more["pg"] = bench_pg(args)
         if "import" in parts:
             imp = bench_import(fx, tmp, args, planctl, env)
         if "cli" in parts:
             say("  planctl authorize CLI …")
             db = admit["dbs"]["planctl"] if admit else str(copy_db(template, tmp / "cli.db"))
             cli = bench_cli(fx, tmp, args, planctl, env, db)
-        report(args, fx, admit, imp, cli, started)
+        report(args, fx, admit, imp, cli, started, more)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
