@@ -158,7 +158,7 @@ def copy_db(template: Path, dest: Path) -> Path:
 
 
 def raw_connect(path: str) -> sqlite3.Connection:
-    con = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+    con = sqlite3.connect(path, isolation_level=None, timeout=10.0, check_same_thread=False)
     con.execute("PRAGMA busy_timeout = 10000")
     con.execute("PRAGMA journal_mode = WAL")
     con.execute("PRAGMA synchronous = NORMAL")
@@ -368,7 +368,8 @@ def _raw_two_txn(con: sqlite3.Connection, fx: dict[str, Any], secret: str, tag: 
             if con.execute("SELECT request_id FROM usage_records WHERE request_id IN (?)", (rid,)).fetchone():
                 raise RuntimeError("duplicate")
             con.execute(KEY_JOIN + "id = ?", (key_id,)).fetchone()
-            holds = json.loads(con.execute("SELECT * FROM reservations WHERE id = ?", (res_id,)).fetchone()[6])
+            holds = con.execute("SELECT * FROM reservations WHERE id = ?", (res_id,)).fetchone()[6]
+            holds = json.loads(holds) if isinstance(holds, str) else holds  # PostgreSQL: already decoded
             con.execute("UPDATE reservations SET status = 'settled', closed_at = ?, request_id = ? WHERE id = ? "
                         "AND status = 'held'", (at, rid, res_id))
             charged = cost  # ample credit: the whole cost fits
@@ -552,20 +553,27 @@ class PgRaw:
 
         self.con = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
 
+    @staticmethod
+    def dialect(sql: str) -> str:
+        sql = "BEGIN" if sql == "BEGIN IMMEDIATE" else sql.replace("?", "%s")
+        for column in ("requests", "tokens", "credit"):  # PostgreSQL wants the target's columns qualified
+            sql = sql.replace(f"{column} = {column} +", f"{column} = usage_counters.{column} +")
+        return sql.replace("max(usage_daily", "greatest(usage_daily")
+
     def execute(self, sql: str, params: Any = ()) -> Any:
-        sql = "BEGIN" if sql == "BEGIN IMMEDIATE" else sql.replace("?", "%s").replace("max(usage_daily", "greatest(usage_daily")
-        return self.con.execute(sql, params)
+        return self.con.execute(self.dialect(sql), params)
 
     def executemany(self, sql: str, rows: Any) -> None:
         with self.con.cursor() as cur:
-            cur.executemany(sql.replace("?", "%s"), rows)
+            cur.executemany(self.dialect(sql), rows)
 
     def close(self) -> None:
         self.con.close()
 
 
-def pg_schema(base: str) -> tuple[str, Any]:
-    """A new schema in the database at `base`: its URL, and a function dropping it."""
+def pg_schema(base: str, synchronous_commit: str | None = None) -> tuple[str, Any]:
+    """A new schema in the database at `base`: its URL (its sessions' synchronous_commit set, when
+    given), and a function dropping it."""
     import psycopg
 
     plain = base.replace("postgresql+psycopg://", "postgresql://")
@@ -577,7 +585,8 @@ def pg_schema(base: str) -> tuple[str, Any]:
         with psycopg.connect(plain, autocommit=True) as con:
             con.execute(f"DROP SCHEMA {name} CASCADE")
     sep = "&" if "?" in plain else "?"
-    return f"{plain.replace('postgresql://', 'postgresql+psycopg://', 1)}{sep}options=-csearch_path%3D{name}", drop
+    sync = f"%20-csynchronous_commit%3D{synchronous_commit}" if synchronous_commit else ""
+    return f"{plain.replace('postgresql://', 'postgresql+psycopg://', 1)}{sep}options=-csearch_path%3D{name}{sync}", drop
 
 
 def _pg_worker(mode: str, url: str, fx: dict[str, Any], slot: int, spread: bool, tag: str, budget: float,
@@ -643,7 +652,7 @@ def bench_pg(args: argparse.Namespace) -> dict[str, Any]:
         urls, fxs = {}, {}
         for m in ("planctl", "raw2"):
             say(f"  PostgreSQL: setting up a schema for {m} …")
-            urls[m], drop = pg_schema(args.pg)
+            urls[m], drop = pg_schema(args.pg, args.pg_synchronous_commit)
             drops.append(drop)
             fxs[m] = setup_template(urls[m], since, subscriptions=PG_SUBS)
         say("  PostgreSQL: one thread, admit + settle latency …")
@@ -697,7 +706,7 @@ def count_statements(location: str, key: tuple[str, str]) -> dict[str, Any]:
         one = meter_one(meter, key[1], "count")
         for i in range(3):
             one(-1 - i)
-        connection = meter.db._local.connection.driver_connection  # this thread's metering connection
+        connection = meter.db._local.connection.dbapi_connection  # this thread's metering connection
         out: dict[str, Any] = {}
         adm = None
 
@@ -1075,8 +1084,9 @@ def report(args: argparse.Namespace, fx: dict[str, Any], admit: dict[str, Any] |
         print()
     if "pg" in more:
         g = more["pg"]
-        print(f"4. PostgreSQL ({args.pg.split('@')[-1]}), Meter.admit (reservation) + settle; baseline raw psycopg, "
-              "the same statements one per round trip")
+        print(f"4. PostgreSQL ({args.pg.split('@')[-1]}, synchronous_commit "
+              f"{args.pg_synchronous_commit or 'as the server has it'}), Meter.admit (reservation) + settle; "
+              "baseline raw psycopg, the same statements one per round trip")
         lat = {m: statistics.median(v) * 1000 for m, v in g["latency"].items()}
         print(f"   one thread, median ms per admit+settle: planctl {lat['planctl']:.2f} ({len(g['latency']['planctl'])} "
               f"requests), raw {lat['raw2']:.2f}; ratio raw/planctl time {lat['raw2'] / lat['planctl']:.2f}; "
@@ -1167,6 +1177,9 @@ def main() -> int:
     parser.add_argument("--pg", default=os.environ.get("PLANCTL_BENCH_PG"),
                         help="a PostgreSQL database URL of your own for sections 4 and 5 (schemas are made in it "
                              "and dropped); default $PLANCTL_BENCH_PG, none: those parts are skipped")
+    parser.add_argument("--pg-synchronous-commit", choices=("on", "off"), default=None,
+                        help="synchronous_commit for section 4's sessions (default: the server's); off takes "
+                             "the WAL flush per commit out of the figures, leaving the round trips and the CPU")
     parser.add_argument("--raw-import", nargs=3, metavar=("DB", "FILE", "FIXTURE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw_import:

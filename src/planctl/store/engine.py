@@ -68,17 +68,18 @@ class Database:
         """A plain driver transaction (the metering hot path: no ORM) on a connection this thread
         keeps until `dispose` (a pool checkout per request cost more than the statements)."""
         held = getattr(self._local, "connection", None)
-        if held is not None and getattr(held.driver_connection, "closed", False):  # the server dropped it
+        if held is not None and getattr(held.dbapi_connection, "closed", False):  # the server dropped it
             self._held.remove(held)
             held.invalidate()
             held = None
         if held is None:
             held = self._local.connection = self.engine.raw_connection()
+            held.detach()  # the thread's own: as many threads as metering runs on, the pool's size aside
             self._held.append(held)
             if self.dialect != "sqlite":  # transactions begin with their first statements (store/sql.py)
-                held.driver_connection.rollback()
-                held.driver_connection.autocommit = True
-        return transaction(held.driver_connection, sqlite=self.dialect == "sqlite", write=write,
+                held.dbapi_connection.rollback()
+                held.dbapi_connection.autocommit = True
+        return transaction(held.dbapi_connection, sqlite=self.dialect == "sqlite", write=write,
                            display=self.target.display, errors=self.engine.dialect.dbapi)
 
     @property

@@ -161,31 +161,29 @@ class Tx:
                 self.cur.execute(text, pick(params))
                 out.append((self.cur.rowcount, self.cur.fetchall() if self.cur.description else None))
             return out
-        texts: list[str] = ["BEGIN"] if self.begin else []
-        args: list[Any] = []
-        checks: list[tuple[int, int, Callable[[int], None]]] = []  # (first result, results, check)
-        for text, values, check in self.queue or ():
-            if check is None:
-                texts.append(text)
-                args.extend(values)
-            else:
-                checks.append((len(texts) - values[0], values[0], check))
-        mine = len(texts)
-        for sql, params in statements:
-            text, pick = compile_sql(sql, False)
-            texts.append(text)
-            args.extend(pick(params))
-        self.begin = False
-        if self.queue:
-            self.queue = []
-        if len(texts) == 0:
-            return []
         if self._client is None:
             from psycopg import ClientCursor
 
             self._client = ClientCursor(self.connection)
         cur = self._client
-        cur.execute("; ".join(texts), args)
+        bind = cur.mogrify  # each statement on its own: psycopg caches the parse of short ones
+        texts: list[str] = ["BEGIN"] if self.begin else []
+        checks: list[tuple[int, int, Callable[[int], None]]] = []  # (first result, results, check)
+        for text, values, check in self.queue or ():
+            if check is None:
+                texts.append(bind(text, values))
+            else:
+                checks.append((len(texts) - values[0], values[0], check))
+        mine = len(texts)
+        for sql, params in statements:
+            text, pick = compile_sql(sql, False)
+            texts.append(bind(text, pick(params)))
+        self.begin = False
+        if self.queue:
+            self.queue = []
+        if len(texts) == 0:
+            return []
+        cur.execute("; ".join(texts))  # bound already: no parameters, no parse of the whole
         counts: list[int] = []
         out = []
         for i in range(len(texts)):
