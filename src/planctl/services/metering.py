@@ -783,13 +783,6 @@ class _RaceLost(Exception):
     ordinary duplicate."""
 
 
-def _all_new(count: int) -> Any:
-    def check(inserted: int) -> None:
-        if inserted != count:
-            raise _RaceLost()
-    return check
-
-
 def record(db: MeterDb, u: UsageInput, *, now: datetime) -> Recorded:
     """Record one request; a request id seen before with the same content changes nothing
     (`duplicate`), with other content it is a conflict (exit 6, naming the fields that differ)."""
@@ -1061,7 +1054,8 @@ class _Batch:
     def flush(self) -> None:
         self.changes.apply(self.tx)
         if self.records:
-            meter.insert_usage(self.tx, self.records, _all_new(len(self.records)))
+            if meter.insert_usage(self.tx, self.records) != len(self.records):
+                raise _RaceLost()
             meter.roll_up(self.tx, self.rollups.rows())
         self.records, self.index, self.rollups = [], {}, Rollups()
 

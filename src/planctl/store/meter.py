@@ -474,12 +474,12 @@ def content_from(rows: list[Any] | None) -> dict[str, dict[str, Any]]:
     return {r[0]: dict(zip(CONTENT_COLUMNS, r)) for r in rows or ()}
 
 
-def insert_usage(tx: Tx, records: list[tuple[Any, ...]], check: Callable[[int], None]) -> None:
+def insert_usage(tx: Tx, records: list[tuple[Any, ...]]) -> int:
     """Usage records: values in the order of USAGE_COLUMNS, `at` as stored (`tx.at`), inserted in
-    request id order; `check` gets how many were new (a request id another transaction committed
+    request id order; returns how many were new (a request id another transaction committed
     meanwhile is skipped, and the caller starts over)."""
     records.sort(key=itemgetter(0))
-    tx.later(_INSERT_USAGE, records, check=check)
+    return tx.many_in_order(_INSERT_USAGE, records)
 
 
 def insert_ledger(tx: Tx, entries: list[tuple[Any, ...]]) -> None:

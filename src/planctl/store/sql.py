@@ -151,14 +151,14 @@ class Tx:
         if self.begin or self.queue:
             self.batch([])
 
-    def batch(self, statements: list[tuple[str, dict[str, Any] | None]]) -> list[tuple[int, list[Any] | None]]:
+    def batch(self, statements: list[tuple[str, Any]]) -> list[tuple[int, list[Any] | None]]:
         """Several statements at once: (affected rows, fetched rows or None) of each. On
         PostgreSQL one round trip carries them, after what is queued (and BEGIN, if pending)."""
         if self.sqlite or self.queue is None and not self.begin:
             out = []
             for sql, params in statements:
                 text, pick = compile_sql(sql, self.sqlite)
-                self.cur.execute(text, pick(params))
+                self.cur.execute(text, params if isinstance(params, tuple) else pick(params))
                 out.append((self.cur.rowcount, self.cur.fetchall() if self.cur.description else None))
             return out
         if self._client is None:
@@ -175,9 +175,9 @@ class Tx:
             else:
                 checks.append((len(texts) - values[0], values[0], check))
         mine = len(texts)
-        for sql, params in statements:
+        for sql, params in statements:  # params: by name, or a tuple in the statement's order
             text, pick = compile_sql(sql, False)
-            texts.append(bind(text, pick(params)))
+            texts.append(bind(text, params if isinstance(params, tuple) else pick(params)))
         self.begin = False
         if self.queue:
             self.queue = []
@@ -226,6 +226,8 @@ class Tx:
         affected-row count of them all."""
         if not rows:
             return 0
+        if self.queue is not None and len(rows) <= 16:  # with what is queued, in one round trip
+            return sum(count for count, _ in self.batch([(sql, row) for row in rows]))
         self.send()
         text = compile_sql(sql, self.sqlite)[0]
         if len(rows) == 1:
