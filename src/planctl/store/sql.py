@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import weakref
 from collections.abc import Callable
 from datetime import datetime, timezone
 from operator import itemgetter
@@ -46,7 +47,8 @@ PRAGMAS = (f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}", "PRAGMA journal_mode = WA
 UTC = timezone.utc
 _PARAM = re.compile(r"(?<![:\w]):(\w+)")
 _COMPILED: dict[tuple[str, bool], tuple[str, Callable[[Any], Any]]] = {}
-_STORED: dict[datetime, str] = {}  # instants as SQLite text: window starts and `now` repeat within a request
+_STORED: dict[datetime, str] = {}
+_PREPARED: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()  # PostgreSQL: per connection  # instants as SQLite text: window starts and `now` repeat within a request
 
 
 # ---------------------------------------------------------------- the timestamp codec
@@ -166,34 +168,56 @@ class Tx:
 
             self._client = ClientCursor(self.connection)
         cur = self._client
-        bind = cur.mogrify  # each statement on its own: psycopg caches the parse of short ones
+        prepared = _PREPARED.setdefault(self.connection, {})
+        preparing: dict[str, str] = {}
         texts: list[str] = ["BEGIN"] if self.begin else []
-        checks: list[tuple[int, int, Callable[[int], None]]] = []  # (first result, results, check)
+        checks: list[tuple[list[int], Callable[[int], None]]] = []  # (the results it counts, check)
+        executed: list[int] = []  # where each statement's own result is (not a PREPARE's)
+
+        def add(text: str, values: tuple[Any, ...]) -> None:
+            """EXECUTE of the statement prepared on this connection (the server plans it once, as
+            the driver's own prepared statements), PREPAREd first when new."""
+            executed.append(len(texts))
+            if len(values) > 50 or text in ("COMMIT", "BEGIN"):  # a long IN list: not worth keeping
+                texts.append(cur.mogrify(text, values))
+                return
+            name = prepared.get(text) or preparing.get(text)
+            if name is None:
+                name = preparing[text] = f"planctl_{len(prepared) + len(preparing)}"
+                numbered = text.split("%s")
+                texts.append(f"PREPARE {name} AS " + "".join(
+                    part + (f"${i + 1}" if i < len(numbered) - 1 else "") for i, part in enumerate(numbered)))
+                executed[-1] += 1
+            texts.append(f"EXECUTE {name}" + (cur.mogrify("(" + ", ".join(["%s"] * len(values)) + ")", values)
+                                              if values else ""))
+
         for text, values, check in self.queue or ():
             if check is None:
-                texts.append(bind(text, values))
+                add(text, values)
             else:
-                checks.append((len(texts) - values[0], values[0], check))
-        mine = len(texts)
+                checks.append((executed[-values[0]:], check))
+        mine = len(executed)
         for sql, params in statements:  # params: by name, or a tuple in the statement's order
             text, pick = compile_sql(sql, False)
-            texts.append(bind(text, params if isinstance(params, tuple) else pick(params)))
+            add(text, params if isinstance(params, tuple) else pick(params))
+        kept = set(executed[mine:])
         self.begin = False
         if self.queue:
             self.queue = []
         if len(texts) == 0:
             return []
         cur.execute("; ".join(texts))  # bound already: no parameters, no parse of the whole
+        prepared.update(preparing)
         counts: list[int] = []
         out = []
         for i in range(len(texts)):
             if i:
                 cur.nextset()
             counts.append(cur.rowcount)
-            if i >= mine:
+            if i in kept:
                 out.append((cur.rowcount, cur.fetchall() if cur.description else None))
-        for first, n, check in checks:
-            check(sum(counts[first:first + n]))
+        for counted, check in checks:
+            check(sum(counts[i] for i in counted))
         return out
 
     def commit(self) -> None:
