@@ -916,7 +916,7 @@ def test_an_open_hold_counts_against_the_request_limits_until_it_is_recorded_or_
     count is the recorded one (not both), and a released hold counts for nothing."""
     from planctl.services import metering
 
-    _, b = _setup(db, caller, rpd=limit.get("rpd"))
+    _, b = sold_meter(db, caller, rpd=limit.get("rpd"))
     key, secret = team(db, caller, b.sub, rpd=limit["key_rpd"]) if "key_rpd" in limit else (b.key, b.secret)
     first = auth(db, secret, reserve=10)
     assert first.allowed and first.remaining.get("rpd") in (None, 1)
