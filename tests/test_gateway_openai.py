@@ -171,6 +171,32 @@ def test_a_resetting_limit_is_usage_limit_reached_with_resets_at(gw: Served, cal
     assert len(gw.records(1)) == 1
 
 
+def test_an_answer_does_not_wait_for_its_settlement_and_its_open_hold_still_counts(
+        gw: Served, caller: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database takes settlements slowly: the answer comes at once, and the key's one request
+    of the day is used up by the open hold before its record lands."""
+    from planctl.gateway.writer import Writer
+    from planctl.services import keys
+
+    slow = Writer._write
+
+    def later(self: Writer, usages: list[Any]) -> Any:
+        time.sleep(1.5)
+        return slow(self, usages)
+
+    monkeypatch.setattr(Writer, "_write", later)
+    made = keys.create(gw.db, keys.KeySpec(name="one-a-day", from_plan=gw.sub, rpd=1), caller=caller, now=now())
+    client = gw.client(made[0].secret)
+    started = time.monotonic()
+    client.responses.create(model="unit", input="x")
+    assert time.monotonic() - started < 1.0  # not waiting for the database
+    assert gw.records() == []  # not in yet
+    with pytest.raises(openai.RateLimitError) as limited:
+        client.responses.create(model="unit", input="x")
+    assert limited.value.body["reason"] == "key_rpd_reached"
+    assert len(gw.records(1)) == 1
+
+
 # ---------------------------------------------------------------- upstreams
 
 

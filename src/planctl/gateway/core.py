@@ -54,7 +54,6 @@ class Settings:
     body_timeout: float = 30.0  # seconds a client may take to send its body
     max_concurrent_per_key: int = 0  # requests of one key in progress in this worker (0: no limit)
     admit_timeout: float = 5.0  # seconds admission may wait for the database before answering 503
-    settle_wait: float = 2.0  # seconds an answer's end waits for its settlement to be in the database
     group_commit: bool = True  # settlements queued together share one transaction
 
 
@@ -374,7 +373,9 @@ class Gateway:
     async def settle(self, call: Call, tokens: Tokens | None, status: int, error: str | None, *,
                      estimated: bool, output_estimate: int = 0) -> None:
         """Record the request and settle its hold (the upstream's usage, or an estimate): in the journal
-        first, then in the database, waited for up to `settle_wait`."""
+        now, in the database soon after. The answer does not wait for the database: until its
+        settlement lands, the request's open hold keeps its credit and its place in the request
+        limits (metering counts open holds), so the client's next request is judged as if it had."""
         adm = call.admission
         if adm is None or not adm.allowed:
             return
@@ -407,12 +408,7 @@ class Gateway:
                              output_tokens=usage.output_tokens, usage_estimated=estimated, error=error)
 
         assert self.writer is not None
-        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.writer.put(Pending(u, done, written))
-        try:  # so that the client's next request sees this one counted (its journal line makes it safe anyway)
-            await asyncio.wait_for(asyncio.shield(written), self.settings.settle_wait)
-        except asyncio.TimeoutError:
-            pass
+        self.writer.put(Pending(u, done))
 
     async def release(self, call: Call, reason: str) -> None:
         self.ended(call)

@@ -33,7 +33,6 @@ RETRY = (0.05, 2.0)  # the first wait after a failed write, and the longest
 class Pending:
     usage: UsageInput
     done: Callable[[tuple[Any, ...] | None, str | None], None]  # (the record's values, or None; why not)
-    written: asyncio.Future[None] | None = None  # resolved once the database has it (or refused it for good)
 
 
 class Writer:
@@ -97,8 +96,6 @@ class Writer:
                     pending.done(values, why)
                 except Exception:  # noqa: BLE001 - a log line must not stop the writer
                     log.exception("after settling %s", pending.usage.request_id)
-                if pending.written is not None and not pending.written.done():
-                    pending.written.set_result(None)
 
     def _write(self, usages: list[UsageInput]) -> list[tuple[tuple[Any, ...] | None, str | None]]:
         if not self.group:
