@@ -106,12 +106,12 @@ def test_two_output_formats_are_refused(cli: Cli) -> None:
 
 
 def test_unexpected_errors_are_one_line_without_traceback(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    from planctl.services import catalog
+    from planctl.services import listing
 
     def boom(*_: Any, **__: Any) -> None:
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(catalog, "list_plans", boom)
+    monkeypatch.setattr(listing, "plans", boom)
     result = cli("plans", "list")
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [

@@ -82,6 +82,33 @@ def test_usage_lookup_on_a_current_database_skips_the_orm(tmp_path: Any) -> None
     assert not [m for m in imported if m in HEAVY], imported
 
 
+@pytest.fixture(scope="module")
+def sold(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A database with an account, a subscription and its key: (path, subscription id)."""
+    db = str(tmp_path_factory.mktemp("sold") / "x.db")
+
+    def run(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "planctl", "--db", db, *args], check=True,
+                              capture_output=True, text=True, timeout=120).stdout
+
+    run("accounts", "create", "acme")
+    return db, json.loads(run("buy", "codex-team-monthly", "--account", "acme", "--json"))["order"]["subscription_id"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["plans", "list"], ["accounts", "list"], ["subscriptions", "list"], ["keys", "list"], ["limits", "show", "SUB"],
+    ["reservations", "list"],
+], ids=lambda argv: " ".join(argv[:2]))
+def test_read_only_commands_skip_the_orm(sold: tuple[str, str], argv: list[str]) -> None:
+    """Issue 14: the lists people run most read with sqlite3 alone (services/listing.py), so
+    they start within 300 ms; the ORM is imported only by commands that write."""
+    db, subscription = sold
+    code, stdout, imported = _probe(["--db", db, *[subscription if a == "SUB" else a for a in argv], "--json"])
+    assert code == 0, stdout
+    assert json.loads(stdout) is not None
+    assert not [m for m in imported if m in HEAVY], imported
+
+
 def _walk(cmd: Any, path: tuple[str, ...], parent: Any = None) -> Iterator[tuple[str, Any, Any]]:
     ctx = cmd.context_class(cmd, info_name=path[-1], parent=parent)
     yield " ".join(path), cmd, ctx

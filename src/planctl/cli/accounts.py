@@ -139,11 +139,11 @@ def list_accounts(
 
     Example: planctl accounts list --csv
     """
-    from planctl.services import accounts
+    from planctl.services import listing
 
     st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
-    rows = (account_json(a) for a in accounts.list_accounts(st.db(), parent=parent, group=group))
+    rows = (account_json(a) for a in listing.accounts(st.meter_db(), parent=parent, group=group))
     emit_rows(st, rows, LIST_COLUMNS, fmt)
 
 

@@ -63,8 +63,9 @@ class State:
         return self._db
 
     def meter_db(self) -> Database | SqliteFile:
-        """For commands that only meter: an up-to-date SQLite file opened with `sqlite3` alone
-        (no SQLAlchemy import, so `authorize` starts fast); otherwise the full database."""
+        """For commands that meter or only read (with plain SQL, `db.tx()`): an up-to-date SQLite
+        file opened with `sqlite3` alone (no SQLAlchemy import, so `authorize` and the lists start
+        fast); otherwise the full database (created, migrated; PostgreSQL)."""
         if self._db is None and self._sqlite_file is None:
             from planctl.store.location import SCHEMA_VERSION
             from planctl.store.sql import SqliteFile, schema_version

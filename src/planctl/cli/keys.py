@@ -246,14 +246,14 @@ def list_keys(
     Example: planctl keys list --account acme --name 'ci-*' --status active --csv
     """
     from planctl.cli.sales import _when
-    from planctl.services import keys
+    from planctl.services import listing
 
     st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
-    flt = keys.KeyFilter(account=account, subscription=subscription, plan=plan, group=group, status=status,
+    flt = listing.KeyFilter(account=account, subscription=subscription, plan=plan, group=group, status=status,
                          kind=kind, name=name, expiring_before=_when(st, expiring_before, "--expiring-before"),
                          limit=limit)
-    rows = (key_view_json(v) for v in keys.list_keys(st.db(), flt, now=st.now()))
+    rows = (key_view_json(v) for v in listing.keys(st.meter_db(), flt, now=st.now()))
     emit_rows(st, (_usable_text(r) for r in rows) if fmt == "table" else rows, COLUMNS, fmt)
 
 

@@ -466,9 +466,9 @@ def limits_show(ctx: typer.Context, target: Annotated[str, typer.Argument(help="
     """
     from planctl.services import metering
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_)
-    data = limits_json(metering.limits_view(st.db(), target, now=st.now()), st.display_zone)
+    data = limits_json(metering.limits_view(st.meter_db(), target, now=st.now()), st.display_zone)
     if fmt == "json":
         emit_json(st, data)
         return
@@ -583,7 +583,7 @@ def reservations_list(
     """
     from planctl.services import metering
 
-    st = state(ctx)
+    st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
     rows = metering.list_reservations(st.meter_db(), now=st.now(), status=None if status == "all" else status, key=key)
     emit_rows(st, (reservation_json(r) for r in rows), RES_COLUMNS, fmt)

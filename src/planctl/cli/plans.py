@@ -63,11 +63,11 @@ def list_plans(
 
     Example: planctl plans list --family codex --json
     """
-    from planctl.services import catalog
+    from planctl.services import listing
 
     st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
-    records = catalog.list_plans(st.db(), family=family, include_retired=not on_sale)
+    records = listing.plans(st.meter_db(), family=family, include_retired=not on_sale)
     emit_rows(st, (plan_json(r) for r in records), LIST_COLUMNS, fmt)
 
 

@@ -413,11 +413,11 @@ def subscriptions_list(
 
     Example: planctl subscriptions list --account acme --status active
     """
-    from planctl.services import sales
+    from planctl.services import listing
 
     st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
-    views = sales.list_subscriptions(st.db(), now=st.now(), account=account, plan=plan, state=status)
+    views = listing.subscriptions(st.meter_db(), now=st.now(), account=account, plan=plan, state=status)
     emit_rows(st, ({**subscription_json(v.subscription, v.plan_slug, v.state, v.plan_version),
                     "account_name": v.account_name} for v in views), SUB_COLUMNS, fmt)
 

@@ -155,16 +155,6 @@ def packs(db: Database, ref: str, *, now: datetime) -> tuple[Account, list[PackV
     return account, out
 
 
-def list_accounts(db: Database, *, parent: str | None = None, group: str | None = None) -> list[Account]:
-    with db.read() as session:
-        query = select(Account).order_by(Account.name)
-        if parent:
-            query = query.where(Account.parent_id == resolve(session, parent).id)
-        if group:
-            query = query.where(Account.default_group == group)
-        return list(session.exec(query))
-
-
 def _name(value: Any) -> str:
     name = (value or "").strip()
     if not name or len(name) > 100 or any(ord(c) < 32 for c in name):

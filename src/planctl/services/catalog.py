@@ -15,7 +15,7 @@ from datetime import datetime
 from importlib import resources
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from planctl.domain import catalog as rules
 from planctl.domain.errors import Conflict, InvalidInput, NotFound
@@ -23,36 +23,18 @@ from planctl.domain.money import format_ratio
 from planctl.services import audit, settings
 from planctl.services.audit import Caller
 from planctl.store import refs
+from planctl.services.listing import PlanRecord, plan_record
 from planctl.store.engine import Database
 from planctl.store.sql import Tx
 from planctl.store.tables import Group, Model, ModelAlias, Plan, PlanVersion, Product
 
 
-@dataclass(frozen=True)
-class PlanRecord:
-    terms: rules.PlanTerms
-    version: int
-    created_at: datetime
-    updated_at: datetime
-
-
 # ---------------------------------------------------------------- plans
-
-
-def list_plans(db: Database, *, family: str | None = None, include_retired: bool = True) -> list[PlanRecord]:
-    with db.read() as session:
-        ctx = settings.catalog_context(session)
-        query = select(Plan).order_by(Plan.family, Plan.tier, Plan.slug)
-        if family:
-            query = query.where(Plan.family == family)
-        if not include_retired:
-            query = query.where(col(Plan.on_sale).is_(True))
-        return [_record(p, ctx) for p in session.exec(query)]
 
 
 def get_plan(db: Database, slug: str) -> PlanRecord:
     with db.read() as session:
-        return _record(_plan_row(session, slug), settings.catalog_context(session))
+        return plan_record(_plan_row(session, slug), settings.catalog_context(session))
 
 
 def plan_version_terms(session: Session, plan_version_id: int) -> rules.PlanTerms:
@@ -71,7 +53,7 @@ def create_plan(db: Database, entry: Mapping[str, Any], *, caller: Caller, now: 
         terms = rules.parse_plan(entry, ctx)
         row = _save_plan(session, None, terms, now)
         audit.record(session, caller, now, f"plan:{terms.slug}", f"created (price {rules.plan_to_dict(terms)['price']})")
-        return _record(row, ctx)
+        return plan_record(row, ctx)
 
 
 def update_plan(
@@ -86,7 +68,7 @@ def update_plan(
         if new != old:
             _save_plan(session, row, new, now)
             audit.record(session, caller, now, f"plan:{slug}", _diff_summary(old, new))
-        return _record(row, ctx)
+        return plan_record(row, ctx)
 
 
 def set_on_sale(db: Database, slug: str, on_sale: bool, *, caller: Caller, now: datetime) -> PlanRecord:
@@ -118,9 +100,7 @@ def _save_plan(session: Session, row: Plan | None, terms: rules.PlanTerms, now: 
     return row
 
 
-def _record(row: Plan, ctx: rules.Context) -> PlanRecord:
-    terms = rules.parse_plan(row.terms, ctx, where=f"stored plan {row.slug!r}")
-    return PlanRecord(terms, row.version, row.created_at, row.updated_at)
+
 
 
 def _diff_summary(old: Any, new: Any) -> str:
@@ -382,7 +362,7 @@ def export_catalog(db: Database) -> dict[str, Any]:
             models=tuple(_model(m) for m in session.exec(select(Model).order_by(Model.id))),
             aliases=tuple(sorted(((a.pattern, a.model_id) for a in session.exec(select(ModelAlias))),
                                  key=lambda pm: rules.specificity(pm[0]))),
-            plans=tuple(_record(p, ctx).terms for p in session.exec(select(Plan).order_by(Plan.family, Plan.tier))),
+            plans=tuple(plan_record(p, ctx).terms for p in session.exec(select(Plan).order_by(Plan.family, Plan.tier))),
             products=tuple(product_from_row(p) for p in session.exec(select(Product).order_by(Product.kind, Product.slug))),
         )
     return rules.catalog_to_dict(catalog)

@@ -21,11 +21,11 @@ from planctl.domain.ids import short_id
 from planctl.domain.secrets import new_secret
 from planctl.services import accounts, audit, sales, settings
 from planctl.services.audit import Caller
+from planctl.services.listing import KeyView, key_views
 from planctl.store.engine import Database
 from planctl.store import meter, refs
-from planctl.store.queries import starts_with
 from planctl.store.sql import Tx
-from planctl.store.tables import Account, ApiKey, Plan, Subscription
+from planctl.store.tables import Account, ApiKey, Subscription
 
 Progress = Callable[[int], None]  # called with how many keys were made so far
 
@@ -171,87 +171,8 @@ def by_secret(session: Session, secret: str, now: datetime) -> ApiKey | None:
     return None if found is None else session.get(ApiKey, found[0].id)
 
 
-@dataclass(frozen=True)
-class KeyFilter:
-    account: str | None = None
-    subscription: str | None = None
-    plan: str | None = None
-    group: str | None = None
-    status: str | None = None
-    kind: str | None = None
-    name: str | None = None  # a prefix, or a glob with * and ?
-    expiring_before: datetime | None = None
-    limit: int = 1_000
-
-
-@dataclass(frozen=True)
-class KeyView:
-    """A key with the names people recognise and whether it can be used now."""
-
-    key: ApiKey
-    account_name: str
-    plan: str | None  # the plan of its subscription
-    unusable: str | None  # None: usable now; else a reason code (key_disabled, subscription_expired, …)
-
-
 def views(session: Session, found: Sequence[ApiKey], now: datetime) -> list[KeyView]:
-    """KeyViews for keys of any number of accounts and subscriptions, in a few queries."""
-    from planctl.store.tables import Order
-
-    account_ids = sorted({k.account_id for k in found})
-    sub_ids = sorted({k.subscription_id for k in found if k.subscription_id})
-    names: dict[str, str] = {}
-    for i in range(0, len(account_ids), 500):
-        names.update(session.exec(select(Account.id, Account.name).where(
-            col(Account.id).in_(account_ids[i:i + 500]))).all())
-    subs: dict[str, tuple[Subscription, str]] = {}
-    for i in range(0, len(sub_ids), 500):
-        for sub, slug in session.exec(select(Subscription, Plan.slug).join(Plan, Plan.id == Subscription.plan_id)
-                                      .where(col(Subscription.id).in_(sub_ids[i:i + 500]))):
-            subs[sub.id] = (sub, slug)
-    refunded = set(session.exec(select(Order.subscription_id).where(
-        col(Order.subscription_id).is_not(None), Order.refunded > 0)).all())
-    out = []
-    for key in found:
-        sub, slug = subs.get(key.subscription_id or "", (None, None))
-        reason = rules.key_refusal(rules.KeyState(key.status, key.expires_at), now)
-        if reason is None and sub is not None:
-            reason = lifecycle.standing(sales.subscription_state(sub), now, refunded=sub.id in refunded)
-        if reason is None and key.credit_cap is not None and key.credit_used >= key.credit_cap:
-            reason = "key_credit_cap_reached"
-        out.append(KeyView(key, names.get(key.account_id, key.account_id), slug, reason))
-    return out
-
-
-def list_keys(db: Database, flt: KeyFilter, *, now: datetime) -> list[KeyView]:
-    for value, choices, what in ((flt.status, rules.STATUSES, "status"), (flt.kind, rules.KINDS, "kind")):
-        if value is not None and value not in choices:
-            raise InvalidInput(f"unknown key {what} {value!r}: use {', '.join(choices)}")
-    with db.read() as session:
-        query = select(ApiKey)
-        if flt.account:
-            query = query.where(ApiKey.account_id == accounts.resolve(session, flt.account).id)
-        if flt.subscription:
-            query = query.where(ApiKey.subscription_id == sales.resolve_subscription(session, flt.subscription).id)
-        if flt.plan:
-            query = query.join(Subscription, Subscription.id == ApiKey.subscription_id).join(
-                Plan, Plan.id == Subscription.plan_id).where(Plan.id == sales.resolve_plan(session, flt.plan).id)
-        for column, value in ((ApiKey.group_name, flt.group), (ApiKey.status, flt.status), (ApiKey.kind, flt.kind)):
-            if value:
-                query = query.where(column == value)
-        if flt.name:
-            query = query.where(_name_matches(flt.name))
-        if flt.expiring_before:
-            query = query.where(col(ApiKey.expires_at).is_not(None), ApiKey.expires_at < flt.expiring_before)
-        found = list(session.exec(query.order_by(ApiKey.account_id, ApiKey.name).limit(flt.limit)))
-        return views(session, found, now)
-
-
-def _name_matches(pattern: str) -> object:
-    if not any(c in pattern for c in "*?"):
-        return starts_with(ApiKey.name, pattern)
-    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return col(ApiKey.name).like(escaped.replace("*", "%").replace("?", "_"), escape="\\")
+    return key_views(Tx.within(session), found, now)
 
 
 def get(db: Database, ref: str, *, account: str | None = None) -> ApiKey:

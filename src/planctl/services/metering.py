@@ -40,7 +40,7 @@ from planctl.domain.errors import Conflict, InvalidInput, Note, NotFound, Refuse
 from planctl.domain.ids import short_id
 from planctl.domain.latency import bucket_of
 from planctl.domain.secrets import digest, redact
-from planctl.store import meter
+from planctl.store import meter, refs
 from planctl.store.columns import (CONTENT_COLUMNS, ROLLUP_SUMS, U_ACCOUNT, U_API, U_BILLED, U_CACHED,
                                    U_CHARGED_EXTRA, U_CHARGED_PAYG, U_CHARGED_PLAN, U_COST, U_GROUP, U_INPUT, U_KEY,
                                    U_LATENCY, U_LOCAL_DAY, U_OUTPUT, U_STATUS, U_SUBSCRIPTION, USAGE_COLUMNS)
@@ -621,8 +621,8 @@ def list_reservations(db: MeterDb, *, now: datetime, status: str | None = "held"
                       limit: int = 1000) -> list[HoldRow]:
     if status is not None and status not in meter.HOLD_STATUSES:
         raise InvalidInput(f"unknown reservation status {status!r}: use {', '.join(meter.HOLD_STATUSES)} or all")
-    with db.tx(write=True) as tx:
-        _expire(tx, now)
+    _release_stale(db, now)
+    with db.tx(write=False) as tx:
         key_id = meter.resolve_key(tx, key) if key else None
         return meter.list_holds(tx, status=status, key_id=key_id, limit=limit)
 
@@ -1258,24 +1258,20 @@ class LimitsView:
     payg_balance: int | None = None  # the account's PAYG balance (a PAYG key's pool)
 
 
-def limits_view(db: Any, ref: str, *, now: datetime) -> LimitsView:
+def limits_view(db: MeterDb, ref: str, *, now: datetime) -> LimitsView:
     """The limits of a subscription (its subscription key) or of one key, side by side."""
-    from planctl.services.sales import resolve_subscription
-    from planctl.store.tables import ApiKey
-    from sqlmodel import col, select
-
     _release_stale(db, now)
-    with db.read() as session:
-        tx = Tx.within(session)
+    with db.tx(write=False) as tx:
         try:
-            sub = resolve_subscription(session, ref)
+            sub_id = refs.resolve(tx, "subscription", ref)
         except NotFound:
             key_id = meter.resolve_key(tx, ref)
         else:
-            key_id = session.execute(select(ApiKey.id).where(ApiKey.subscription_id == sub.id).order_by(
-                col(ApiKey.kind) != "subscription", ApiKey.created_at)).scalars().first()
-            if key_id is None:
+            row = tx.one("SELECT id FROM api_keys WHERE subscription_id = :sub "
+                         "ORDER BY kind <> 'subscription', created_at LIMIT 1", {"sub": sub_id})
+            if row is None:
                 raise NotFound(f"subscription {ref!r} has no key")
+            key_id = row[0]
         found = meter.key_by(tx, "id", key_id, write=False)
         assert found is not None
         cat = _catalog(tx, db, write=False)

@@ -28,6 +28,7 @@ from planctl.domain.money import Rounding, div_round, format_credit, format_mone
 from planctl.domain.secrets import NewSecret, new_secret
 from planctl.services import accounts, audit, discounts, settings
 from planctl.services.audit import Caller
+from planctl.services.listing import state_name, subscription_state
 from planctl.store.engine import Database
 from planctl.store import refs
 from planctl.store.sql import Tx
@@ -441,12 +442,6 @@ def subscription_terms(session: Session, sub: Subscription, at: datetime | None 
     return plan_version_terms(session, sub.plan_version_id if at is None else version_at(session, sub, at))
 
 
-def subscription_state(sub: Subscription) -> lifecycle.SubscriptionState:
-    return lifecycle.SubscriptionState(status=sub.status, starts_at=sub.starts_at, ends_at=sub.ends_at,
-                                       anchor_day=sub.anchor_day, credit_granted=sub.credit_granted,
-                                       credit_used=sub.credit_used)
-
-
 def resolve_subscription(session: Session, ref: str | None) -> Subscription:
     """A subscription by id or unambiguous id prefix (store/refs.py)."""
     sub = session.get(Subscription, refs.resolve(Tx.within(session), "subscription", ref))
@@ -478,13 +473,6 @@ class SubscriptionView:
     key_counts: dict[str, int] = field(default_factory=dict)  # by status, all keys
 
 
-def state_name(sub: Subscription, now: datetime) -> str:
-    reason = lifecycle.availability(subscription_state(sub), now)
-    return {None: "active", "subscription_cancelled": "cancelled", "subscription_expired": "expired",
-            "subscription_not_started": "not-started"}[reason]
-
-
-SUBSCRIPTION_STATES = ("active", "expired", "cancelled", "not-started")
 ORDER_KINDS = ("buy", "renew", "upgrade", "direct-renewal", "extra", "topup")
 ORDER_STATUSES = ("pending", "paid", "partially-refunded", "refunded", "cancelled")
 
@@ -492,23 +480,6 @@ ORDER_STATUSES = ("pending", "paid", "partially-refunded", "refunded", "cancelle
 def _one_of(value: str | None, choices: tuple[str, ...], what: str) -> None:
     if value is not None and value not in choices:
         raise InvalidInput(f"unknown {what} {value!r}: use {', '.join(choices)}")
-
-
-def list_subscriptions(db: Database, *, now: datetime, account: str | None = None, plan: str | None = None,
-                       state: str | None = None) -> list[SubscriptionView]:
-    _one_of(state, SUBSCRIPTION_STATES, "status")
-    with db.read() as session:
-        query = (select(Subscription, Plan.slug, Account.name).join(Plan, Plan.id == Subscription.plan_id)
-                 .join(Account, Account.id == Subscription.account_id))
-        if account:
-            query = query.where(Subscription.account_id == accounts.resolve(session, account).id)
-        if plan:
-            query = query.where(Plan.slug == resolve_plan(session, plan).slug)
-        query = query.order_by(col(Subscription.created_at).desc(), Subscription.id)
-        views = [SubscriptionView(sub, slug, subscription_terms(session, sub, now), state_name(sub, now),
-                                  version_number(session, version_at(session, sub, now)), account_name=name)
-                 for sub, slug, name in session.exec(query)]
-    return [v for v in views if state is None or v.state == state]
 
 
 def get_subscription(db: Database, ref: str, *, now: datetime) -> SubscriptionView:

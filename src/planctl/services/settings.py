@@ -9,11 +9,11 @@ from sqlmodel import Session, select
 
 from planctl.domain import config
 from planctl.domain.catalog import Context, currency_decimals
-from planctl.domain.clock import has_dst, zone
+from planctl.domain.clock import zone
 from planctl.domain.errors import Refused
 from planctl.services import audit
 from planctl.store.engine import Database
-from planctl.store.tables import Group, Model, Setting, UsageDaily
+from planctl.store.tables import Setting, UsageDaily
 
 
 def load(session: Session) -> dict[str, str]:
@@ -26,16 +26,11 @@ def reset_zone(session: Session) -> ZoneInfo:
 
 
 def catalog_context(session: Session) -> Context:
-    """What catalog entries are validated against: currency, known models and groups."""
-    loaded = load(session)
-    currency = loaded["currency"]
-    return Context(
-        currency=currency,
-        currency_decimals=currency_decimals(currency),
-        models=frozenset(session.exec(select(Model.id))),
-        groups=frozenset(session.exec(select(Group.name))),
-        zone_has_dst=has_dst(zone(loaded["reset_timezone"])),
-    )
+    """What catalog entries are validated against (services/listing.py)."""
+    from planctl.services.listing import catalog_context
+    from planctl.store.sql import Tx
+
+    return catalog_context(Tx.within(session))
 
 
 def list_settings(db: Database) -> dict[str, str]:
