@@ -91,3 +91,21 @@ def test_the_reporting_reader_binds_and_reads_instants_as_metering_stores_them(t
         assert reader.instant(rows[0][0]).tzinfo is timezone.utc
     finally:
         reader.close()
+
+
+def test_plain_reads_name_the_models_columns_and_kinds() -> None:
+    """The ORM-free lists (store/reads.py, their columns in store/columns.py): each must exist in tables.py,
+    with every instant, flag and JSON column converted as the model converts it."""
+    from sqlalchemy import JSON, Boolean
+    from sqlmodel import SQLModel
+
+    from planctl.store.reads import TABLES
+    from planctl.store.tables import UTCDateTime
+
+    for table in TABLES:
+        model = SQLModel.metadata.tables[table.name]
+        assert set(table.columns) <= set(model.columns.keys()), table.name
+        kinds = {c: type(model.columns[c].type) for c in table.columns}
+        assert set(table.instants) == {c for c, k in kinds.items() if issubclass(k, UTCDateTime)}, table.name
+        assert set(table.flags) == {c for c, k in kinds.items() if issubclass(k, Boolean)}, table.name
+        assert set(table.documents) == {c for c, k in kinds.items() if issubclass(k, JSON)}, table.name

@@ -249,20 +249,3 @@ def test_backup_is_a_private_consistent_copy(db: Any, tmp_path: Path) -> None:
     assert sqlite_dump(dest) == sqlite_dump(db.target.path)
     with pytest.raises(Conflict, match="already exists"):
         backup(db, dest)
-
-
-def test_plain_reads_name_the_models_columns_and_kinds() -> None:
-    """store/reads.py writes columns by hand for the ORM-free lists: each must exist in tables.py,
-    with every instant, flag and JSON column converted as the model converts it."""
-    from sqlalchemy import JSON, Boolean
-
-    from planctl.store.reads import TABLES
-    from planctl.store.tables import UTCDateTime
-
-    for table in TABLES:
-        model = SQLModel.metadata.tables[table.name]
-        assert set(table.columns) <= set(model.columns.keys()), table.name
-        kinds = {c: type(model.columns[c].type) for c in table.columns}
-        assert set(table.instants) == {c for c, k in kinds.items() if issubclass(k, UTCDateTime)}, table.name
-        assert set(table.flags) == {c for c, k in kinds.items() if issubclass(k, Boolean)}, table.name
-        assert set(table.documents) == {c for c, k in kinds.items() if issubclass(k, JSON)}, table.name

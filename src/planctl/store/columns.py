@@ -55,3 +55,13 @@ ROLLUP_SUMMED = ("input_tokens", "cached_tokens", "output_tokens", "cost", "char
 ROLLUP_SUMS = ("requests", *ROLLUP_SUMMED, "latency_sum", "latency_count", *LATENCY_COLUMNS)
 ROLLUP_COLUMNS = (*ROLLUP_DIMENSIONS, "account_id", "subscription_id", *ROLLUP_SUMS,
                   "last_at")  # usage_daily, all but its serial id
+
+# what the read-only lists select (store/reads.py: plans, accounts, keys, subscriptions list)
+PLAN_LISTED = ("id", "slug", "family", "tier", "on_sale", "version", "terms", "created_at", "updated_at")
+ACCOUNT_LISTED = ("id", "name", "default_group", "parent_id", "subuser_quota", "payg_balance", "billing_name",
+                  "billing_email", "billing_address", "billing_tax_id", "created_at", "updated_at")
+KEY_LISTED = ("id", "account_id", "subscription_id", "kind", "name", "group_name", "status", "prefix", "last4",
+              "credit_cap", "credit_used", "daily_limit", "rpd", "expires_at", "previous_valid_until", "created_at",
+              "updated_at", "last_used_at")
+SUBSCRIPTION_LISTED = ("id", "account_id", "plan_id", "plan_version_id", "status", "starts_at", "ends_at", "anchor_day",
+                       "credit_granted", "credit_used", "period_limit_enabled", "cancelled_at")

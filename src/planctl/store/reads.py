@@ -4,8 +4,8 @@
 `limits show` run on a `store.sql.Tx` so that they start without importing the
 ORM (issue 14: each within 300 ms). A row comes back as a namespace with the
 same attribute names and Python types as the `store/tables.py` model, so the
-CLI renders both alike. Each table's columns and their kinds are written once
-here; tests/test_store.py compares them with tables.py.
+CLI renders both alike. The columns are listed in store/columns.py, their kinds
+here; tests/test_store_data_layer.py compares both with tables.py.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+from planctl.store import columns
 from planctl.store.sql import Tx
 
 
@@ -50,19 +51,13 @@ def _flag(value: Any) -> bool | None:
     return None if value is None else bool(value)
 
 
-PLANS = Table("plans", ("id", "slug", "family", "tier", "on_sale", "version", "terms", "created_at", "updated_at"),
-              instants=("created_at", "updated_at"), flags=("on_sale",), documents=("terms",))
-ACCOUNTS = Table("accounts", ("id", "name", "default_group", "parent_id", "subuser_quota", "payg_balance",
-                              "billing_name", "billing_email", "billing_address", "billing_tax_id", "created_at",
-                              "updated_at"), instants=("created_at", "updated_at"))
-KEYS = Table("api_keys", ("id", "account_id", "subscription_id", "kind", "name", "group_name", "status", "prefix",
-                          "last4", "credit_cap", "credit_used", "daily_limit", "rpd", "expires_at",
-                          "previous_valid_until", "created_at", "updated_at", "last_used_at"),
+PLANS = Table("plans", columns.PLAN_LISTED, instants=("created_at", "updated_at"), flags=("on_sale",),
+              documents=("terms",))
+ACCOUNTS = Table("accounts", columns.ACCOUNT_LISTED, instants=("created_at", "updated_at"))
+KEYS = Table("api_keys", columns.KEY_LISTED,
              instants=("expires_at", "previous_valid_until", "created_at", "updated_at", "last_used_at"))
-SUBSCRIPTIONS = Table("subscriptions", ("id", "account_id", "plan_id", "plan_version_id", "status", "starts_at",
-                                        "ends_at", "anchor_day", "credit_granted", "credit_used",
-                                        "period_limit_enabled", "cancelled_at"),
-                      instants=("starts_at", "ends_at", "cancelled_at"), flags=("period_limit_enabled",))
+SUBSCRIPTIONS = Table("subscriptions", columns.SUBSCRIPTION_LISTED, instants=("starts_at", "ends_at", "cancelled_at"),
+                      flags=("period_limit_enabled",))
 TABLES = (PLANS, ACCOUNTS, KEYS, SUBSCRIPTIONS)
 
 
