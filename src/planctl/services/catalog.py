@@ -100,9 +100,6 @@ def _save_plan(session: Session, row: Plan | None, terms: rules.PlanTerms, now: 
     return row
 
 
-
-
-
 def _diff_summary(old: Any, new: Any) -> str:
     before, after = _as_dict(old), _as_dict(new)
     changed = [f"{k}: {before[k]!r} -> {after[k]!r}" for k in after if before.get(k) != after[k]]

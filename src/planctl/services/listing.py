@@ -78,7 +78,7 @@ def accounts(db: ReadDb, *, parent: str | None = None, group: str | None = None)
 # ---------------------------------------------------------------- keys
 
 
-@dataclass
+@dataclass(frozen=True)
 class KeyFilter:
     account: str | None = None
     subscription: str | None = None
