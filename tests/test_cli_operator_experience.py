@@ -176,7 +176,7 @@ def test_account_packs_and_payg_balance(cli: Cli, shop: Any) -> None:
 def test_usage_request_id_has_full_precision_and_human_labels(cli: Cli, shop: Any) -> None:
     record = js(cli, "usage", "--request-id", "req-long-0001")
     table = at(cli, 160, "usage", "--request-id", "req-long-0001").stdout
-    assert f"Cost (credit)" in table and record["cost"] in table  # all six decimals
+    assert "Cost (credit)" in table and record["cost"] in table  # all six decimals
     assert "Latency (ms)" in table and "Streamed" in table and "yes" in table
     assert "Latency Ms" not in table and "Ttfb Ms" not in table and "True" not in table
     assert LONG in table and shop["keys"][0]["name"] in table

@@ -19,7 +19,7 @@ import pytest
 
 from planctl.domain import lifecycle
 from planctl.domain.catalog import Context, RefundPolicy, parse_plan
-from planctl.domain.clock import Duration, iso, when
+from planctl.domain.clock import Duration, when
 from planctl.domain.errors import ExitCode, InvalidInput, Refused
 from planctl.domain.lifecycle import (
     RefundFacts,

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from helpers.fake_upstream import FakeUpstream
 from helpers.gateway import PLANCTL, ServeProcess, add_upstream, buy, install, records, scrape, wait_for

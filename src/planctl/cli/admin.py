@@ -80,7 +80,6 @@ def backup(ctx: typer.Context, file: Annotated[Path, typer.Argument(help="New fi
 
     Example: planctl db backup ~/planctl-$(date +%F).db
     """
-    from planctl.cli.hints import word
     from planctl.services import database
 
     st = state(ctx, read_only=True)

@@ -25,7 +25,6 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
-from planctl.domain.errors import InvalidInput, NotFound
 from planctl.store.columns import (CONTENT_COLUMNS, LEDGER_COLUMNS, RESERVATION_COLUMNS, ROLLUP_COLUMNS,
                                     ROLLUP_DIMENSIONS, ROLLUP_SUMS, USAGE_COLUMNS)
 from planctl.store.sql import Tx
