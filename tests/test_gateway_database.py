@@ -69,7 +69,7 @@ def test_postgres_dropping_the_gateways_connections_is_survived(gw: Any, db_url:
 
     for _ in range(3):
         assert ask(base, secret).status_code == 200
-    pids = [held.driver_connection.info.backend_pid for held in gateway.meter.db._held]
+    pids = [held.dbapi_connection.info.backend_pid for held in gateway.meter.db._held]
     admin = create_engine(resolve_target(db_url).url)
     try:
         with admin.connect() as conn:  # what a PostgreSQL restart does to them
