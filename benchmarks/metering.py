@@ -407,20 +407,26 @@ def _worker(mode: str, db_path: str, fx: dict[str, Any], slot: int, tag: str, bu
         results.put((slot, -1, f"{type(exc).__name__}: {exc}"))
 
 
-def admit_parallel(mode: str, db_path: str, fx: dict[str, Any], tag: str, budget: float) -> float:
-    """Requests/s summed over WORKERS spawned processes, each with its own key and database handle."""
+def spawned(count: int, target: Any, args: Any, what: str, timeout: float) -> list[tuple[Any, ...]]:
+    """Run `target(*args(slot), barrier, results)` in `count` spawned processes; their results
+    (a result whose second item is negative is a failure, its third the reason)."""
     ctx = mp.get_context("spawn")
-    barrier, results = ctx.Barrier(WORKERS), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(mode, db_path, fx, slot, tag, budget, barrier, results))
-             for slot in range(WORKERS)]
-    for p in procs:
-        p.start()
-    got = [results.get(timeout=budget + 120) for _ in procs]
-    for p in procs:
-        p.join()
+    barrier, results = ctx.Barrier(count), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args(slot), barrier, results)) for slot in range(count)]
+    for proc in procs:
+        proc.start()
+    got = [results.get(timeout=timeout) for _ in procs]
+    for proc in procs:
+        proc.join()
     failed = [g for g in got if g[1] < 0]
     if failed:
-        sys.exit(f"error: a {mode} worker failed: {failed[0][2]}")
+        sys.exit(f"error: a {what} worker failed: {failed[0][2]}")
+    return got
+
+
+def admit_parallel(mode: str, db_path: str, fx: dict[str, Any], tag: str, budget: float) -> float:
+    """Requests/s summed over WORKERS spawned processes, each with its own key and database handle."""
+    got = spawned(WORKERS, _worker, lambda slot: (mode, db_path, fx, slot, tag, budget), mode, budget + 120)
     return sum(done / secs for _, done, secs in got)
 
 
@@ -622,18 +628,8 @@ def _pg_worker(mode: str, url: str, fx: dict[str, Any], slot: int, spread: bool,
 
 
 def pg_parallel(mode: str, url: str, fx: dict[str, Any], spread: bool, tag: str, budget: float) -> tuple[float, dict]:
-    ctx = mp.get_context("spawn")
-    barrier, results = ctx.Barrier(PG_PROCS), ctx.Queue()
-    procs = [ctx.Process(target=_pg_worker, args=(mode, url, fx, slot, spread, tag, budget, barrier, results))
-             for slot in range(PG_PROCS)]
-    for proc in procs:
-        proc.start()
-    got = [results.get(timeout=budget + 300) for _ in procs]
-    for proc in procs:
-        proc.join()
-    failed = [g for g in got if g[1] < 0]
-    if failed:
-        sys.exit(f"error: a {mode} PostgreSQL worker failed: {failed[0][2]}")
+    got = spawned(PG_PROCS, _pg_worker, lambda slot: (mode, url, fx, slot, spread, tag, budget),
+                  f"{mode} PostgreSQL", budget + 300)
     tags: dict[str, int] = {}
     for g in got:
         tags.update(g[2])
