@@ -64,7 +64,11 @@ def test_unusable_paths_are_refused_cleanly(tmp_path: Path, make_bad: str) -> No
         path.touch(mode=0o400)
     with pytest.raises(InvalidInput) as err:
         open_database(resolve_target(str(path)), now=NOW)
-    assert str(path) in err.value.message
+    assert str(path) in err.value.message and "unusable_database_file" not in err.value.message
+    assert err.value.code == "unusable_database_file"
+    from planctl.cli.hints import word
+
+    assert word(err.value).endswith("; choose another file with --db or PLANCTL_DB")  # the CLI's words
     if make_bad == "missing_dir":
         assert not path.parent.exists()
 

@@ -140,13 +140,13 @@ def _prepare_sqlite_file(path: Path) -> None:
         return
     parent = path.parent
     if not parent.is_dir():
-        raise InvalidInput(f"cannot create database {path}: directory {parent} does not exist; {hint}")
+        raise InvalidInput(f"cannot create database {path}: directory {parent} does not exist", code=hint)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
         return
     except OSError as exc:
-        raise InvalidInput(f"cannot create database {path}: {exc.strerror.lower()}; {hint}") from None
+        raise InvalidInput(f"cannot create database {path}: {exc.strerror.lower()}", code=hint) from None
     os.close(fd)
 
 
