@@ -141,7 +141,14 @@ def test_an_upstream_killed_mid_load_fails_over_shows_open_and_recovers(
 
         wait_for(recovered, 10)
         ids = [rid for _, rid, _ in answers if rid]
-        wait_for(lambda: ledger_of(db, sub)[1] == 0)  # every settlement in, the probes' too (answers do not wait)
+        try:  # every settlement in, the probes' too (answers do not wait)
+            wait_for(lambda: ledger_of(db, sub)[1] == 0, 30)
+        except AssertionError:
+            with db.read() as session:
+                from sqlalchemy import text
+
+                held = session.execute(text("SELECT id, amount, created_at FROM reservations WHERE status = 'held'")).all()
+            raise AssertionError(f"holds still open: {held}; answers: {answers}") from None
         rows = wait_for(lambda: len(r := records(db)) >= len(ids) and r)
         recorded = [r["request_id"] for r in rows]
         assert len(recorded) == len(set(recorded)) and set(ids) <= set(recorded)  # once each, none lost

@@ -278,6 +278,29 @@ def test_mid_stream_break_ends_the_clients_stream_with_response_failed(gw: Serve
     assert ledger_of(gw.db, gw.sub)[1] == 0
 
 
+def test_a_transport_error_outside_httpx_mid_stream_still_ends_the_stream_and_settles(
+        gw: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx-aiohttp maps only some aiohttp errors to httpx's: whatever else breaks a stream must
+    not leave its hold open (it did, until the hold timeout, when a killed upstream raised one)."""
+    from httpx_aiohttp.transport import AiohttpResponseStream
+
+    real = AiohttpResponseStream.__aiter__
+
+    async def breaking(self: Any) -> Any:
+        async for chunk in real(self):
+            yield chunk
+            raise ConnectionResetError("reset by peer")
+
+    monkeypatch.setattr(AiohttpResponseStream, "__aiter__", breaking)
+    gw.up.event_delay = 0.01  # events in chunks of their own: the break comes after the first
+    with gw.client().responses.create(model="unit", input="hi", stream=True) as stream:
+        events = list(stream)
+    assert events[-1].type == "response.failed" and "ConnectionResetError" in events[-1].response.error.message
+    [rec] = gw.records(1)
+    assert rec["status_code"] == 502 and rec["usage_estimated"] and "ConnectionResetError" in rec["error"]
+    assert ledger_of(gw.db, gw.sub)[1] == 0
+
+
 def test_chat_mid_stream_break_ends_with_an_error_chunk(gw: Served) -> None:
     gw.up.break_after = 3
     with pytest.raises(openai.APIError, match="broke"):

@@ -305,7 +305,7 @@ class Gateway:
             began = time.monotonic()
             try:
                 response = await self.client.send(request, stream=True)
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, OSError) as exc:  # OSError: what a transport does not map to httpx's
                 UPSTREAM_ERRORS.labels(route.name, "connect").inc()
                 health.failed(time.monotonic(), f"{type(exc).__name__}")
                 tried.append(f"{route.name}: {type(exc).__name__}")
@@ -425,7 +425,7 @@ class Gateway:
         meanwhile (shutdown waits for it)."""
         try:
             body = await response.aread()
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # httpx's errors, and whatever a transport lets through
             await response.aclose()
             await self.settle(call, None, 502, f"upstream answer broke: {type(exc).__name__}", estimated=True)
             raise
@@ -497,12 +497,12 @@ class Relay:
                     break
         except asyncio.CancelledError:
             broke = "the client left and the upstream's usage did not arrive in time"
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # noqa: BLE001 - httpx's errors, and whatever a transport lets through
             broke = f"the upstream stream broke: {type(exc).__name__}: {str(exc)[:200]}"
         finally:
             try:
                 await asyncio.shield(self.response.aclose())
-            except Exception:  # noqa: BLE001 - the connection is gone either way
+            except BaseException:  # noqa: BLE001 - the connection is gone either way; settle regardless
                 pass
         if broke is None and reader.ended is None:
             broke = "the upstream ended the stream without its final event"
