@@ -2,8 +2,10 @@
 relay the stream, meter the upstream's usage and settle. Routes (app.py) parse their API's body
 and choose how events and errors look; everything else is here, API-neutral.
 
-Metering is synchronous (services/metering.py through `Meter`): it runs on a thread pool, so the
-event loop never waits on the database.
+Metering is synchronous (services/metering.py through `Meter`). On SQLite the event loop admits a
+request itself when that cannot wait (`Meter.admit_now`: no write of this process under way, no
+other process holding the write lock), saving two thread switches; everything else runs on a
+thread pool, so the event loop never waits on the database.
 """
 
 from __future__ import annotations
@@ -228,21 +230,30 @@ class Gateway:
         s = self.settings
         output = estimate.output_cap(body, s.default_output_tokens)
 
-        def admit() -> Admission:  # one trip to the metering threads
+        def hold() -> int | None:
             cost = self.meter.quote(model, input_tokens=estimate.input_tokens(call.body_size),
                                     output_tokens=output)
-            return self.meter.admit(secret, model, call.api, estimate.hold(cost, s.max_reserve))
+            return estimate.hold(cost, s.max_reserve)
 
-        pending = asyncio.get_running_loop().run_in_executor(self.pool, admit)
-        try:
-            adm = await asyncio.wait_for(asyncio.shield(pending), s.admit_timeout)
-        except asyncio.TimeoutError:  # the database is locked or unreachable: answer now, tidy up later
-            pending.add_done_callback(self._abandoned)
-            log.error("admission waited %g s for the database: answered 503", s.admit_timeout)
-            return errors.overloaded(f"the database did not answer within {s.admit_timeout:g} s")
+        def admit() -> Admission:  # one trip to the metering threads
+            return self.meter.admit(secret, model, call.api, hold())
+
+        try:  # here on the event loop when nothing has to wait (SQLite): no trip to a thread and back
+            adm = self.meter.admit_now(secret, model, call.api, hold()) if self.meter.sqlite else None
         except Exception as exc:
             log.error("admission failed: %s: %s", type(exc).__name__, exc)
             return errors.overloaded(type(exc).__name__)
+        if adm is None:
+            pending = asyncio.get_running_loop().run_in_executor(self.pool, admit)
+            try:
+                adm = await asyncio.wait_for(asyncio.shield(pending), s.admit_timeout)
+            except asyncio.TimeoutError:  # the database is locked or unreachable: answer now, tidy up later
+                pending.add_done_callback(self._abandoned)
+                log.error("admission waited %g s for the database: answered 503", s.admit_timeout)
+                return errors.overloaded(f"the database did not answer within {s.admit_timeout:g} s")
+            except Exception as exc:
+                log.error("admission failed: %s: %s", type(exc).__name__, exc)
+                return errors.overloaded(type(exc).__name__)
         call.admission = adm
         if not adm.allowed:
             answer = errors.refusal(adm.reason or "denied", adm.message, adm.next_reset, _now())

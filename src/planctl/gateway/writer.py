@@ -1,9 +1,11 @@
 """The settlement writer of one worker: settlements queue here (already in the journal, when there
 is one) and go into the database in the background.
 
-Group commit (the default): whatever queued while the last transaction ran is written in one
-transaction (`Meter.record_many`), so concurrent requests share a commit instead of taking one
-each. Off: one transaction per settlement (`Meter.record`), to compare.
+Group commit (the default): whatever queued while the last transaction ran, or within a few
+milliseconds of a settlement that found the writer idle, is written in one transaction
+(`Meter.record_many`), so concurrent requests share a commit instead of taking one each; the
+wait also leaves the database to the admission of the client's next request, which on SQLite the
+event loop makes itself when no write is under way. Off: one transaction per settlement (`Meter.record`), to compare.
 
 When the database refuses (locked, unreachable), the writer waits and tries again: the
 settlements stay queued, and in the journal, meanwhile. A settlement the database can never take
@@ -26,6 +28,7 @@ from planctl.services.metering import UsageInput
 log = logging.getLogger("planctl.gateway")
 
 BATCH = 500  # settlements in one transaction at most
+WINDOW = 0.02  # seconds a settlement that found the writer idle waits for others to share its transaction
 RETRY = (0.05, 2.0)  # the first wait after a failed write, and the longest
 
 
@@ -76,6 +79,8 @@ class Writer:
                 self._idle.set()
                 self._ready.clear()
                 await self._ready.wait()
+                if self.group:  # company for the transaction, and the database left to admissions meanwhile
+                    await asyncio.sleep(WINDOW)
             batch = self.queue[:BATCH if self.group else 1]
             try:
                 results = await self.run(self._write, [p.usage for p in batch])

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from planctl.domain.errors import Refused
+from planctl.domain.errors import Conflict, Refused
 from planctl.services import metering as engine
 from planctl.services.metering import HOLD_FOR, ImportReport, Recorded, UsageInput
 
@@ -65,8 +65,8 @@ class Meter:
         self.db = db
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.hold_for = hold_for
-        sqlite = getattr(db, "dialect", "sqlite") == "sqlite"
-        self._writing: Any = threading.Lock() if sqlite else nullcontext()
+        self.sqlite = getattr(db, "dialect", "sqlite") == "sqlite"
+        self._writing: Any = threading.Lock() if self.sqlite else nullcontext()
         self._quotes: dict[str, tuple[float, tuple[int, int] | None]] = {}  # model -> (when, µcr per 1M in, out)
 
     @classmethod
@@ -86,10 +86,30 @@ class Meter:
     def admit(self, secret: str, model: str, api: str, reserve: int | None = None) -> Admission:
         """Authorize one request and hold `reserve` µcr; every denial is a value, a lost race for
         the last credit included."""
+        with self._writing if reserve else nullcontext():
+            return self._admit(secret, model, api, reserve)
+
+    def admit_now(self, secret: str, model: str, api: str, reserve: int | None = None) -> Admission | None:
+        """`admit`, or None when it would have to wait: for this process's other writer (a
+        settlement being written) or, on SQLite, for another process's write lock. A caller that
+        must never block (an event loop) tries this first and hands a None to a thread that
+        calls `admit`. Only on SQLite (on PostgreSQL every admission waits on the network)."""
+        if not self.sqlite or not self._writing.acquire(blocking=False):
+            return None
         try:
-            with self._writing if reserve else nullcontext():
-                auth = engine.authorize(self.db, secret, model=model, api=api, reserve=reserve or None,
-                                        now=self.clock(), hold_for=self.hold_for)
+            self.db.never_wait()
+            return self._admit(secret, model, api, reserve)
+        except Conflict as exc:
+            if exc.reason == "database_busy":
+                return None
+            raise
+        finally:
+            self._writing.release()
+
+    def _admit(self, secret: str, model: str, api: str, reserve: int | None) -> Admission:
+        try:
+            auth = engine.authorize(self.db, secret, model=model, api=api, reserve=reserve or None,
+                                    now=self.clock(), hold_for=self.hold_for)
         except Refused as exc:  # a concurrent request took what the hold needed
             return Admission(False, exc.reason, exc.message, model, api)
         return Admission(auth.allowed, auth.reason, auth.message, model, api, auth.billed_model, auth.key_id,

@@ -67,6 +67,11 @@ class Database:
     def tx(self, *, write: bool) -> transaction:
         """A plain driver transaction (the metering hot path: no ORM) on a connection this thread
         keeps until `dispose` (a pool checkout per request cost more than the statements)."""
+        return transaction(self._connection(), sqlite=self.dialect == "sqlite", write=write,
+                           display=self.target.display, errors=self.engine.dialect.dbapi)
+
+    def _connection(self) -> Any:
+        """This thread's driver connection (made on first use, replaced when the server dropped it)."""
         held = getattr(self._local, "connection", None)
         if held is not None and getattr(held.dbapi_connection, "closed", False):  # the server dropped it
             self._held.remove(held)
@@ -79,8 +84,15 @@ class Database:
             if self.dialect != "sqlite":  # transactions begin with their first statements (store/sql.py)
                 held.dbapi_connection.rollback()
                 held.dbapi_connection.autocommit = True
-        return transaction(held.dbapi_connection, sqlite=self.dialect == "sqlite", write=write,
-                           display=self.target.display, errors=self.engine.dialect.dbapi)
+        return held.dbapi_connection
+
+    def never_wait(self) -> None:
+        """On SQLite, this thread's connection stops waiting for another process's write lock:
+        its write transactions fail at once as busy instead (the gateway's event loop admits
+        on such a connection, and hands a busy admission to a thread that may wait)."""
+        if self.dialect == "sqlite" and not getattr(self._local, "never_waits", False):
+            self._connection().execute("PRAGMA busy_timeout = 0")
+            self._local.never_waits = True
 
     @property
     def url(self) -> str:

@@ -377,7 +377,7 @@ def driver_error(exc: BaseException, display: str, *, integrity: bool) -> Planct
         return Conflict(f"the change conflicts with existing data ({first})")
     text = str(exc).lower()
     if any(word in text for word in ("locked", "busy", "could not obtain lock", "deadlock detected")):
-        return Conflict(f"database {display} is busy (another planctl is writing); try again")
+        return Conflict(f"database {display} is busy (another planctl is writing); try again", reason="database_busy")
     if "readonly" in text or "read-only" in text:
         return InvalidInput(f"database {display} is read-only; check its permissions")
     if "unable to open" in text or "connection" in text or "could not connect" in text:
