@@ -9,8 +9,8 @@ this process; every request reads its whole answer. Printed:
 
 - added latency = gateway − direct, p50 and p99, one client, streaming and not;
 - throughput at 32 concurrent streams: requests/s and p50/p99 latency, and the ratio to direct;
-- both for the two upstream clients the gateway can use: plain `httpx.AsyncClient` and httpx
-  on the `httpx-aiohttp` transport (PLANCTL_UPSTREAM_CLIENT);
+- both for the two upstream clients the gateway can use: aiohttp's (the default) and plain
+  `httpx.AsyncClient` (PLANCTL_UPSTREAM_CLIENT);
 - the Claude route's added latency over the Responses pass-through (first client only): the same
   question as `POST /v1/messages` (`claude-sonnet-4-5`, billed as gpt-5.4 through the sample
   catalog's alias) and as `POST /v1/responses`, interleaved, one client, the same upstream answer;
@@ -329,13 +329,13 @@ def main() -> None:
 
 
 def report(direct: dict[str, object], results: dict[str, dict[str, object]], args: argparse.Namespace) -> None:
-    print(f"one client, {args.requests} requests each (ms)      p50      p99   added p50  added p99")
+    print(f"one client, {args.requests} requests each (ms)       p50      p99   added p50  added p99")
     for case, label in (("plain", "non-stream"), ("stream", "stream (22 events)")):
         base = direct[case]
-        print(f"  direct          {label:<21} {pct(base, 50):8.2f} {pct(base, 99):8.2f}")
+        print(f"  direct           {label:<21} {pct(base, 50):8.2f} {pct(base, 99):8.2f}")
         for kind, res in results.items():
             values = res[case]
-            print(f"  gateway/{kind:<7}{label:<21} {pct(values, 50):8.2f} {pct(values, 99):8.2f}"
+            print(f"  gateway/{kind:<8}{label:<21} {pct(values, 50):8.2f} {pct(values, 99):8.2f}"
                   f"   {pct(values, 50) - pct(base, 50):+8.2f}  {pct(values, 99) - pct(base, 99):+8.2f}")
     rps0, t0 = direct["load"]
     print(f"\n{args.concurrent} concurrent streams for {args.seconds:g} s     req/s    p50 ms   p99 ms   vs direct")
@@ -344,7 +344,7 @@ def report(direct: dict[str, object], results: dict[str, dict[str, object]], arg
         rps, t = res["load"]
         print(f"  gateway/{kind:<22} {rps:8.0f} {statistics.median(t):8.2f} {pct(t, 99):8.2f}   {rps / rps0:6.1%}")
     print("\n(gateway = planctl serve, 1 worker, admit + settle on SQLite for every request; "
-          "aiohttp = httpx on the httpx-aiohttp transport)")
+          "aiohttp = aiohttp's client, the default; httpx = plain httpx.AsyncClient)")
 
 
 
@@ -363,7 +363,7 @@ def report_peer(direct: dict[str, object], results: dict[str, dict[str, object]]
                 args: argparse.Namespace) -> None:
     print(f"\npeer: LiteLLM {litellm_peer.VERSION} proxy (1 worker, no database), the same POST /v1/responses, "
           "the same run")
-    print(f"one client, {args.requests} requests each (ms)      p50      p99   added p50  added p99")
+    print(f"one client, {args.requests} requests each (ms)       p50      p99   added p50  added p99")
     for case, label in (("plain", "non-stream"), ("stream", "stream (22 events)")):
         base, values = direct[case], peer[case]
         added50, added99 = pct(values, 50) - pct(base, 50), pct(values, 99) - pct(base, 99)

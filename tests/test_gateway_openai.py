@@ -15,8 +15,8 @@ import openai
 import pytest
 
 from helpers.fake_upstream import FakeUpstream
-from helpers.gateway import (Served, UP_SECRET, add_upstream, buy, cost, install, ledger_of, now, records, serve,
-                             wait_for)
+from helpers.gateway import (Served, UP_SECRET, add_upstream, buy, cost, free_port, install, ledger_of, now, records,
+                             serve, wait_for)
 
 
 @pytest.fixture
@@ -278,20 +278,21 @@ def test_mid_stream_break_ends_the_clients_stream_with_response_failed(gw: Serve
     assert ledger_of(gw.db, gw.sub)[1] == 0
 
 
-def test_a_transport_error_outside_httpx_mid_stream_still_ends_the_stream_and_settles(
+def test_an_unexpected_error_mid_stream_still_ends_the_stream_and_settles(
         gw: Served, monkeypatch: pytest.MonkeyPatch) -> None:
-    """httpx-aiohttp maps only some aiohttp errors to httpx's: whatever else breaks a stream must
-    not leave its hold open (it did, until the hold timeout, when a killed upstream raised one)."""
-    from httpx_aiohttp.transport import AiohttpResponseStream
+    """Whatever breaks a stream (here an error aiohttp does not wrap in its own) must not leave
+    the client hanging or its hold open: it did, until the hold timeout, when the upstream
+    client let an error through that the relay did not expect."""
+    import aiohttp.streams
 
-    real = AiohttpResponseStream.__aiter__
+    real = aiohttp.streams.StreamReader.iter_any
 
     async def breaking(self: Any) -> Any:
         async for chunk in real(self):
             yield chunk
             raise ConnectionResetError("reset by peer")
 
-    monkeypatch.setattr(AiohttpResponseStream, "__aiter__", breaking)
+    monkeypatch.setattr(aiohttp.streams.StreamReader, "iter_any", breaking)
     gw.up.event_delay = 0.01  # events in chunks of their own: the break comes after the first
     with gw.client().responses.create(model="unit", input="hi", stream=True) as stream:
         events = list(stream)
@@ -299,6 +300,33 @@ def test_a_transport_error_outside_httpx_mid_stream_still_ends_the_stream_and_se
     [rec] = gw.records(1)
     assert rec["status_code"] == 502 and rec["usage_estimated"] and "ConnectionResetError" in rec["error"]
     assert ledger_of(gw.db, gw.sub)[1] == 0
+
+
+@pytest.mark.parametrize("kind", ["aiohttp", "httpx"])
+def test_both_upstream_clients_pass_through_settle_and_end_a_broken_stream(
+        db: Any, caller: Any, up: FakeUpstream, kind: str) -> None:
+    """`PLANCTL_UPSTREAM_CLIENT` picks the upstream client (aiohttp, or plain httpx to compare):
+    both answer whole and streamed requests, fail over from an upstream that is not there, and
+    end a stream that breaks with response.failed."""
+    install(db, caller)
+    sub, key, secret = buy(db, caller)
+    add_upstream(db, caller, "gone", FakeUpstream(key=UP_SECRET, port=free_port()), priority=0)  # nothing listens
+    add_upstream(db, caller, "fake", up, priority=1)
+    server, thread, port = serve(db, up, client_kind=kind)
+    served = Served(db, up, port, secret, sub, key, server)
+    try:
+        assert served.client().responses.create(model="unit", input="x").output_text == "Hello from the fake upstream."
+        with served.client().responses.create(model="unit", input="x", stream=True) as stream:
+            assert [e.type for e in stream][-1] == "response.completed"
+        up.break_after = 4
+        with served.client().responses.create(model="unit", input="x", stream=True) as stream:
+            assert [e.type for e in stream][-1] == "response.failed"
+        rows = served.records(3)
+        assert [r["upstream"] for r in rows] == ["fake"] * 3 and [r["status_code"] for r in rows] == [200, 200, 502]
+        assert ledger_of(db, sub) == (sum(r["charged_plan"] for r in rows), 0)
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 def test_chat_mid_stream_break_ends_with_an_error_chunk(gw: Served) -> None:

@@ -119,7 +119,7 @@ class Served:
         return wait_for(lambda: (rows := records(self.db)) and len(rows) >= count and rows)
 
 
-def serve(db: Any, up: FakeUpstream, **settings: Any) -> Any:
+def serve(db: Any, up: FakeUpstream, *, client_kind: str | None = None, **settings: Any) -> Any:
     import uvicorn
 
     from planctl.gateway.app import create_app
@@ -127,7 +127,7 @@ def serve(db: Any, up: FakeUpstream, **settings: Any) -> Any:
     from planctl.metering import Meter
 
     port = free_port()
-    app = create_app(Gateway(Meter(db), Settings(**settings)))
+    app = create_app(Gateway(Meter(db), Settings(**settings), client_kind=client_kind))
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

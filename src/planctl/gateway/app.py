@@ -108,14 +108,14 @@ async def _forward(gw: Gateway, call: Call, body: dict[str, Any], path: str, *, 
     if isinstance(opened, ErrorAnswer):
         return render(opened, call)
     _route, response = opened
-    if call.stream and response.status_code < 400:
+    if call.stream and response.status < 400:
         return gw.relay(call, response, reader(call))
     content = await gw.settle_answer(call, response, read_usage)
-    if response.status_code >= 400:  # the upstream's own error (after failover), worded by the route
-        return render(errors.from_upstream(response.status_code, content, response.headers.get("retry-after")), call)
+    if response.status >= 400:  # the upstream's own error (after failover), worded by the route
+        return render(errors.from_upstream(response.status, content, response.headers.get("retry-after")), call)
     if answer_body is not None:
         content = answer_body(content)
-    return Response(content, response.status_code, {"x-request-id": call.request_id},
+    return Response(content, response.status, {"x-request-id": call.request_id},
                     media_type=response.headers.get("content-type", "application/json"))
 
 

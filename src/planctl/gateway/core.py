@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-import httpx
-
 from planctl.domain.ids import short_id
 from planctl.gateway import errors, estimate
 from planctl.gateway.errors import ErrorAnswer
@@ -31,7 +29,7 @@ from planctl.gateway.health import quota_gone
 from planctl.gateway.journal import Journal
 from planctl.gateway.metrics import ADDED_SECONDS, HOLDS, UPSTREAM_ERRORS, UPSTREAM_SECONDS
 from planctl.gateway.sse import Events, Tokens
-from planctl.gateway.upstream import Route, candidates, make_client
+from planctl.gateway.upstream import Answer, Client, Route, UpstreamError, candidates, make_client
 from planctl.gateway.writer import Pending, Writer
 from planctl.metering import Admission, Meter, Usage
 from planctl.store.columns import U_COST
@@ -121,7 +119,7 @@ class Gateway:
         self.client_kind = client_kind
         self.load_routes = load_routes or (lambda: routes_from_db(meter.db))
         self.routes: list[Route] = []
-        self.client: httpx.AsyncClient | None = None
+        self.client: Client | None = None
         self.pool = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="meter")
         self.pending: set[asyncio.Task[Any]] = set()
         self.draining = 0
@@ -163,7 +161,7 @@ class Gateway:
         if self.journal is not None:
             self.journal.close()
         if self.client is not None:
-            await self.client.aclose()
+            await self.client.close()
         self.pool.shutdown(wait=True)
         self.meter.close()
 
@@ -294,7 +292,7 @@ class Gateway:
     # ------------------------------------------------------------ forwarding
 
     async def open(self, call: Call, path: str, payload: bytes, extra_headers: dict[str, str] | None = None,
-                   upstream_api: str | None = None) -> tuple[Route, httpx.Response] | ErrorAnswer:
+                   upstream_api: str | None = None) -> tuple[Route, Answer] | ErrorAnswer:
         """Send the request to the first upstream that takes it (serving the billed model and
         `upstream_api`, by default the request's own API): connect errors, 5xx and 429 fail over
         to the next; an upstream refusing its own credentials is marked unhealthy. Answers an
@@ -302,7 +300,7 @@ class Gateway:
         adm = call.admission
         assert adm is not None and adm.billed_model is not None and self.client is not None
         tried: list[str] = []
-        last: httpx.Response | None = None
+        last: Answer | None = None
         last_route: Route | None = None
         auth_failure: tuple[Route, int] | None = None
         ADDED_SECONDS.observe(time.perf_counter() - call.started)
@@ -311,21 +309,20 @@ class Gateway:
             headers = {"authorization": f"Bearer {route.secret}", "content-type": "application/json",
                        "accept": "text/event-stream" if call.stream else "application/json",
                        "accept-encoding": "identity", "x-request-id": call.request_id, **(extra_headers or {})}
-            request = self.client.build_request("POST", route.base_url + path, content=payload, headers=headers)
             health.sent()
             began = time.monotonic()
             try:
-                response = await self.client.send(request, stream=True)
-            except (httpx.HTTPError, OSError) as exc:  # OSError: what a transport does not map to httpx's
+                response = await self.client.post(route.base_url + path, payload, headers)
+            except UpstreamError as exc:
                 UPSTREAM_ERRORS.labels(route.name, "connect").inc()
-                health.failed(time.monotonic(), f"{type(exc).__name__}")
-                tried.append(f"{route.name}: {type(exc).__name__}")
+                health.failed(time.monotonic(), exc.cause)
+                tried.append(f"{route.name}: {exc.cause}")
                 continue
-            status = response.status_code
+            status = response.status
             UPSTREAM_SECONDS.labels(route.name).observe(time.monotonic() - began)
             if status in (401, 403):
                 UPSTREAM_ERRORS.labels(route.name, "auth").inc()
-                await response.aclose()
+                await response.close()
                 auth_failure = (route, status)
                 self._unhealthy(route, f"HTTP {status}: the upstream refused its credentials")
                 tried.append(f"{route.name}: HTTP {status}")
@@ -342,14 +339,14 @@ class Gateway:
                     health.failed(time.monotonic(), f"HTTP {status}")
             else:
                 health.succeeded(time.monotonic(), time.monotonic() - began)
-            if response.status_code in FAILOVER_STATUSES:
+            if status in FAILOVER_STATUSES:
                 if last is not None:
-                    await last.aclose()
+                    await last.close()
                 last, last_route = response, route
-                tried.append(f"{route.name}: HTTP {response.status_code}")
+                tried.append(f"{route.name}: HTTP {status}")
                 continue
             if last is not None:
-                await last.aclose()
+                await last.close()
             call.upstream = route.name
             return route, response
         if last is not None and last_route is not None:  # every upstream was busy or failing: say so
@@ -430,19 +427,20 @@ class Gateway:
             except Exception as exc:
                 log.error("could not release %s: %s", adm.reservation_id, exc)
 
-    async def settle_answer(self, call: Call, response: httpx.Response, read_usage: Callable[[Any], Tokens | None]
+    async def settle_answer(self, call: Call, response: Answer, read_usage: Callable[[Any], Tokens | None]
                             ) -> bytes:
         """A whole (non-stream) answer: read it, return its bytes; it is settled from its usage
         meanwhile (shutdown waits for it)."""
         try:
-            body = await response.aread()
-        except Exception as exc:  # httpx's errors, and whatever a transport lets through
-            await response.aclose()
-            await self.settle(call, None, 502, f"upstream answer broke: {type(exc).__name__}", estimated=True)
+            body = await response.read()
+        except Exception as exc:  # UpstreamError, or a bug of ours: the hold is settled either way
+            await response.close()
+            cause = exc.cause if isinstance(exc, UpstreamError) else type(exc).__name__
+            await self.settle(call, None, 502, f"upstream answer broke: {cause}", estimated=True)
             raise
         call.ttfb_ms = call.elapsed_ms()
         tokens, error = None, None
-        if response.status_code < 400:
+        if response.status < 400:
             try:
                 import orjson
 
@@ -451,14 +449,14 @@ class Gateway:
                 tokens = None
         else:
             error = body[:2000].decode("utf-8", "replace")
-        missing = tokens is None and response.status_code < 400
-        await self.settle(call, tokens, response.status_code, error or ("no usage in the answer" if missing else None),
+        missing = tokens is None and response.status < 400
+        await self.settle(call, tokens, response.status, error or ("no usage in the answer" if missing else None),
                           estimated=missing)  # journaled before the client has the answer
         return body
 
     # ------------------------------------------------------------ streams
 
-    def relay(self, call: Call, response: httpx.Response, reader: StreamReader) -> Relay:
+    def relay(self, call: Call, response: Answer, reader: StreamReader) -> Relay:
         relay = Relay(self, call, response, reader)
         task = asyncio.get_running_loop().create_task(relay.pump())
         relay.task = task
@@ -470,7 +468,7 @@ class Relay:
     """One stream: a task reads the upstream into a queue (and on to its end, for its usage, even
     when the client has left), the ASGI response writes the queue to the client."""
 
-    def __init__(self, gateway: Gateway, call: Call, response: httpx.Response, reader: StreamReader) -> None:
+    def __init__(self, gateway: Gateway, call: Call, response: Answer, reader: StreamReader) -> None:
         self.gw, self.call, self.response, self.reader = gateway, call, response, reader
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.gone = False
@@ -498,7 +496,7 @@ class Relay:
         broke: str | None = None
         tail: list[bytes] = []  # from the terminal event on: sent once the settlement is journaled
         try:
-            async for chunk in self.response.aiter_raw():
+            async for chunk in self.response.chunks():
                 if call.ttfb_ms is None:
                     call.ttfb_ms = call.elapsed_ms()
                 out = b"".join([reader.relay(event) for event in self.events.feed(chunk)])
@@ -508,11 +506,11 @@ class Relay:
                     break
         except asyncio.CancelledError:
             broke = "the client left and the upstream's usage did not arrive in time"
-        except Exception as exc:  # noqa: BLE001 - httpx's errors, and whatever a transport lets through
-            broke = f"the upstream stream broke: {type(exc).__name__}: {str(exc)[:200]}"
+        except Exception as exc:  # noqa: BLE001 - UpstreamError, or a bug of ours: settle either way
+            broke = f"the upstream stream broke: {exc if isinstance(exc, UpstreamError) else type(exc).__name__}"
         finally:
             try:
-                await asyncio.shield(self.response.aclose())
+                await asyncio.shield(self.response.close())
             except BaseException:  # noqa: BLE001 - the connection is gone either way; settle regardless
                 pass
         if broke is None and reader.ended is None:
@@ -554,11 +552,11 @@ class Relay:
                 return
 
 
-async def _small_body(response: httpx.Response) -> bytes:
+async def _small_body(response: Answer) -> bytes:
     """An error answer's body (kept on the response for whoever relays it); a broken one is empty."""
     try:
-        return await response.aread()
-    except httpx.HTTPError:
+        return await response.read()
+    except UpstreamError:
         return b""
 
 
