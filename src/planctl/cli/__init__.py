@@ -7,11 +7,13 @@ in one place (`PlanctlGroup.invoke`).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import sys
 import traceback
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Annotated, Any, NoReturn, Optional
 
 import typer
@@ -28,7 +30,15 @@ _NEGATIVE = re.compile(r"-\d[\d_.,]*")
 
 
 class PlanctlGroup(TyperGroup):
-    """The root group: maps every error raised below it to an exit code."""
+    """The root group: maps every error raised below it to an exit code; builds a command only
+    when it is used (`COMMANDS`)."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = _LazyCommands(self, self.commands)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.commands)  # the names alone: TyperGroup's would build every command
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         """A bad root option (`planctl --bogus`) is one line too, like one below the root."""
@@ -165,40 +175,85 @@ def root(
                     no_input=no_input or env_flag("PLANCTL_NO_INPUT"), tz_name=tz, wide=wide)
 
 
-def _register() -> None:
-    from planctl.cli import (accounts, admin, catalog, demo, discounts, invoices, keys, metering, plans, reporting, sales,
-                             serve, upstreams)
+@functools.cache
+def _usage_app() -> typer.Typer:
+    """`planctl usage [filters]` and `usage prune` read (reporting); `usage record` and `import` meter."""
+    from planctl.cli import metering, reporting
 
-    app.add_typer(plans.app, name="plans")
-    app.add_typer(plans.products_app, name="products")
-    app.add_typer(catalog.models_app, name="models")
-    app.add_typer(catalog.aliases_app, name="aliases")
-    app.add_typer(catalog.groups_app, name="groups")
-    app.add_typer(accounts.app, name="accounts")
-    for command in (sales.buy, sales.renew, sales.upgrade, sales.topup, sales.refund):
-        app.command(command.__name__)(command)
-    app.add_typer(sales.subscriptions_app, name="subscriptions")
-    app.add_typer(sales.orders_app, name="orders")
-    app.add_typer(sales.extra_app, name="extra")
-    app.add_typer(discounts.app, name="discounts")
-    app.add_typer(invoices.app, name="invoices")
-    app.add_typer(keys.app, name="keys")
-    app.command("authorize")(metering.authorize)
     metering.usage_app.callback()(reporting.usage)
     metering.usage_app.command("prune")(reporting.prune)
-    app.add_typer(metering.usage_app, name="usage")
-    app.command("health")(reporting.health)
-    app.add_typer(metering.limits_app, name="limits")
-    app.add_typer(metering.reservations_app, name="reservations")
-    app.add_typer(admin.db_app, name="db")
-    app.add_typer(admin.config_app, name="config")
-    app.command("audit")(admin.audit)
-    app.command("demo")(demo.demo)
-    app.add_typer(upstreams.app, name="upstreams")
-    app.command("serve")(serve.serve)
+    return metering.usage_app
 
 
-_register()
+# Every command, in the order `planctl --help` lists them: its name → the command function or
+# Typer sub-app ("module:attribute" in cli/), or a function returning one. A module is imported,
+# and its commands built, only when one of them runs (help and completion of the root list them
+# all), so `planctl plans list` loads cli/plans.py and nothing of `serve` or `usage import`.
+COMMANDS: dict[str, str | Callable[[], Any]] = {
+    "buy": "sales:buy", "renew": "sales:renew", "upgrade": "sales:upgrade", "topup": "sales:topup",
+    "refund": "sales:refund", "authorize": "metering:authorize", "health": "reporting:health",
+    "audit": "admin:audit", "demo": "demo:demo", "serve": "serve:serve",
+    "plans": "plans:app", "products": "plans:products_app", "models": "catalog:models_app",
+    "aliases": "catalog:aliases_app", "groups": "catalog:groups_app", "accounts": "accounts:app",
+    "subscriptions": "sales:subscriptions_app", "orders": "sales:orders_app", "extra": "sales:extra_app",
+    "discounts": "discounts:app", "invoices": "invoices:app", "keys": "keys:app",
+    "usage": _usage_app, "limits": "metering:limits_app", "reservations": "metering:reservations_app",
+    "db": "admin:db_app", "config": "admin:config_app", "upstreams": "upstreams:app",
+}
+
+
+class _LazyCommands(MutableMapping[str, Any]):
+    """The root group's commands: every name is known up front (help order, suggestions for a
+    typo, completion); a command is imported and turned into a click command on first access."""
+
+    def __init__(self, group: TyperGroup, built: MutableMapping[str, Any]) -> None:
+        self._group, self._built = group, dict(built)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._built:
+            if name not in COMMANDS:
+                raise KeyError(name)
+            self._built[name] = _click_command(self._group, name, COMMANDS[name])
+        return self._built[name]
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self._built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from COMMANDS
+        yield from (name for name in self._built if name not in COMMANDS)
+
+    def __len__(self) -> int:
+        return len(COMMANDS) + sum(1 for name in self._built if name not in COMMANDS)
+
+    def __contains__(self, name: object) -> bool:
+        return name in COMMANDS or name in self._built
+
+
+def _click_command(group: TyperGroup, name: str, where: str | Callable[[], Any]) -> Any:
+    """What `app.add_typer(sub_app, name=name)` or `app.command(name)(function)` would have built."""
+    import importlib
+
+    import typer.main
+
+    if callable(where):
+        target = where()
+    else:
+        module, attribute = where.split(":")
+        target = getattr(importlib.import_module(f"planctl.cli.{module}"), attribute)
+    holder = typer.Typer()
+    if isinstance(target, typer.Typer):
+        holder.add_typer(target, name=name)
+        return typer.main.get_group_from_info(
+            holder.registered_groups[0], pretty_exceptions_short=app.pretty_exceptions_short,
+            suggest_commands=group.suggest_commands, rich_markup_mode=group.rich_markup_mode)
+    holder.command(name)(target)
+    return typer.main.get_command_from_info(
+        holder.registered_commands[0], pretty_exceptions_short=app.pretty_exceptions_short,
+        rich_markup_mode=group.rich_markup_mode)
 
 
 def main() -> None:
