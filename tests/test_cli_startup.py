@@ -28,7 +28,7 @@ HEAVY = ("sqlalchemy", "sqlmodel", "httpx", "pydantic")
 COMMAND_MODULES = tuple(f"planctl.cli.{name}" for name in (
     "accounts", "admin", "catalog", "demo", "discounts", "invoices", "keys", "metering", "plans", "reporting",
     "sales", "serve", "upstreams"))
-REPORTED = HEAVY + COMMAND_MODULES
+REPORTED = HEAVY + COMMAND_MODULES + ("typer",)
 
 _PROBE = """
 import json, sys
@@ -77,6 +77,11 @@ def test_startup_does_not_import_the_database_stack(argv: list[str], expected: s
         "import the database stack and httpx inside the commands that use them"
     )
     assert [m for m in imported if m in COMMAND_MODULES] == sorted(modules)
+
+
+def test_version_alone_answers_before_typer_is_imported() -> None:
+    """Scripts and package managers ask `planctl --version`: it costs little more than the interpreter."""
+    assert _probe(["--version"]) == (0, f"planctl {__version__}\n", [])
 
 
 def test_usage_lookup_on_a_current_database_skips_the_orm(tmp_path: Any) -> None:
