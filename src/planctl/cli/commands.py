@@ -34,7 +34,9 @@ class PlanctlGroup(TyperGroup):
 
     def __init__(self, **attrs: Any) -> None:
         super().__init__(**attrs)
-        self.commands = _LazyCommands(self, self.commands)
+        self.commands = _LazyCommands(
+            {name: functools.partial(_click_command, self, name, where) for name, where in COMMANDS.items()},
+            built=self.commands)
 
     def list_commands(self, ctx: Any) -> list[str]:
         return list(self.commands)  # the names alone: TyperGroup's would build every command
@@ -204,38 +206,42 @@ COMMANDS: dict[str, str | Callable[[], Any]] = {
 
 
 class _LazyCommands(MutableMapping[str, Any]):
-    """The root group's commands: every name is known up front (help order, suggestions for a
-    typo, completion); a command is imported and turned into a click command on first access."""
+    """A group's commands: every name is known up front (help order, suggestions for a typo,
+    completion); a command is built (and its module imported) on first access."""
 
-    def __init__(self, group: TyperGroup, built: MutableMapping[str, Any]) -> None:
-        self._group, self._built = group, dict(built)
+    def __init__(self, builders: dict[str, Callable[[], Any]], built: MutableMapping[str, Any] | None = None) -> None:
+        self._builders, self._built = dict(builders), dict(built or {})
 
     def __getitem__(self, name: str) -> Any:
         if name not in self._built:
-            if name not in COMMANDS:
-                raise KeyError(name)
-            self._built[name] = _click_command(self._group, name, COMMANDS[name])
+            self._built[name] = self._builders[name]()
         return self._built[name]
 
     def __setitem__(self, name: str, command: Any) -> None:
         self._built[name] = command
 
     def __delitem__(self, name: str) -> None:
-        del self._built[name]
+        if name not in self:
+            raise KeyError(name)
+        self._builders.pop(name, None)
+        self._built.pop(name, None)
 
     def __iter__(self) -> Iterator[str]:
-        yield from COMMANDS
-        yield from (name for name in self._built if name not in COMMANDS)
+        yield from self._builders
+        yield from (name for name in self._built if name not in self._builders)
 
     def __len__(self) -> int:
-        return len(COMMANDS) + sum(1 for name in self._built if name not in COMMANDS)
+        return sum(1 for _ in self)
 
     def __contains__(self, name: object) -> bool:
-        return name in COMMANDS or name in self._built
+        return name in self._builders or name in self._built
 
 
 def _click_command(group: TyperGroup, name: str, where: str | Callable[[], Any]) -> Any:
-    """What `app.add_typer(sub_app, name=name)` or `app.command(name)(function)` would have built."""
+    """What `app.add_typer(sub_app, name=name)` or `app.command(name)(function)` would have built,
+    except that a sub-app's commands are built one by one on first use too (`planctl --help`
+    needs only the groups' help)."""
+    import copy
     import importlib
 
     import typer.main
@@ -246,13 +252,21 @@ def _click_command(group: TyperGroup, name: str, where: str | Callable[[], Any])
         module, attribute = where.split(":")
         target = getattr(importlib.import_module(f"planctl.cli.{module}"), attribute)
     holder = typer.Typer()
-    if isinstance(target, typer.Typer):
-        holder.add_typer(target, name=name)
-        return typer.main.get_group_from_info(
-            holder.registered_groups[0], pretty_exceptions_short=app.pretty_exceptions_short,
-            suggest_commands=group.suggest_commands, rich_markup_mode=group.rich_markup_mode)
-    holder.command(name)(target)
-    return typer.main.get_command_from_info(
-        holder.registered_commands[0], pretty_exceptions_short=app.pretty_exceptions_short,
-        rich_markup_mode=group.rich_markup_mode)
-
+    if not isinstance(target, typer.Typer):
+        holder.command(name)(target)
+        return typer.main.get_command_from_info(
+            holder.registered_commands[0], pretty_exceptions_short=app.pretty_exceptions_short,
+            rich_markup_mode=group.rich_markup_mode)
+    assert not target.registered_groups, f"{name}: a sub-app of a sub-app is not built lazily"
+    bare = copy.copy(target)  # the group itself, its callback included, without its commands
+    bare.registered_commands = []
+    holder.add_typer(bare, name=name)
+    built = typer.main.get_group_from_info(
+        holder.registered_groups[0], pretty_exceptions_short=app.pretty_exceptions_short,
+        suggest_commands=group.suggest_commands, rich_markup_mode=group.rich_markup_mode)
+    built.commands = _LazyCommands({
+        info.name or typer.main.get_command_name(info.callback.__name__): functools.partial(
+            typer.main.get_command_from_info, info, pretty_exceptions_short=app.pretty_exceptions_short,
+            rich_markup_mode=group.rich_markup_mode)
+        for info in target.registered_commands})
+    return built
