@@ -120,6 +120,9 @@ def main() -> int:
     print(f"machine : {platform.system()} {platform.release()} {platform.machine()}")
     print(f"cpu     : {cpu_model()} ({usable_cores()} cores)")
     print(f"python  : {platform.python_implementation()} {platform.python_version()}")
+    if sys.flags.dont_write_bytecode:
+        print("bytecode: not cached (PYTHONDONTWRITEBYTECODE is set): modules without a .pyc, such as an "
+              "editable install's, are compiled on every run")
     stopped = "" if rounds == args.runs else f", stopped early by the {args.budget:.0f} s budget"
     print(f"runs    : {rounds} timed each, round-robin, after {WARMUPS} warm-ups{stopped}")
     print()

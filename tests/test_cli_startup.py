@@ -21,10 +21,13 @@ from typing import Any
 import pytest
 import typer.main
 
-from planctl import __version__
+from planctl import __version__, cli
 
 HEAVY = ("sqlalchemy", "sqlmodel", "httpx", "pydantic")
-REPORTED = HEAVY
+# the modules of cli/ that hold commands: each is imported only when one of its commands runs
+COMMAND_MODULES = tuple(sorted({f"planctl.cli.{where.split(':')[0]}" for where in cli.COMMANDS.values()
+                                if isinstance(where, str)}))
+REPORTED = HEAVY + COMMAND_MODULES + ("typer",)
 
 _PROBE = """
 import json, sys
@@ -54,14 +57,16 @@ def _probe(argv: list[str]) -> tuple[int, str, list[str]]:
 
 
 @pytest.mark.parametrize(
-    ("argv", "expected"),
+    ("argv", "expected", "modules"),
     [
-        pytest.param(["--help"], "Usage: planctl", id="help"),
-        pytest.param(["--version"], f"planctl {__version__}", id="version"),
-        pytest.param(["plans", "--help"], "Usage: planctl plans", id="plans-help"),
+        pytest.param(["--help"], "Usage: planctl", COMMAND_MODULES, id="help"),
+        pytest.param(["--version"], f"planctl {__version__}", (), id="version"),
+        pytest.param(["--db", "x.db", "--version"], f"planctl {__version__}", (), id="version-after-an-option"),
+        pytest.param(["plans", "--help"], "Usage: planctl plans", ("planctl.cli.plans",), id="plans-help"),
     ],
 )
-def test_startup_does_not_import_the_database_stack(argv: list[str], expected: str) -> None:
+def test_startup_does_not_import_the_database_stack(argv: list[str], expected: str, modules: tuple[str, ...]) -> None:
+    """Nor any command module but those it shows (the root's help lists every command)."""
     code, stdout, imported = _probe(argv)
     assert code == 0, stdout
     assert expected in stdout
@@ -70,6 +75,12 @@ def test_startup_does_not_import_the_database_stack(argv: list[str], expected: s
         f"'planctl {' '.join(argv)}' imported {heavy} (all loaded: {imported}); "
         "import the database stack and httpx inside the commands that use them"
     )
+    assert [m for m in imported if m in COMMAND_MODULES] == sorted(modules)
+
+
+def test_version_alone_answers_before_typer_is_imported() -> None:
+    """Scripts and package managers ask `planctl --version`: it costs little more than the interpreter."""
+    assert _probe(["--version"]) == (0, f"planctl {__version__}\n", [])
 
 
 def test_usage_lookup_on_a_current_database_skips_the_orm(tmp_path: Any) -> None:
@@ -101,12 +112,14 @@ def sold(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 ], ids=lambda argv: " ".join(argv[:2]))
 def test_read_only_commands_skip_the_orm(sold: tuple[str, str], argv: list[str]) -> None:
     """Issue 14: the lists people run most read with sqlite3 alone (services/listing.py), so
-    they start within 300 ms; the ORM is imported only by commands that write."""
+    they start within 300 ms; the ORM is imported only by commands that write, and of cli/
+    only the module that holds the command (cli.COMMANDS)."""
     db, subscription = sold
     code, stdout, imported = _probe(["--db", db, *[subscription if a == "SUB" else a for a in argv], "--json"])
     assert code == 0, stdout
     assert json.loads(stdout) is not None
     assert not [m for m in imported if m in HEAVY], imported
+    assert [m for m in imported if m in COMMAND_MODULES] == [f"planctl.cli.{cli.COMMANDS[argv[0]].split(':')[0]}"]
 
 
 def _walk(cmd: Any, path: tuple[str, ...], parent: Any = None) -> Iterator[tuple[str, Any, Any]]:

@@ -23,7 +23,6 @@ import pytest
 from freezegun import freeze_time
 
 from helpers import ISO, NOW, db_dump as dump
-import typer
 from typer.testing import CliRunner
 
 
@@ -42,24 +41,13 @@ BEIJING_NEW_YEAR = datetime(2026, 12, 31, 16, 0, tzinfo=timezone.utc)  # 2027-01
 # ---------------------------------------------------------------- helpers
 
 
-def _cli_app() -> Any:
-    """`planctl` with `invoices` registered (a test-local root until cli/__init__ registers it)."""
-    from planctl import cli
-    from planctl.cli import invoices
-
-    if any(group.name == "invoices" for group in cli.app.registered_groups):
-        return cli.app
-    root = typer.Typer(cls=cli.PlanctlGroup, pretty_exceptions_enable=False, rich_markup_mode=None)
-    root.callback()(cli.root)
-    root.add_typer(invoices.app, name="invoices")
-    return root
-
-
 class InvoiceCli:
     def __init__(self, db_location: str) -> None:
         self.db_location = db_location
         self.runner = CliRunner()
-        self.app = _cli_app()
+        from planctl.cli import app
+
+        self.app = app
 
     def __call__(self, *args: str) -> Any:
         return self.runner.invoke(self.app, ["--db", self.db_location, "invoices", *args], catch_exceptions=False)

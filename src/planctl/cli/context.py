@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from planctl.domain.clock import zone
-
 if TYPE_CHECKING:
     from planctl.services.audit import Caller
     from planctl.store.engine import Database
@@ -96,6 +94,8 @@ class State:
     def display_zone(self) -> tzinfo:
         """--tz or PLANCTL_TZ, else the machine's local zone."""
         if self.tz_name:
+            from planctl.domain.clock import zone
+
             return zone(self.tz_name)
         local = datetime.now().astimezone().tzinfo
         return local or timezone.utc
@@ -133,6 +133,33 @@ def state(ctx: typer.Context, *, read_only: bool = False) -> State:
     obj.command = " ".join(ctx.command_path.split()[1:]) or "planctl"
     obj.read_only = read_only
     return obj
+
+
+def instant_option(st: State, text: str | None, option: str) -> datetime | None:
+    """The time given to `option` (a date, a date-time, `today`, `90d`…) in the display zone; None
+    when it was not given."""
+    if text is None:
+        return None
+    from planctl.domain.clock import parse_instant
+    from planctl.domain.errors import InvalidInput
+
+    try:
+        return parse_instant(text, now=st.now(), tz=st.display_zone)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{option}: {exc.message}") from None
+
+
+def credit_option(text: str | None, option: str) -> int | None:
+    """The credit given to `option`, in µcr (more than zero); None when it was not given."""
+    if text is None:
+        return None
+    from planctl.domain.errors import InvalidInput
+    from planctl.domain.money import parse_credit
+
+    try:
+        return parse_credit(text, allow_zero=False)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{option}: {exc.message}") from None
 
 
 def env_flag(name: str) -> bool:

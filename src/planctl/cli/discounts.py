@@ -5,7 +5,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from planctl.cli.context import state
+from planctl.cli.context import instant_option, state
 from planctl.cli.output import Column, CsvOpt, JsonlOpt, JsonOpt, emit_record, emit_rows, output_format
 
 app = typer.Typer(help="Discount codes: percent or fixed, with validity and redemption limits.",
@@ -64,7 +64,6 @@ def create(
     Example: planctl discounts create SPRING15 --value 15% --until 2027-04-01 --max-redemptions 100
     --max-per-account 1 --plan codex-pro-monthly --payment-method alipay
     """
-    from planctl.cli.sales import _when
     from planctl.domain.catalog import currency_decimals
     from planctl.domain.money import parse_money
     from planctl.services import discounts, settings
@@ -74,8 +73,8 @@ def create(
     db = st.db()
     decimals = currency_decimals(settings.list_settings(db)["currency"])
     spec = {
-        "code": code, "value": value, "valid_from": _when(st, valid_from, "--from"),
-        "valid_until": _when(st, valid_until, "--until"), "max_redemptions": max_redemptions,
+        "code": code, "value": value, "valid_from": instant_option(st, valid_from, "--from"),
+        "valid_until": instant_option(st, valid_until, "--until"), "max_redemptions": max_redemptions,
         "max_per_account": max_per_account, "plans": _split(plan), "order_kinds": _split(kind),
         "payment_methods": _split(payment_method),
         "min_amount": None if min_amount is None else parse_money(min_amount, decimals), "force": force,

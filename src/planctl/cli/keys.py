@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from planctl.cli.context import State, state
+from planctl.cli.context import State, credit_option, instant_option, state
 from planctl.cli.output import (
     Column, CsvOpt, JsonlOpt, JsonOpt, YesOpt, emit_json, emit_record, emit_rows, output_format, say,
 )
@@ -79,9 +79,7 @@ def _optional_credit(text: Optional[str], option: str) -> Any:
         return None
     if text.strip().lower() == "none":
         return "none"
-    from planctl.cli.sales import _credit
-
-    return _credit(text, option)
+    return credit_option(text, option)
 
 
 @app.command("create")
@@ -107,15 +105,14 @@ def create(
     Example: planctl keys create --from-plan codex-team-monthly --account acme --name ci-runner
     --quantity 20 --credit 50 --expires 90d --secrets-file ci-keys.json
     """
-    from planctl.cli.sales import _credit, _when
     from planctl.services import keys
 
     st = state(ctx)
     fmt = output_format(st, json_=json_)
     spec = keys.KeySpec(
         name=name, from_plan=from_plan, account=account, payg=payg, quantity=quantity,
-        credit_cap=_credit(credit, "--credit"), expires_at=_when(st, expires, "--expires"), group=group,
-        daily_limit=_credit(daily_limit, "--daily-limit"), rpd=rpd,
+        credit_cap=credit_option(credit, "--credit"), expires_at=instant_option(st, expires, "--expires"), group=group,
+        daily_limit=credit_option(daily_limit, "--daily-limit"), rpd=rpd,
     )
     # The secrets file is claimed (private, new) before any key exists and written and synced to disk
     # inside the keys' transaction, before its commit: no moment leaves a key whose secret is lost.
@@ -245,13 +242,12 @@ def list_keys(
 
     Example: planctl keys list --account acme --name 'ci-*' --status active --csv
     """
-    from planctl.cli.sales import _when
     from planctl.services import listing
 
     st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
     flt = listing.KeyFilter(account=account, subscription=subscription, plan=plan, group=group, status=status,
-                         kind=kind, name=name, expiring_before=_when(st, expiring_before, "--expiring-before"),
+                         kind=kind, name=name, expiring_before=instant_option(st, expiring_before, "--expiring-before"),
                          limit=limit)
     rows = (key_view_json(v) for v in listing.keys(st.meter_db(), flt, now=st.now()))
     emit_rows(st, (_usable_text(r) for r in rows) if fmt == "table" else rows, COLUMNS, fmt)
@@ -369,7 +365,6 @@ def edit(
 
     Example: planctl keys edit ci-runner-k3x9 --credit 80 --expires 2027-01-31
     """
-    from planctl.cli.sales import _when
     from planctl.domain.errors import InvalidInput
     from planctl.services import keys
 
@@ -385,7 +380,7 @@ def edit(
         if value is not None:
             changes[field] = None if value == "none" else value
     if expires is not None:
-        changes["expires_at"] = None if expires.strip().lower() == "none" else _when(st, expires, "--expires")
+        changes["expires_at"] = None if expires.strip().lower() == "none" else instant_option(st, expires, "--expires")
     if rpd is not None:
         if rpd.strip().lower() == "none":
             changes["rpd"] = None

@@ -5,7 +5,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from planctl.cli.context import State, state
+from planctl.cli.context import State, credit_option, instant_option, state
 from planctl.cli.output import (
     Column, CsvOpt, JsonlOpt, JsonOpt, YesOpt, emit_json, emit_record, emit_rows, output_format, say,
 )
@@ -26,6 +26,8 @@ IdempotencyKey = Annotated[Optional[str], typer.Option(
     help="Same key + same request returns the original order; never charges twice.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the quote; change nothing.")]
 Account = Annotated[str, typer.Option("--account", "-a", help="Buyer: account id, name or prefix.")]
+
+_when, _credit = instant_option, credit_option  # what cli/metering.py imports from here
 
 SALE_COLUMNS = (
     Column("order_id", "Order"), Column("kind"), Column("item", "Plan/product"), Column("list_price", "List price", "money"),
@@ -149,30 +151,6 @@ def _sell(ctx: typer.Context, json_: bool, dry_run: bool, **fields: Any) -> None
     _show_sale(st, result, fmt)
 
 
-def _when(st: State, text: Optional[str], option: str) -> Any:
-    if text is None:
-        return None
-    from planctl.domain.clock import parse_instant
-    from planctl.domain.errors import InvalidInput
-
-    try:
-        return parse_instant(text, now=st.now(), tz=st.display_zone)
-    except InvalidInput as exc:
-        raise InvalidInput(f"{option}: {exc.message}") from None
-
-
-def _credit(text: Optional[str], option: str) -> Optional[int]:
-    if text is None:
-        return None
-    from planctl.domain.errors import InvalidInput
-    from planctl.domain.money import parse_credit
-
-    try:
-        return parse_credit(text, allow_zero=False)
-    except InvalidInput as exc:
-        raise InvalidInput(f"{option}: {exc.message}") from None
-
-
 # ---------------------------------------------------------------- sales
 
 
@@ -192,7 +170,7 @@ def buy(
     """
     _sell(ctx, json_, dry_run, kind="buy", item=plan, account=account, payment_method=payment_method,
           payment_ref=payment_ref, code=code, ignore_invalid_code=ignore_invalid_code,
-          start=_when(state(ctx), start, "--start"), idempotency_key=idempotency_key)
+          start=instant_option(state(ctx), start, "--start"), idempotency_key=idempotency_key)
 
 
 def renew(
@@ -311,7 +289,7 @@ def topup(
     Example: planctl topup acme 100   (or: planctl topup acme --product payg-100)
     """
     _sell(ctx, json_, dry_run, kind="topup", account=account, item=product,
-          amount=_credit(amount, "AMOUNT"), payment_method=payment_method, payment_ref=payment_ref,
+          amount=credit_option(amount, "AMOUNT"), payment_method=payment_method, payment_ref=payment_ref,
           code=code, ignore_invalid_code=ignore_invalid_code, idempotency_key=idempotency_key)
 
 
