@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from helpers.gateway import buy, install, ledger_of
+from helpers.procs import holder
 
 
 def meter_with_a_key(db: Any, caller: Any) -> tuple[Any, str, str]:
@@ -77,3 +78,18 @@ def test_it_does_not_wait_for_this_processs_other_writer(db: Any, db_url: str, c
         thread.join(5)
     assert ledger_of(db, sub) == (0, 0)
     assert meter.admit_now(secret, "unit", "responses", reserve=5_000) is not None
+
+
+def test_it_does_not_wait_for_another_gateway_worker_writing(db: Any, db_url: str, caller: Any) -> None:
+    """Workers of one gateway queue their writes on the write lock beside the database
+    (store/writelock.py): while another holds it, the loop hands its admission to a thread."""
+    if "://" in db_url:
+        pytest.skip("SQLite only (PostgreSQL never admits on the loop: tested above)")
+    meter, sub, secret = meter_with_a_key(db, caller)
+    proc = holder(db.target.path, 0.5)
+    try:
+        assert meter.admit_now(secret, "unit", "responses", reserve=5_000) is None
+        assert meter.admit(secret, "unit", "responses", reserve=5_000).allowed  # a thread waits its turn
+    finally:
+        proc.wait(10)
+    assert ledger_of(db, sub) == (0, 5_000)

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 from typing import Any
 
 
@@ -53,3 +57,25 @@ class Processes:
             p.join(timeout=30)
             if p.is_alive():
                 p.terminate()
+
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from planctl.store.writelock import WriteLock
+    lock = WriteLock(Path(sys.argv[1]))
+    lock.acquire()
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+    lock.release()
+    print("released", time.monotonic(), flush=True)
+    time.sleep(0.5)
+""")
+
+
+def holder(db: Path, seconds: float) -> subprocess.Popen[str]:
+    """A process holding the metering write lock of `db` for `seconds` (store/writelock.py); it
+    prints 'released <monotonic time>' when it lets go."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(db), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc

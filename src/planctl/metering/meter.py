@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -12,6 +11,7 @@ from typing import Any
 
 from planctl.domain.errors import Conflict, Refused
 from planctl.services import metering as engine
+from planctl.store.writelock import WriteLock
 from planctl.services.metering import HOLD_FOR, ImportReport, Recorded, UsageInput
 
 QUOTE_TTL = 5.0  # seconds a model's price quote is reused (catalog edits show within this)
@@ -57,8 +57,8 @@ class Usage:
 
 class Meter:
     """One object for every metering call of a process. It owns its database: each thread
-    runs on its own driver connection, and on SQLite the writes of one process queue on a
-    lock (not on SQLite's busy handler, which sleeps)."""
+    runs on its own driver connection, and on SQLite the writes of every process on the file
+    queue on store/writelock.py's lock (not on SQLite's busy handler, which sleeps)."""
 
     def __init__(self, db: Any, *, clock: Callable[[], datetime] | None = None,
                  hold_for: timedelta = HOLD_FOR) -> None:
@@ -66,7 +66,8 @@ class Meter:
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.hold_for = hold_for
         self.sqlite = getattr(db, "dialect", "sqlite") == "sqlite"
-        self._writing: Any = threading.Lock() if self.sqlite else nullcontext()
+        self._writing: Any = (WriteLock(getattr(getattr(db, "target", None), "path", None)) if self.sqlite
+                              else nullcontext())
         self._quotes: dict[str, tuple[float, tuple[int, int] | None]] = {}  # model -> (when, µcr per 1M in, out)
 
     @classmethod
@@ -80,6 +81,8 @@ class Meter:
 
     def close(self) -> None:
         self.db.dispose()
+        if self.sqlite:
+            self._writing.close()
 
     # ------------------------------------------------------------ the four calls
 
