@@ -2,7 +2,7 @@
 relay the stream, meter the upstream's usage and settle. Routes (app.py) parse their API's body
 and choose how events and errors look; everything else is here, API-neutral.
 
-Metering is synchronous (services/metering.py through `Meter`): it runs on a thread pool, so the
+Metering is synchronous (the `Meter` of planctl/metering/): it runs on a thread pool, so the
 event loop never waits on the database.
 """
 
