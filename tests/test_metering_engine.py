@@ -2,9 +2,11 @@
 import, natural-period counters, extra usage, the periodic-limit switch, reservations,
 `limits show`, and several processes admitting against one subscription.
 
-Services are called with an explicit `now` (and `at` for records) on the `db`
-fixture; the CLI runs under freezegun on the same database (`cli`). Both run on
-SQLite and, when PLANCTL_TEST_DATABASE_URL is set, on PostgreSQL. Most plans here
+The engine's functions (planctl/metering/) are called with an explicit `now` (and
+`at` for records) on the `db` fixture, with the database's catalog cache
+(`helpers.metering.catalogs`, as a Meter owns one); the CLI runs under freezegun on
+the same database (`cli`). Both run on SQLite and, when PLANCTL_TEST_DATABASE_URL is
+set, on PostgreSQL. Most plans here
 bill a test model `unit` priced at 1 credit per million input tokens, so one input
 token costs exactly 1 µcr and the arithmetic of each scenario is easy to follow.
 Every scenario ends with `db check` (ledger, holds) clean.
