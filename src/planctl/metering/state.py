@@ -25,9 +25,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # window of a sub-user's runn
 
 
 class MeterDb(Protocol):
-    """What metering needs of a database: its identity and plain transactions."""
-
-    url: str
+    """What metering needs of a database: plain transactions (`store.sql`)."""
 
     def tx(self, *, write: bool) -> Any: ...
 
