@@ -9,8 +9,8 @@ the standard `sqlite3` module doing the equivalent raw statements on a copy of
 the same database (same schema, indexes and PRAGMAs: WAL, synchronous=NORMAL,
 foreign_keys=ON, BEGIN IMMEDIATE for writes):
 
-1. admit + record, in process (`metering.authorize(..., reserve=)` then
-   `metering.record(..., reservation=)`), requests/s on one SQLite file, as the
+1. admit + record, in process (`Meter.admit(..., reserve=)` then
+   `Meter.settle(...)`), requests/s on one SQLite file, as the
    median of --rounds rounds of --budget seconds each; one process, then four
    processes (multiprocessing spawn, each with its own database open, each with
    its own key of one subscription with ample credit). Baselines:

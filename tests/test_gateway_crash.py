@@ -138,7 +138,7 @@ def test_kill_9_of_a_worker_loses_no_usage_that_reached_a_client(db: Any, db_url
 def usage(request_id: str) -> Any:
     from datetime import datetime, timezone
 
-    from planctl.services.metering import UsageInput
+    from planctl.metering.recording import UsageInput
 
     return UsageInput(request_id=request_id, model="unit", input_tokens=10, output_tokens=5, status_code=200,
                       key="key_x", at=datetime(2026, 12, 1, 12, tzinfo=timezone.utc), error="x\ny")

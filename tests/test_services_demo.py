@@ -111,7 +111,8 @@ def test_default_mode_charges_through_metering_and_db_check_is_clean(tmp_path: P
 
 
 def test_fast_mode_rollups_agree_with_raw_records_and_nothing_is_charged(tmp_path: Path, caller: Any) -> None:
-    from planctl.services import database, metering
+    from planctl.metering.rollups import rollups
+    from planctl.services import database
     from planctl.store.location import resolve_target
 
     fast_path, charged_path = tmp_path / "fast.db", tmp_path / "charged.db"
@@ -143,7 +144,7 @@ def test_fast_mode_rollups_agree_with_raw_records_and_nothing_is_charged(tmp_pat
             from planctl.store import meter
             from planctl.store.sql import Tx
 
-            meter.roll_up(Tx.within(session), metering.rollups(records))
+            meter.roll_up(Tx.within(session), rollups(records))
             again = [tuple(row) for row in session.execute(text(ordered))]
     finally:
         db.dispose()

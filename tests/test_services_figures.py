@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from helpers import ENDS, NOW, OPENS, US, assert_refused, db_dump as dump
+from helpers.metering import catalogs
 from helpers.sales import account, checks_ok, order_row, sell
 from planctl.cli.hints import word
 
@@ -312,14 +313,16 @@ class _Run:
             invoice(self.db, self.caller, o, self.now)
 
     def do_record(self, i: int, tokens: int) -> None:
-        from planctl.services import metering
+        from planctl.metering.admission import authorize
+        from planctl.metering.recording import UsageInput, record
 
         if (s := self.sub(i)) is None:
             return
         self.requests += 1
-        auth = metering.authorize(self.db, s[1], model="gpt-5.4", reserve=max(1, tokens * 9), now=self.now)
+        auth = authorize(self.db, catalogs(self.db), s[1], model="gpt-5.4", reserve=max(1, tokens * 9),
+                         now=self.now)
         if auth.allowed:
-            metering.record(self.db, metering.UsageInput(
+            record(self.db, catalogs(self.db), UsageInput(
                 request_id=f"{self.acc}-{self.requests}", secret=s[1], model="gpt-5.4", input_tokens=tokens,
                 output_tokens=tokens // 10, status_code=200, at=self.now, reservation=auth.reservation_id),
                 now=self.now)

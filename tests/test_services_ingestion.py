@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from helpers import NOW, rows
-from helpers.metering import buy, checks_ok, install, plan, sub_row, team
+from helpers.metering import buy, catalogs, checks_ok, install, plan, sub_row, team
 from helpers.sales import account
 
 PLANCTL = [sys.executable, "-m", "planctl"]
@@ -44,7 +44,7 @@ def _record_worker(db_url: str, keys: list[str], ids: list[str], wid: int, barri
     from datetime import datetime, timezone
 
     from planctl.domain.errors import PlanctlError
-    from planctl.services import metering
+    from planctl.metering.recording import UsageInput, record
     from planctl.services.database import open_database
     from planctl.store.location import resolve_target
 
@@ -54,10 +54,10 @@ def _record_worker(db_url: str, keys: list[str], ids: list[str], wid: int, barri
         barrier.wait(timeout=60)
         now = datetime.now(timezone.utc)
         for n, rid in enumerate(ids):
-            u = metering.UsageInput(request_id=rid, key=keys[n % len(keys)], model="unit", input_tokens=100 + n,
-                                    output_tokens=1, status_code=200)
+            u = UsageInput(request_id=rid, key=keys[n % len(keys)], model="unit", input_tokens=100 + n,
+                           output_tokens=1, status_code=200)
             try:
-                answers.append(metering.record(database, u, now=now).duplicate)
+                answers.append(record(database, catalogs(database), u, now=now).duplicate)
             except PlanctlError as exc:
                 answers.append(f"exit {int(exc.exit_code)}: {exc.message}")
     finally:

@@ -2,7 +2,7 @@
 
 One fixed data set per backend (built once per module and only read by most
 tests): three accounts, two subscriptions, a PAYG account, six keys in three
-groups, ~200 usage records recorded through `services.metering.record` with
+groups, ~200 usage records recorded through `metering.recording.record` with
 explicit times over seven Beijing days (among them one at 2026-11-20T15:59:59Z
 and one at 16:00:00Z, either side of Beijing midnight), six requested models
 (two Claude names billed through aliases), three API types, status codes 200,
@@ -40,6 +40,7 @@ import pytest
 from freezegun import freeze_time
 
 from helpers import BACKENDS, CR, Cli, NOW, PG_URL, cr, pg_schema_url, utc
+from helpers.metering import catalogs
 
 BJ = ZoneInfo("Asia/Shanghai")
 START = datetime(2026, 11, 14, 16, 0, tzinfo=timezone.utc)  # 2026-11-15 00:00 Beijing: first recorded day
@@ -272,7 +273,8 @@ class World:
 
 
 def build(url: str) -> World:
-    from planctl.services import accounts, keys, metering
+    from planctl.metering.recording import UsageInput, record
+    from planctl.services import accounts, keys
     from planctl.services.audit import Caller
     from planctl.services.database import open_database
     from planctl.services.sales import SaleRequest, sell
@@ -300,7 +302,7 @@ def build(url: str) -> World:
                     else keys.KeySpec(name=label, from_plan=w.subs[sub], group=group))
             w.keys[label] = keys.create(db, spec, caller=caller, now=START)[0].key
         for r in RECS:
-            got = metering.record(db, metering.UsageInput(
+            got = record(db, catalogs(db), UsageInput(
                 request_id=r.request_id, key=w.keys[r.key].id, model=r.model, input_tokens=r.input,
                 cached_tokens=r.cached, output_tokens=r.output, status_code=r.status, latency_ms=r.latency,
                 api=r.api, stream=r.stream, at=r.at, error=r.error), now=NOW)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from helpers import NOW, sqlite_dump
-from helpers.metering import auth, buy, install, plan, use
+from helpers.metering import auth, buy, catalogs, install, plan, use
 from helpers.sales import account
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -71,13 +71,12 @@ def test_every_catalog_write_renews_the_stamp_and_metering_does_not(db: Any, cal
 
 
 def test_a_database_without_a_stamp_is_metered_and_then_stamped(db: Any, caller: Any) -> None:
-    from planctl.services import metering
     from planctl.store import meter
 
     b = _bought(db, caller)
     with db.tx(write=True) as tx:
         tx.run("DELETE FROM counters WHERE name = :name", {"name": meter.CATALOG_STAMP})
-    metering._CATALOGS.clear()
+    catalogs(db, fresh=True)  # nothing cached
     assert auth(db, b.secret).allowed  # a read: loads the catalog without caching it
     assert _stamp(db) is None
     assert use(db, b.key, "r1", 10).record.cost == 10  # a write gives the catalog its stamp
@@ -146,7 +145,7 @@ def test_cli_authorize_migrates_an_older_file_first(tmp_path: Path) -> None:
 
 def test_a_busy_database_is_refused_as_a_conflict_and_left_untouched(tmp_path: Path, caller: Any) -> None:
     from planctl.domain.errors import Conflict
-    from planctl.services import metering
+    from planctl.metering.recording import UsageInput, record
     from planctl.store.sql import SqliteFile
 
     path = tmp_path / "busy.db"
@@ -158,20 +157,20 @@ def test_a_busy_database_is_refused_as_a_conflict_and_left_untouched(tmp_path: P
     meter_db.connection.execute("PRAGMA busy_timeout = 50")
     try:
         with pytest.raises(Conflict, match="is busy"):
-            metering.record(meter_db, metering.UsageInput(request_id="r1", key=b.key, model="unit", input_tokens=1,
-                                                          output_tokens=0, status_code=200), now=NOW)
+            record(meter_db, catalogs(meter_db), UsageInput(request_id="r1", key=b.key, model="unit",
+                                                            input_tokens=1, output_tokens=0, status_code=200), now=NOW)
     finally:
         writer.execute("ROLLBACK")
         writer.close()
     assert sqlite_dump(path) == before
-    assert metering.record(meter_db, metering.UsageInput(request_id="r1", key=b.key, model="unit", input_tokens=1,
-                                                         output_tokens=0, status_code=200), now=NOW).row
+    assert record(meter_db, catalogs(meter_db), UsageInput(request_id="r1", key=b.key, model="unit", input_tokens=1,
+                                                           output_tokens=0, status_code=200), now=NOW).row
     meter_db.dispose()
 
 
 def test_a_read_only_database_is_refused_with_a_clear_line(tmp_path: Path, caller: Any) -> None:
     from planctl.domain.errors import InvalidInput
-    from planctl.services import metering
+    from planctl.metering.recording import UsageInput, record
     from planctl.store.sql import SqliteFile
 
     path = tmp_path / "ro.db"
@@ -180,8 +179,8 @@ def test_a_read_only_database_is_refused_with_a_clear_line(tmp_path: Path, calle
     meter_db.connection.execute("PRAGMA query_only = ON")  # refuses writes as a read-only file would
     try:
         with pytest.raises(InvalidInput, match="read-only"):
-            metering.record(meter_db, metering.UsageInput(request_id="r1", key=b.key, model="unit", input_tokens=1,
-                                                          output_tokens=0, status_code=200), now=NOW)
+            record(meter_db, catalogs(meter_db), UsageInput(request_id="r1", key=b.key, model="unit",
+                                                            input_tokens=1, output_tokens=0, status_code=200), now=NOW)
     finally:
         meter_db.dispose()
 
@@ -228,17 +227,17 @@ def test_instants_are_stored_as_sqlalchemy_stores_them_and_read_back_aware() -> 
 def test_a_row_moved_before_it_is_read_gets_the_database_values_under_its_changes(db: Any, caller: Any) -> None:
     """The batch's identity map: a counter settled (moved) before a decision reads it must show
     the stored value plus the change, and write only the change."""
-    from planctl.services import metering
+    from planctl.metering.changes import Changes
     from planctl.store import meter
 
     b = _bought(db, caller)
     use(db, b.key, "r1", 100)  # the key's day counter now holds 1 request, 100 µcr
     with db.tx(write=True) as tx:
         key_id = meter.key_by(tx, "id", b.key, write=False)[0].id
-        window = (key_id, "key-day", metering._catalog(tx, db, write=False).day(NOW)[0])
+        window = (key_id, "key-day", catalogs(db).get(tx, write=False).day(NOW)[0])
         stored = meter.counters(tx, [window])[window]
         assert (stored.requests, stored.credit) == (1, 100)
-        changes = metering._Changes()
+        changes = Changes()
         moved = changes.row("counter", window)  # blank: only the change
         moved.requests += 1
         moved.credit += 5
@@ -263,14 +262,14 @@ def test_reservation_listing_refuses_an_unknown_status(cli: Any) -> None:
 
 def test_expired_holds_are_found_through_the_open_holds_index(db: Any, caller: Any) -> None:
     """Settled and expired holds leave the partial index; stale ones are still released."""
-    from planctl.services import metering
+    from planctl.metering.holds import HOLD_FOR, list_reservations
 
     b = _bought(db, caller)
     held = [auth(db, b.secret, reserve=100).reservation_id for _ in range(3)]
     use(db, b.key, "r1", 10, reservation=held[0])
-    later = NOW + metering.HOLD_FOR + timedelta(seconds=1)
-    assert [r.id for r in metering.list_reservations(db, now=later, status="held")] == []
-    statuses = {r.id: r.status for r in metering.list_reservations(db, now=later, status=None)}
+    later = NOW + HOLD_FOR + timedelta(seconds=1)
+    assert [r.id for r in list_reservations(db, now=later, status="held")] == []
+    statuses = {r.id: r.status for r in list_reservations(db, now=later, status=None)}
     assert statuses == {held[0]: "settled", held[1]: "expired", held[2]: "expired"}
 
 
@@ -320,7 +319,8 @@ def test_driver_errors_that_mean_try_again_become_conflicts_and_roll_back() -> N
 
 
 def test_prune_removes_closed_reservations_before_the_cutoff_and_never_an_open_hold(db: Any, caller: Any) -> None:
-    from planctl.services import metering, pruning
+    from planctl.metering.holds import list_reservations
+    from planctl.services import pruning
 
     install(db, caller, plan("meter", total_credit="1", validity="1y"))
     old, new = NOW - timedelta(days=40), NOW - timedelta(days=1)
@@ -334,5 +334,5 @@ def test_prune_removes_closed_reservations_before_the_cutoff_and_never_an_open_h
     summary = pruning.summarize(db, cutoff)
     assert (summary.records, summary.reservations) == (1, 1)
     assert pruning.prune(db, cutoff, caller=caller, now=NOW) == (1, 1)
-    left = {r.id: r.status for r in metering.list_reservations(db, now=NOW, status=None)}
+    left = {r.id: r.status for r in list_reservations(db, now=NOW, status=None)}
     assert left == {open_old: "held", settled_new: "settled"}

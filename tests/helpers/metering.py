@@ -1,8 +1,9 @@
 """The metering world: plans billing the test model `unit` (1 µcr an input token), sales, team
-keys, authorize and record through the services, at NOW unless told."""
+keys, authorize and record through the metering engine, at NOW unless told."""
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -55,20 +56,34 @@ def team(db: Any, caller: Any, sub: str, name: str = "team", now: datetime = NOW
     return made[0].key.id, made[0].secret
 
 
-def auth(db: Any, secret: str, model: str = "unit", now: datetime = NOW, **kw: Any) -> Any:
-    from planctl.services import metering
+_CATALOGS: dict[int, tuple[Any, Any]] = {}  # id(db) -> (a weak reference to it, its cache)
 
-    return metering.authorize(db, secret, model=model, now=now, **kw)
+
+def catalogs(db: Any, *, fresh: bool = False) -> Any:
+    """The catalog cache of a database, as a `Meter` on it would own one: kept across calls, so
+    tests see it reloaded when the catalog changes (`fresh`: a new one, as a new Meter starts)."""
+    from planctl.metering.catalog import Catalogs
+
+    hit = _CATALOGS.get(id(db))
+    if hit is None or hit[0]() is not db or fresh:  # (an id is reused once its database is gone)
+        hit = _CATALOGS[id(db)] = (weakref.ref(db), Catalogs())
+    return hit[1]
+
+
+def auth(db: Any, secret: str, model: str = "unit", now: datetime = NOW, **kw: Any) -> Any:
+    from planctl.metering.admission import authorize
+
+    return authorize(db, catalogs(db), secret, model=model, now=now, **kw)
 
 
 def use(db: Any, key: str, rid: str, tokens: int = 0, at: datetime = NOW, model: str = "unit",
         now: datetime | None = None, **kw: Any) -> Any:
     """Record a request; with the `unit` model `tokens` input tokens cost exactly that many µcr."""
-    from planctl.services import metering
+    from planctl.metering.recording import UsageInput, record
 
     fields: dict[str, Any] = {"input_tokens": tokens, "output_tokens": 0, "status_code": 200, **kw}
-    u = metering.UsageInput(request_id=rid, key=key, model=model, at=at, **fields)
-    return metering.record(db, u, now=now or at)
+    u = UsageInput(request_id=rid, key=key, model=model, at=at, **fields)
+    return record(db, catalogs(db), u, now=now or at)
 
 
 def sub_row(db: Any, sub: str) -> Any:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 if TYPE_CHECKING:
+    from planctl.metering import Meter
     from planctl.services.audit import Caller
     from planctl.store.engine import Database
     from planctl.store.location import DbTarget
@@ -72,6 +73,14 @@ class State:
             if target.path is not None and schema_version(target.path) == SCHEMA_VERSION:
                 self._sqlite_file = SqliteFile(target.path, target.display)
         return self._sqlite_file or self.db()
+
+    def meter(self, *, orm: bool = False) -> Meter:
+        """The metering engine (planctl/metering/), the gateway's entry point, on `meter_db()`;
+        with `orm`, on the full database (the audited admin writes need the ORM). One per
+        command: its catalog cache lives as long as the command."""
+        from planctl.metering import Meter
+
+        return Meter(self.db() if orm else self.meter_db(), clock=self.now)
 
     def close(self) -> None:
         if self._sqlite_file is not None:

@@ -1,4 +1,5 @@
-"""Metering commands: authorize, usage record/import, limits, reservations."""
+"""Metering commands: authorize, usage record/import, limits, reservations; all of them clients
+of the `Meter` (planctl/metering/), the gateway's entry point too."""
 
 
 import csv
@@ -92,13 +93,11 @@ def authorize(
     Example: PLANCTL_API_KEY=sk-… planctl authorize --model claude-sonnet-4-5 --api claude --reserve 0.5
     """
     from planctl.cli.sales import _credit as parse_credit
-    from planctl.services import metering
 
     st = state(ctx)
     fmt = output_format(st, json_=json_)
     secret = read_secret(key_file, key_env)
-    auth = metering.authorize(st.meter_db(), secret, model=model, api=api, reserve=parse_credit(reserve, "--reserve"),
-                              now=st.now())
+    auth = st.meter().authorize(secret, model, api, parse_credit(reserve, "--reserve"))
     data = authorization_json(auth)
     if fmt == "json":
         emit_json(st, data)
@@ -161,18 +160,18 @@ def usage_record(
     """
     from planctl.cli.sales import _when
     from planctl.domain.errors import InvalidInput
-    from planctl.services import metering
+    from planctl.metering.recording import UsageInput
 
     st = state(ctx)
     fmt = output_format(st, json_=json_)
     if (key is None) == (key_file is None):
         raise InvalidInput("give --key (id, name or prefix) or --key-file, one of them")
-    u = metering.UsageInput(
+    u = UsageInput(
         request_id=request_id, key=key, secret=read_secret(key_file, "") if key_file else None, model=model,
         input_tokens=input_tokens, cached_tokens=cached, output_tokens=output_tokens, status_code=status,
         latency_ms=latency_ms, api=api, stream=stream, at=_when(st, time, "--time"), reservation=reservation,
         error=error)
-    result = metering.record(st.meter_db(), u, now=st.now())
+    result = st.meter().record(u)
     emit_record(st, record_json(result), RECORD_COLUMNS, fmt)
     if result.duplicate:
         say(st, f"note: {result.note}")
@@ -207,7 +206,7 @@ class RowParser:
     def __init__(self) -> None:
         from dataclasses import fields
 
-        from planctl.services.metering import UsageInput
+        from planctl.metering.recording import UsageInput
 
         self.make = UsageInput
         self.slots = [f.name for f in fields(UsageInput)]
@@ -334,7 +333,7 @@ def usage_import(
     """
     from planctl.cli.hints import word
     from planctl.domain.errors import InvalidInput
-    from planctl.services import metering
+    from planctl.metering.importing import ImportReport
 
     st = state(ctx)
     fmt = output_format(st, json_=json_)
@@ -346,7 +345,7 @@ def usage_import(
     except OSError as exc:
         raise InvalidInput(f"cannot read {file}: {exc.strerror}") from None
     gc.freeze()  # the objects made so far live to the end: keep them out of the collections a long import triggers
-    committed = metering.ImportReport()
+    committed = ImportReport()
 
     def batch_done(report: Any) -> None:  # called after each committed batch
         committed.new, committed.duplicate = report.new, report.duplicate
@@ -356,8 +355,7 @@ def usage_import(
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it like Ctrl-C
     try:
         with handle, _Progress(st) as progress:
-            report = metering.import_usage(st.meter_db(), read_rows(handle, kind), now=st.now(),
-                                           batch_size=batch_size, progress=batch_done)
+            report = st.meter().import_lines(read_rows(handle, kind), batch_size=batch_size, progress=batch_done)
     except KeyboardInterrupt:
         say(st, f"interrupted: {committed.new:,} new and {committed.duplicate:,} duplicate lines were committed "
                 f"(imports commit every {batch_size:,} lines); re-running the same file is safe: lines already "
@@ -464,11 +462,9 @@ def limits_show(ctx: typer.Context, target: Annotated[str, typer.Argument(help="
     One row per limit that applies (plan and key), each with what is left.
     Example: planctl limits show sub_k3x9q2mz
     """
-    from planctl.services import metering
-
     st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_)
-    data = limits_json(metering.limits_view(st.meter_db(), target, now=st.now()), st.display_zone)
+    data = limits_json(st.meter().limits(target), st.display_zone)
     if fmt == "json":
         emit_json(st, data)
         return
@@ -521,11 +517,9 @@ def limits_show(ctx: typer.Context, target: Annotated[str, typer.Argument(help="
 
 
 def _toggle(ctx: typer.Context, sub: str, enabled: bool, json_: bool) -> None:
-    from planctl.services import metering
-
     st = state(ctx)
     fmt = output_format(st, json_=json_)
-    row = metering.set_period_limit(st.db(), sub, enabled, caller=st.caller(), now=st.now())
+    row = st.meter(orm=True).set_period_limit(sub, enabled, caller=st.caller())
     data = {"subscription_id": row.id, "period_limit_enabled": row.period_limit_enabled}
     if fmt == "json":
         emit_json(st, data)
@@ -581,11 +575,9 @@ def reservations_list(
 
     Example: planctl reservations list --status all --json
     """
-    from planctl.services import metering
-
     st = state(ctx, read_only=True)
     fmt = output_format(st, json_=json_, jsonl=jsonl, csv_=csv_)
-    rows = metering.list_reservations(st.meter_db(), now=st.now(), status=None if status == "all" else status, key=key)
+    rows = st.meter().reservations(status=None if status == "all" else status, key=key)
     emit_rows(st, (reservation_json(r) for r in rows), RES_COLUMNS, fmt)
 
 
@@ -596,9 +588,7 @@ def reservations_release(ctx: typer.Context, reservation: Annotated[str, typer.A
 
     Example: planctl reservations release res_k3x9q2mzab
     """
-    from planctl.services import metering
-
     st = state(ctx)
     fmt = output_format(st, json_=json_)
-    res = metering.release(st.db(), reservation, caller=st.caller(), now=st.now())
+    res = st.meter(orm=True).release_by_hand(reservation, caller=st.caller())
     emit_record(st, reservation_json(res), RES_COLUMNS, fmt)

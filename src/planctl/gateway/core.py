@@ -2,7 +2,7 @@
 relay the stream, meter the upstream's usage and settle. Routes (app.py) parse their API's body
 and choose how events and errors look; everything else is here, API-neutral.
 
-Metering is synchronous (services/metering.py through `Meter`). On SQLite the event loop admits a
+Metering is synchronous (the `Meter` of planctl/metering/). On SQLite the event loop admits a
 request itself when that cannot wait (`Meter.admit_now`: no write of this process under way, no
 other process holding the write lock), saving two thread switches; everything else runs on a
 thread pool, so the event loop never waits on the database.

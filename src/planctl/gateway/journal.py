@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from planctl.services.metering import UsageInput
+from planctl.metering.recording import UsageInput
 
 SEGMENT_LINES = 10_000
 log = logging.getLogger("planctl.gateway")

@@ -23,7 +23,7 @@ from typing import Any
 from planctl.domain.errors import InvalidInput, NotFound
 from planctl.gateway.metrics import BACKLOG
 from planctl.metering import Meter
-from planctl.services.metering import UsageInput
+from planctl.metering.recording import UsageInput
 
 log = logging.getLogger("planctl.gateway")
 

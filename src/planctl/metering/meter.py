@@ -1,4 +1,10 @@
-"""`Meter`: admit, settle, release and record, over services/metering.py, safe across threads."""
+"""`Meter`: the one entry point of metering, for the gateway (admit, settle, release, record)
+and for the CLI's metering commands (authorize, record, import, reservations, limits).
+
+It owns what must live as long as the process meters: its database, the catalog cache
+(catalog.py), the clock, the hold timeout, the SQLite write lock and the price quotes; the
+rules run in the package's modules, which take the database and the cache as parameters.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,16 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from planctl.domain.errors import Conflict, Refused
-from planctl.services import metering as engine
+from planctl.metering import admission as admissions
+from planctl.metering import catalog, holds, importing, recording
+from planctl.metering import limits as limit_views
+from planctl.metering.admission import Authorization
+from planctl.metering.holds import HOLD_FOR
+from planctl.metering.importing import ImportReport
+from planctl.metering.limits import LimitsView
+from planctl.metering.recording import Recorded, UsageInput
+from planctl.store.meter import HoldRow
 from planctl.store.writelock import WriteLock
-from planctl.services.metering import HOLD_FOR, ImportReport, Recorded, UsageInput
 
 QUOTE_TTL = 5.0  # seconds a model's price quote is reused (catalog edits show within this)
 
@@ -58,7 +71,8 @@ class Usage:
 class Meter:
     """One object for every metering call of a process. It owns its database: each thread
     runs on its own driver connection, and on SQLite the writes of every process on the file
-    queue on store/writelock.py's lock (not on SQLite's busy handler, which sleeps)."""
+    queue on store/writelock.py's lock (not on SQLite's busy handler, which sleeps). It owns its
+    catalog cache too (one per database: a Meter per database, a fresh one per one-shot command)."""
 
     def __init__(self, db: Any, *, clock: Callable[[], datetime] | None = None,
                  hold_for: timedelta = HOLD_FOR) -> None:
@@ -66,8 +80,8 @@ class Meter:
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.hold_for = hold_for
         self.sqlite = getattr(db, "dialect", "sqlite") == "sqlite"
-        self._writing: Any = (WriteLock(getattr(getattr(db, "target", None), "path", None)) if self.sqlite
-                              else nullcontext())
+        self._writing: Any = WriteLock(getattr(db, "file", None)) if self.sqlite else nullcontext()
+        self.catalogs = catalog.Catalogs()
         self._quotes: dict[str, tuple[float, tuple[int, int] | None]] = {}  # model -> (when, µcr per 1M in, out)
 
     @classmethod
@@ -110,9 +124,9 @@ class Meter:
             self._writing.release()
 
     def _admit(self, secret: str, model: str, api: str, reserve: int | None) -> Admission:
+        """`admit` with the write lock held (or not needed)."""
         try:
-            auth = engine.authorize(self.db, secret, model=model, api=api, reserve=reserve or None,
-                                    now=self.clock(), hold_for=self.hold_for)
+            auth = self._authorize(secret, model, api, reserve or None)
         except Refused as exc:  # a concurrent request took what the hold needed
             return Admission(False, exc.reason, exc.message, model, api)
         return Admission(auth.allowed, auth.reason, auth.message, model, api, auth.billed_model, auth.key_id,
@@ -140,7 +154,7 @@ class Meter:
     def record(self, u: UsageInput) -> Recorded:
         """One usage record in its own transaction (a request id seen before changes nothing)."""
         with self._writing:
-            return engine.record(self.db, u, now=self.clock())
+            return recording.record(self.db, self.catalogs, u, now=self.clock())
 
     def release(self, admission_or_reservation_id: Admission | str, reason: str) -> bool:
         """Give a hold back at once (the request never reached an upstream: `reason` says why).
@@ -150,13 +164,54 @@ class Meter:
         if not res_id:
             return False
         with self._writing:
-            return engine.release_hold(self.db, res_id, now=self.clock())
+            return holds.release_hold(self.db, res_id, now=self.clock())
 
     def record_many(self, records: Iterable[UsageInput], *, keep: bool = False) -> ImportReport:
         """Many usage records in batches (one transaction each), as `usage import` does; with
         `keep`, the report has each new record's values by position (from 1)."""
+        return self.import_lines(enumerate(records, 1), keep=keep)
+
+    def import_lines(self, lines: Iterable[tuple[int, UsageInput | str]], *, batch_size: int = 2_000,
+                     progress: Callable[[ImportReport], Any] | None = None, keep: bool = False) -> ImportReport:
+        """(line number, UsageInput or why the line is unreadable) pairs recorded in batches of
+        `batch_size`, one transaction each; `progress` sees the report after each batch."""
         with self._writing:
-            return engine.import_usage(self.db, enumerate(records, 1), now=self.clock(), keep=keep)
+            return importing.import_usage(self.db, self.catalogs, lines, now=self.clock(), batch_size=batch_size,
+                                          progress=progress, keep=keep)
+
+    # ------------------------------------------------------------ what the CLI asks besides
+
+    def authorize(self, secret: str, model: str, api: str = "responses",
+                  reserve: int | None = None) -> Authorization:
+        """`admit` in full (`planctl authorize`): the pool, what extra usage lifted and when the
+        hold expires besides; a lost race for the hold is raised (Refused), not answered."""
+        with self._writing if reserve else nullcontext():
+            return self._authorize(secret, model, api, reserve)
+
+    def _authorize(self, secret: str, model: str, api: str, reserve: int | None) -> Authorization:
+        return admissions.authorize(self.db, self.catalogs, secret, model=model, api=api, reserve=reserve,
+                                    now=self.clock(), hold_for=self.hold_for)
+
+    def reservations(self, *, status: str | None = "held", key: str | None = None,
+                     limit: int = 1000) -> list[HoldRow]:
+        """Holds by status (None: all), of one key if given, after releasing the expired ones."""
+        return holds.list_reservations(self.db, now=self.clock(), status=status, key=key, limit=limit)
+
+    def release_by_hand(self, reservation_id: str, *, caller: Any) -> HoldRow:
+        """Release a hold as an admin does (audited; refused when it is closed already). Needs a
+        database with the ORM (`store.engine.Database`)."""
+        with self._writing:
+            return holds.release_by_hand(self.db, reservation_id, caller=caller, now=self.clock())
+
+    def limits(self, ref: str) -> LimitsView:
+        """Every quota of a subscription (by its key) or of one key, side by side."""
+        return limit_views.limits_view(self.db, self.catalogs, ref, now=self.clock())
+
+    def set_period_limit(self, ref: str, enabled: bool, *, caller: Any) -> Any:
+        """Turn a subscription's periodic limit on or off where its plan allows it (audited; the
+        ORM database, as `release_by_hand`). Returns the subscription."""
+        with self._writing:
+            return limit_views.set_period_limit(self.db, ref, enabled, caller=caller, now=self.clock())
 
     # ------------------------------------------------------------ what a gateway asks besides
 
@@ -166,8 +221,8 @@ class Meter:
         now = time.monotonic()
         hit = self._quotes.get(model)
         if hit is None or now - hit[0] > QUOTE_TTL:
-            per_input = engine.quote(self.db, model, input_tokens=1_000_000, output_tokens=0)
-            per_output = engine.quote(self.db, model, input_tokens=0, output_tokens=1_000_000)
+            per_input = catalog.quote(self.db, self.catalogs, model, input_tokens=1_000_000, output_tokens=0)
+            per_output = catalog.quote(self.db, self.catalogs, model, input_tokens=0, output_tokens=1_000_000)
             hit = self._quotes[model] = (now, None if per_input is None or per_output is None
                                          else (per_input, per_output))
         prices = hit[1]
@@ -177,4 +232,4 @@ class Meter:
 
     def models(self, secret: str) -> list[tuple[str, str]] | None:
         """(name, billed model) pairs the key's plan allows; None for an unknown key."""
-        return engine.plan_models(self.db, secret, now=self.clock())
+        return admissions.plan_models(self.db, self.catalogs, secret, now=self.clock())

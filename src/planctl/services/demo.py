@@ -20,9 +20,9 @@ accounts, keys, records and costs (ids and key secrets are random, as always).
 
 Two ways of recording the usage:
 
-- default: every request is admitted first (`metering.authorize`, as the
-  gateway does) and recorded through the real metering path
-  (`metering.import_usage`); a refused request is recorded as refused (status
+- default: every request is admitted first (`metering.admission.authorize`, as
+  the gateway does) and recorded through the real metering path
+  (`metering.importing.import_usage`); a refused request is recorded as refused (status
   429, no tokens, nothing charged, the reason in its error text). Balances,
   counters, extra usage, daily rollups and the ledger agree, `planctl db
   check` is clean, and no subscription uses more than it was granted. Records
@@ -57,7 +57,11 @@ from planctl.domain.errors import InvalidInput, Note, Refused
 from planctl.domain.latency import LATENCY_BUCKETS_MS
 from planctl.domain.quota import request_cost
 from planctl.domain import lifecycle
-from planctl.services import accounts, keys, metering, sales, settings
+from planctl.metering.admission import authorize
+from planctl.metering.catalog import Catalogs
+from planctl.metering.importing import import_usage
+from planctl.metering.recording import UsageInput
+from planctl.services import accounts, keys, sales, settings
 from planctl.services.audit import Caller
 from planctl.store.columns import ROLLUP_COLUMNS, ROLLUP_SUMMED, USAGE_BY_HAND
 from planctl.store.engine import Database
@@ -587,14 +591,15 @@ NEAR = 20_000_000  # µcr: closer than this (plus the request's cost) to a limit
 def _record_charged(db: Database, traffic: _Traffic, summary: DemoSummary, now: datetime,
                     progress: Progress | None) -> None:
     """Admit each request, then record it (refused: as refused); see the module docstring."""
+    catalogs = Catalogs()  # the catalog, read once for the whole run (and again if it changes)
     total = traffic.records
-    chunk: list[tuple[int, metering.UsageInput]] = []
+    chunk: list[tuple[int, UsageInput]] = []
     pending: dict[str, int] = {}  # µcr in `chunk` per pool owner (subscription, or account for PAYG)
     number = 0
 
     def flush(when: datetime = now) -> None:
         if chunk:
-            report = metering.import_usage(db, chunk, now=when, batch_size=len(chunk))
+            report = import_usage(db, catalogs, chunk, now=when, batch_size=len(chunk))
             summary.records += report.new
             summary.rejected += report.rejected
             if report.rejected and not any(n.startswith("records rejected") for n in summary.notes):
@@ -609,14 +614,14 @@ def _record_charged(db: Database, traffic: _Traffic, summary: DemoSummary, now: 
             number += 1
             at = start + timedelta(microseconds=offset)
             cost, owner = s[10][key.group_index], key.subscription_id or key.account_id
-            usage = metering.UsageInput(
+            usage = UsageInput(
                 request_id=f"{traffic.prefix}{number:08d}", key=key.id, model=s[0], api=s[2], input_tokens=s[3],
                 cached_tokens=s[4], output_tokens=s[5], status_code=s[6], latency_ms=s[7], stream=s[8],
                 error=s[9], at=at)
-            auth = metering.authorize(db, key.secret, model=s[0], api=s[2], now=at)
+            auth = authorize(db, catalogs, key.secret, model=s[0], api=s[2], now=at)
             if auth.allowed and _headroom(auth.remaining) - pending.get(owner, 0) < cost + NEAR:
                 flush()  # near a limit: hold the exact cost, and settle it at once
-                auth = metering.authorize(db, key.secret, model=s[0], api=s[2], reserve=max(cost, 1), now=at)
+                auth = authorize(db, catalogs, key.secret, model=s[0], api=s[2], reserve=max(cost, 1), now=at)
                 if auth.allowed:
                     usage.reservation = auth.reservation_id
                     chunk.append((number, usage))
@@ -647,7 +652,7 @@ def _headroom(remaining: dict[str, Any]) -> int:
     return min(left, default=NEAR * 1_000)
 
 
-def _refused(u: metering.UsageInput, reason: str | None) -> metering.UsageInput:
+def _refused(u: UsageInput, reason: str | None) -> UsageInput:
     """The record of a request admission refused: it never reached the model, so it costs nothing."""
     from dataclasses import replace
 

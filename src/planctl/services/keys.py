@@ -165,7 +165,7 @@ def resolve(session: Session, ref: str, *, account: str | None = None) -> ApiKey
 
 def by_secret(session: Session, secret: str, now: datetime) -> ApiKey | None:
     """The key a secret belongs to: its current secret, or its previous one within the rotation grace."""
-    from planctl.services.metering import key_by_secret
+    from planctl.metering.state import key_by_secret
 
     found = key_by_secret(Tx.within(session), secret, now, write=False)
     return None if found is None else session.get(ApiKey, found[0].id)

@@ -95,6 +95,11 @@ class Database:
             self._local.never_waits = True
 
     @property
+    def file(self) -> Path | None:
+        """The SQLite file (None on PostgreSQL)."""
+        return self.target.path
+
+    @property
     def url(self) -> str:
         return self.target.url
 

@@ -3,8 +3,8 @@
 Query functions return plain rows; writers take plain values. Every debit or
 hold is one conditional UPDATE whose affected-row count decides; balances are
 moved by increments, so two transactions can never overwrite each other's
-change. The decisions themselves live in domain/quota.py and
-services/metering.py.
+change. The decisions themselves live in domain/quota.py and the
+metering package (planctl/metering/).
 
 On PostgreSQL a write transaction locks the rows it reads in one global
 order: keys, then accounts, then subscriptions (each kind by id; see

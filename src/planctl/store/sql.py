@@ -401,8 +401,10 @@ class SqliteFile:
     either; commands that only meter use it to skip importing SQLAlchemy.
     """
 
+    dialect = "sqlite"
+
     def __init__(self, path: Path, display: str) -> None:
-        self.url, self.display = f"sqlite:///{path}", display
+        self.url, self.display, self.file = f"sqlite:///{path}", display, path
         self.connection = connect_sqlite(path)
 
     def tx(self, *, write: bool) -> transaction:

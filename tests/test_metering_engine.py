@@ -2,9 +2,11 @@
 import, natural-period counters, extra usage, the periodic-limit switch, reservations,
 `limits show`, and several processes admitting against one subscription.
 
-Services are called with an explicit `now` (and `at` for records) on the `db`
-fixture; the CLI runs under freezegun on the same database (`cli`). Both run on
-SQLite and, when PLANCTL_TEST_DATABASE_URL is set, on PostgreSQL. Most plans here
+The engine's functions (planctl/metering/) are called with an explicit `now` (and
+`at` for records) on the `db` fixture, with the database's catalog cache
+(`helpers.metering.catalogs`, as a Meter owns one); the CLI runs under freezegun on
+the same database (`cli`). Both run on SQLite and, when PLANCTL_TEST_DATABASE_URL is
+set, on PostgreSQL. Most plans here
 bill a test model `unit` priced at 1 credit per million input tokens, so one input
 token costs exactly 1 µcr and the arithmetic of each scenario is easy to follow.
 Every scenario ends with `db check` (ledger, holds) clean.
@@ -22,7 +24,7 @@ from freezegun import freeze_time
 
 from helpers import CR, ENDS, NOW, US, assert_refused, cr, db_dump as dump, error_reason, js, rows, run, utc, z
 
-from helpers.metering import Bought, auth, buy, checks_ok, install, plan, sold_meter, sub_row, team, use
+from helpers.metering import Bought, auth, buy, catalogs, checks_ok, install, plan, sold_meter, sub_row, team, use
 from helpers.sales import account, sell
 
 MIDNIGHT = datetime(2026, 11, 21, 16, 0, tzinfo=timezone.utc)  # 2026-11-22 00:00 in Beijing (after NOW)
@@ -288,7 +290,8 @@ S = NOW - timedelta(days=40)  # the ladder's subscription starts here and has ex
 def test_admission_order_every_failure_on_then_removed_one_at_a_time(db: Any, caller: Any) -> None:
     """Every failure is switched on for one team key of a sub-user; each is then removed by
     the command a user would run, and the next reason in the documented order appears."""
-    from planctl.services import accounts, keys, metering
+    from planctl.metering.limits import set_period_limit
+    from planctl.services import accounts, keys
 
     ladder = dict(family="ladder", models=["unit"], groups=["default", "priority"], api_types=["responses", "chat"],
                   total_credit="0.001", period="day", period_credit="0.0001", period_limit_can_disable=True,
@@ -335,7 +338,7 @@ def test_admission_order_every_failure_on_then_removed_one_at_a_time(db: Any, ca
         ("credit_exhausted", direct_renewal),
         ("key_credit_cap_reached", lambda: keys.edit(db, key, {"credit_cap": None}, caller=caller, now=NOW)),
         ("subuser_quota_reached", lambda: accounts.update(db, dev, {"subuser_quota": None}, caller=caller, now=NOW)),
-        ("period_limit_reached", lambda: metering.set_period_limit(db, b.sub, False, caller=caller, now=NOW)),
+        ("period_limit_reached", lambda: set_period_limit(db, b.sub, False, caller=caller, now=NOW)),
         ("rpd_reached", lambda: sell(db, caller, NOW, kind="upgrade", subscription=b.sub, item="ladder-3")),
         ("tpd_reached", lambda: sell(db, caller, NOW, kind="upgrade", subscription=b.sub, item="ladder-4")),
         ("key_daily_limit_reached", lambda: keys.edit(db, key, {"daily_limit": None}, caller=caller, now=NOW)),
@@ -472,7 +475,7 @@ def test_cli_authorize_and_record_across_beijing_midnight_under_freezegun(
 
 
 def test_a_weekly_period_starts_on_monday_0000_beijing(db: Any, caller: Any) -> None:
-    from planctl.services import metering
+    from planctl.metering.limits import limits_view
 
     install(db, caller, plan("weekly", period="week", period_credit="0.0001"))
     acc = account(db, caller, now=utc(2026, 11, 10))
@@ -483,7 +486,7 @@ def test_a_weekly_period_starts_on_monday_0000_beijing(db: Any, caller: Any) -> 
     use(db, b.key, "monday-0000", 60, at=monday)
     a = auth(db, b.secret)
     assert (a.allowed, a.remaining["period"]) == (True, 40)
-    assert metering.limits_view(db, b.sub, now=NOW).period == (monday, next_monday)
+    assert limits_view(db, catalogs(db), b.sub, now=NOW).period == (monday, next_monday)
     use(db, b.key, "saturday", 40)
     blocked = auth(db, b.secret, now=next_monday - US)  # Sunday 23:59:59.999999 in Beijing
     assert (blocked.reason, blocked.next_reset) == ("period_limit_reached", next_monday)
@@ -493,13 +496,13 @@ def test_a_weekly_period_starts_on_monday_0000_beijing(db: Any, caller: Any) -> 
 
 
 def test_a_monthly_period_starts_on_the_first_at_0000_beijing(db: Any, caller: Any) -> None:
-    from planctl.services import metering
+    from planctl.metering.limits import limits_view
 
     install(db, caller, plan("monthly", period="month", period_credit="0.0001"))
     acc = account(db, caller)
     b = buy(db, caller, acc, "monthly")
     first_nov, first_dec = utc(2026, 10, 31, 16), utc(2026, 11, 30, 16)
-    assert metering.limits_view(db, b.sub, now=NOW).period == (first_nov, first_dec)
+    assert limits_view(db, catalogs(db), b.sub, now=NOW).period == (first_nov, first_dec)
     use(db, b.key, "last-second", 100, at=first_dec - timedelta(seconds=1))
     blocked = auth(db, b.secret, now=first_dec - US)
     assert (blocked.reason, blocked.next_reset) == ("period_limit_reached", first_dec)
@@ -509,7 +512,7 @@ def test_a_monthly_period_starts_on_the_first_at_0000_beijing(db: Any, caller: A
 
 
 def test_a_custom_period_is_anchored_at_the_subscription_start(db: Any, caller: Any) -> None:
-    from planctl.services import metering
+    from planctl.metering.limits import limits_view
 
     install(db, caller, plan("five-hours", period="5h", period_credit="0.0001"))
     start = utc(2026, 11, 21, 14, 7, 30)  # 22:07:30 in Beijing: the window spans midnight
@@ -522,7 +525,7 @@ def test_a_custom_period_is_anchored_at_the_subscription_start(db: Any, caller: 
     assert auth(db, b.secret, now=edge - US).reason == "period_limit_reached"
     fresh = auth(db, b.secret, now=edge)
     assert (fresh.allowed, fresh.remaining["period"]) == (True, 100)
-    assert metering.limits_view(db, b.sub, now=edge).period == (edge, edge + timedelta(hours=5))
+    assert limits_view(db, catalogs(db), b.sub, now=edge).period == (edge, edge + timedelta(hours=5))
     use(db, b.key, "r2", 100, at=edge + timedelta(hours=4, minutes=59))
     assert auth(db, b.secret, now=edge + timedelta(hours=5) - US).reason == "period_limit_reached"
     assert auth(db, b.secret, now=edge + timedelta(hours=5)).allowed
@@ -744,7 +747,7 @@ def test_the_same_request_id_with_other_content_is_a_conflict_naming_the_fields(
 
 
 def test_a_hold_reduces_what_the_next_authorize_sees_and_recording_settles_it(db: Any, caller: Any) -> None:
-    from planctl.services import metering
+    from planctl.metering.holds import list_reservations, release_by_hand
     from planctl.services.database import check
     from planctl.domain.errors import Refused
 
@@ -767,12 +770,12 @@ def test_a_hold_reduces_what_the_next_authorize_sees_and_recording_settles_it(db
     assert (s.credit_used, s.credit_reserved) == (250, 400)
     assert ledger(db, *_rid("r1")) == [("debit", "plan", -250, None, "r1")]
     assert auth(db, b.secret).remaining["total"] == 350
-    assert [h.id for h in metering.list_reservations(db, now=NOW)] == [second.reservation_id]
-    released = metering.release(db, second.reservation_id, caller=caller, now=NOW)
+    assert [h.id for h in list_reservations(db, now=NOW)] == [second.reservation_id]
+    released = release_by_hand(db, second.reservation_id, caller=caller, now=NOW)
     assert released.status == "released"
     assert auth(db, b.secret).remaining["total"] == 750
     with pytest.raises(Refused) as exc:
-        metering.release(db, second.reservation_id, caller=caller, now=NOW)
+        release_by_hand(db, second.reservation_id, caller=caller, now=NOW)
     assert exc.value.reason == "reservation_closed"
     plan_entries = [(k, a) for k, pool, a, _, _ in ledger(db) if pool == "plan"]
     assert plan_entries == [("grant", 1000), ("reserve", -600), ("reserve", -400), ("release", 600),
@@ -781,7 +784,7 @@ def test_a_hold_reduces_what_the_next_authorize_sees_and_recording_settles_it(db
 
 
 def test_an_unsettled_hold_expires_after_its_timeout(db: Any, caller: Any) -> None:
-    from planctl.services import metering
+    from planctl.metering.holds import list_reservations
 
     _, b = sold_meter(db, caller, total_credit="0.001")
     hold = auth(db, b.secret, reserve=1000)
@@ -792,7 +795,7 @@ def test_an_unsettled_hold_expires_after_its_timeout(db: Any, caller: Any) -> No
     stale = reservation(db, hold.reservation_id)
     assert (stale.status, stale.closed_at) == ("expired", later)
     assert sub_row(db, b.sub).credit_reserved == 1  # only the new hold
-    assert [r.id for r in metering.list_reservations(db, now=later, status="expired")] == [hold.reservation_id]
+    assert [r.id for r in list_reservations(db, now=later, status="expired")] == [hold.reservation_id]
     # recording against the expired hold charges without it, and releases nothing twice
     r = use(db, b.key, "late", 200, reservation=hold.reservation_id, now=later)
     assert r.record.charged_plan == 200 and "expired" in r.note
@@ -819,14 +822,14 @@ def test_a_capped_key_holds_against_its_cap_and_settling_gives_the_hold_back(db:
 def test_a_stale_hold_does_not_block_an_authorize_without_reserve(db: Any, caller: Any) -> None:
     """Holds expire after their timeout: every admission (with --reserve or not) and `limits show`
     must stop counting them, not only the ones that write."""
-    from planctl.services import metering
+    from planctl.metering.limits import limits_view
 
     _, b = sold_meter(db, caller, total_credit="0.001")
     assert auth(db, b.secret, reserve=1000).allowed
     later = NOW + timedelta(minutes=11)
     a = auth(db, b.secret, now=later)
     assert (a.allowed, a.remaining["total"]) == (True, 1000), a.reason
-    assert metering.limits_view(db, b.sub, now=later).counters.plan_reserved == 0
+    assert limits_view(db, catalogs(db), b.sub, now=later).counters.plan_reserved == 0
     checks_ok(db)
 
 
@@ -914,7 +917,7 @@ def test_an_open_hold_counts_against_the_request_limits_until_it_is_recorded_or_
     """A gateway answers before its settlement is recorded: an admitted request whose hold is still
     open counts as a request of the day (RPD, a key's RPD) at admission; once it is recorded the
     count is the recorded one (not both), and a released hold counts for nothing."""
-    from planctl.services import metering
+    from planctl.metering.holds import release_hold
 
     _, b = sold_meter(db, caller, rpd=limit.get("rpd"))
     key, secret = team(db, caller, b.sub, rpd=limit["key_rpd"]) if "key_rpd" in limit else (b.key, b.secret)
@@ -923,7 +926,7 @@ def test_an_open_hold_counts_against_the_request_limits_until_it_is_recorded_or_
     for kw in ({}, {"reserve": 10}):  # a plain authorize sees the open hold too
         second = auth(db, secret, **kw)
         assert (second.allowed, second.reason) == (False, reason), second.message
-    assert metering.release_hold(db, first.reservation_id, now=NOW)
+    assert release_hold(db, first.reservation_id, now=NOW)
     again = auth(db, secret, reserve=10)
     assert again.allowed, again.message
     use(db, key, "r1", 5, reservation=again.reservation_id)  # settled: counted once, as recorded
@@ -1043,9 +1046,9 @@ def test_usage_import_jsonl_counts_rejected_lines_and_never_half_applies(
     ok = js(cli, "usage", "import", str(path_b))
     assert ok == {"new": 3, "duplicate": 0, "rejected": 0, "rejected_lines": [], "conflicting": 0,
                   "conflicting_lines": [], "retried": 0}
-    from planctl.services import metering
+    from planctl.metering.holds import release_by_hand
 
-    metering.release(db, foreign, caller=caller, now=NOW)
+    release_by_hand(db, foreign, caller=caller, now=NOW)
 
     def state(bought: Bought) -> tuple[Any, ...]:
         s, k = sub_row(db, bought.sub), key_row(db, bought.key)
@@ -1073,17 +1076,18 @@ def test_usage_import_jsonl_counts_rejected_lines_and_never_half_applies(
 
 def test_usage_import_reports_rejected_lines_in_file_order(db: Any, caller: Any) -> None:
     """Lines refused by their shape and lines refused by the database are listed in one order."""
-    from planctl.services import metering
+    from planctl.metering.importing import import_usage
+    from planctl.metering.recording import UsageInput
 
     _, b = sold_meter(db, caller)
 
     def line(rid: str, key: str, cached: int = 0) -> Any:
-        return metering.UsageInput(request_id=rid, key=key, model="unit", input_tokens=5, cached_tokens=cached,
-                                   output_tokens=0, status_code=200)
+        return UsageInput(request_id=rid, key=key, model="unit", input_tokens=5, cached_tokens=cached,
+                          output_tokens=0, status_code=200)
 
     items = [(1, line("u1", "no-such-key")), (2, line("u2", b.key, cached=9)), (3, "not JSON"),
              (4, line("u4", b.key))]
-    report = metering.import_usage(db, iter(items), now=NOW)
+    report = import_usage(db, catalogs(db), iter(items), now=NOW)
     assert (report.new, report.duplicate) == (1, 0)
     assert report.rejected == 3 and [n for n, _ in report.rejected_lines] == [1, 2, 3]
     checks_ok(db)
@@ -1403,9 +1407,9 @@ def test_next_reset_of_a_weekly_limit_is_the_weeks(db: Any, cli: Any, caller: An
     assert out["blocking"] == "period_limit_reached"
     assert out["next_reset"] == out["period"]["resets_at"] != out["today"]["resets_at"]
     from planctl.domain.clock import iso
-    from planctl.services import metering
+    from planctl.metering.admission import authorize
 
-    denied = metering.authorize(db, b.secret, model="unit", now=NOW)
+    denied = authorize(db, catalogs(db), b.secret, model="unit", now=NOW)
     assert (denied.reason, iso(denied.next_reset)) == ("period_limit_reached", out["period"]["resets_at"])
     assert out["period"]["resets_at"] == "2026-11-22T16:00:00+00:00"  # Monday 00:00 in Beijing
     assert denied.message.endswith("it resets at 2026-11-23 00:00 CST")
@@ -1422,7 +1426,8 @@ def _meter_worker(db_url: str, secret: str, key_id: str, wid: int, barrier: Any,
     import time
 
     from planctl.domain.errors import PlanctlError
-    from planctl.services import metering
+    from planctl.metering.admission import authorize
+    from planctl.metering.recording import UsageInput, record
     from planctl.services.database import open_database
     from planctl.store.location import resolve_target
 
@@ -1434,7 +1439,7 @@ def _meter_worker(db_url: str, secret: str, key_id: str, wid: int, barrier: Any,
             n = 0
             while True:
                 try:
-                    a = metering.authorize(database, secret, model="unit", reserve=EST, now=NOW)
+                    a = authorize(database, catalogs(database), secret, model="unit", reserve=EST, now=NOW)
                 except PlanctlError as exc:  # a hold refused by a concurrent request
                     log.append(("refused", exc.reason))
                     break
@@ -1443,7 +1448,7 @@ def _meter_worker(db_url: str, secret: str, key_id: str, wid: int, barrier: Any,
                     break
                 rid, cost = f"w{wid}-{n}", 500 + (n * 37 + wid * 101) % 501
                 time.sleep(0.005 + 0.002 * ((n + wid) % 4))  # the request is in flight upstream, its hold held
-                r = metering.record(database, metering.UsageInput(
+                r = record(database, catalogs(database), UsageInput(
                     request_id=rid, key=key_id, model="unit", input_tokens=cost, output_tokens=0, status_code=200,
                     reservation=a.reservation_id), now=NOW)
                 log.append(("ok", rid, a.reservation_id, cost, r.record.charged_plan, r.duplicate))
@@ -1517,7 +1522,8 @@ def _expiring_worker(db_url: str, secret: str, key_id: str, wid: int, barrier: A
     them (each process's clock runs at its own speed), while this one records against them."""
     import time
 
-    from planctl.services import metering
+    from planctl.metering.admission import authorize
+    from planctl.metering.recording import UsageInput, record
     from planctl.services.database import open_database
     from planctl.store.location import resolve_target
 
@@ -1528,16 +1534,16 @@ def _expiring_worker(db_url: str, secret: str, key_id: str, wid: int, barrier: A
             barrier.wait(timeout=60)
             for n in range(ROUNDS):
                 now = NOW + timedelta(seconds=n * (wid + 1))
-                a = metering.authorize(database, secret, model="unit", reserve=EST, now=now,
-                                       hold_for=timedelta(seconds=2))
+                a = authorize(database, catalogs(database), secret, model="unit", reserve=EST, now=now,
+                              hold_for=timedelta(seconds=2))
                 if not a.allowed:
                     log.append(("denied", a.reason))
                     continue
                 rid, cost = f"x{wid}-{n}", 300 + 50 * ((n + wid) % 5)
                 time.sleep(0.003)
-                u = metering.UsageInput(request_id=rid, key=key_id, model="unit", input_tokens=cost,
-                                        output_tokens=0, status_code=200, reservation=a.reservation_id)
-                r = metering.record(database, u, now=now + timedelta(seconds=1))
+                u = UsageInput(request_id=rid, key=key_id, model="unit", input_tokens=cost,
+                               output_tokens=0, status_code=200, reservation=a.reservation_id)
+                r = record(database, catalogs(database), u, now=now + timedelta(seconds=1))
                 log.append(("ok", rid, a.reservation_id, cost, r.record.charged_plan, r.duplicate))
         finally:
             database.dispose()
