@@ -472,6 +472,7 @@ class Relay:
         self.gw, self.call, self.response, self.reader = gateway, call, response, reader
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.gone = False
+        self.finished = False  # the pump has queued its last item (the end, None, follows it)
         self.task: asyncio.Task[Any] | None = None
         self.events = Events()
 
@@ -519,6 +520,7 @@ class Relay:
         estimated = reader.usage is None
         await asyncio.shield(self.gw.settle(call, reader.usage, status, broke or reader.error, estimated=estimated,
                                             output_estimate=self.events.count))
+        self.finished = True
         if tail:
             put(b"".join(tail))
         if broke is not None and not self.gone and reader.ended is None:
@@ -535,7 +537,10 @@ class Relay:
             while (item := await self.queue.get()) is not None:
                 if self.gone:
                     return
-                await send({"type": "http.response.body", "body": item, "more_body": True})
+                last = self.finished and self.queue.qsize() == 1  # only the end is left: one write for both
+                await send({"type": "http.response.body", "body": item, "more_body": not last})
+                if last:
+                    return
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except (OSError, asyncio.CancelledError):
             self.client_left()
