@@ -54,6 +54,8 @@ def text_error(name: str, value: object, limit: int) -> str | None:
         return f"{name} has more than {limit:,} characters"
     if "\x00" in value:
         return f"{name} contains a NUL character"
+    if value.isascii():  # the usual case, answered without encoding it
+        return None
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
