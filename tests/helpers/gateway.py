@@ -70,10 +70,13 @@ def add_upstream(db: Any, caller: Any, name: str, up: FakeUpstream, **spec: Any)
 
 
 def records(db: Any) -> list[dict[str, Any]]:
+    """The usage records in the order their requests were settled (their time: settlements that
+    share a transaction, as the gateway's group commit makes them, get their ids in no set order
+    on PostgreSQL)."""
     from sqlalchemy import text
 
     with db.read() as session:
-        result = session.execute(text("SELECT * FROM usage_records ORDER BY id"))
+        result = session.execute(text("SELECT * FROM usage_records ORDER BY at, id"))
         return [dict(r._mapping) for r in result]
 
 
