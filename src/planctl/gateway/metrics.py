@@ -66,6 +66,10 @@ class Counting:
     def __init__(self, app: Any) -> None:
         self.app = app
 
+    @property
+    def state(self) -> Any:
+        return self.app.state
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
