@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from helpers.gateway import buy, install, ledger_of, records
+from helpers.procs import holder
 
 
 def settlements(db: Any, caller: Any, count: int) -> tuple[Any, str, list[Any]]:
@@ -26,8 +27,10 @@ def settlements(db: Any, caller: Any, count: int) -> tuple[Any, str, list[Any]]:
     return meter, sub, out
 
 
-def write_all(meter: Any, usages: list[Any], *, group: bool, before: Any = None) -> tuple[int, list[Any]]:
-    """Put every settlement on a writer at once; (database calls made, what each settled as)."""
+def write_all(meter: Any, usages: list[Any], *, group: bool, before: Any = None,
+              inline: bool = False) -> tuple[int, list[Any]]:
+    """Put every settlement on a writer at once; (calls to the metering threads, what each
+    settled as). With `inline`, the event loop writes a group itself when it can."""
     from planctl.gateway.writer import Pending, Writer
 
     async def main() -> tuple[int, list[Any]]:
@@ -39,7 +42,7 @@ def write_all(meter: Any, usages: list[Any], *, group: bool, before: Any = None)
             calls += 1
             return await loop.run_in_executor(None, fn, *args)
 
-        writer = Writer(meter, run, group=group)
+        writer = Writer(meter, run, group=group, inline=inline)
         writer.start()
         done: list[Any] = []
         for u in usages:
@@ -61,6 +64,31 @@ def test_concurrent_settlements_share_transactions_with_group_commit(db: Any, ca
     rows = records(db)
     assert sorted(r["request_id"] for r in rows) == sorted(u.request_id for u in usages)
     assert ledger_of(db, sub) == (sum(r["charged_plan"] for r in rows), 0)  # every hold settled
+
+
+def test_on_sqlite_the_event_loop_writes_a_group_itself_unless_another_writer_holds_the_database(
+        db: Any, db_url: str, caller: Any) -> None:
+    """A group written on a metering thread competed with the event loop for the interpreter
+    lock (one worker served about half as many requests): on SQLite the loop writes groups of
+    at most INLINE_MAX itself, and hands them to a thread while another process writes."""
+    from planctl.gateway.writer import INLINE_MAX
+
+    meter, sub, usages = settlements(db, caller, INLINE_MAX + 6)
+    calls, done = write_all(meter, usages[:INLINE_MAX + 1], group=True, inline=True)
+    sqlite = "://" not in db_url
+    assert calls == (0 if sqlite else 1)  # PostgreSQL: always a thread (the network)
+    assert len(done) == INLINE_MAX + 1 and all(values is not None for values, _ in done)
+    if sqlite:
+        proc = holder(db.target.path, 0.3)  # another gateway worker is writing
+        try:
+            calls, done = write_all(meter, usages[INLINE_MAX + 1:], group=True, inline=True)
+        finally:
+            proc.wait(10)
+        assert calls == 1 and all(values is not None for values, _ in done)  # waited on a thread
+    else:
+        write_all(meter, usages[INLINE_MAX + 1:], group=True, inline=True)
+    rows = records(db)
+    assert len(rows) == INLINE_MAX + 6 and ledger_of(db, sub) == (sum(r["charged_plan"] for r in rows), 0)
 
 
 def test_a_settlement_written_twice_is_recorded_once(db: Any, caller: Any) -> None:

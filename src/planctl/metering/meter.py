@@ -171,6 +171,22 @@ class Meter:
         `keep`, the report has each new record's values by position (from 1)."""
         return self.import_lines(enumerate(records, 1), keep=keep)
 
+    def record_many_now(self, records: list[UsageInput]) -> ImportReport | None:
+        """`record_many(records, keep=True)` in one transaction, or None at once when it would have
+        to wait for a writer of this process or another (as `admit_now`; SQLite only)."""
+        if not self.sqlite or not self._writing.acquire(blocking=False):
+            return None
+        try:
+            self.db.never_wait()
+            return importing.import_usage(self.db, self.catalogs, enumerate(records, 1), now=self.clock(),
+                                          batch_size=len(records) or 1, keep=True)
+        except Conflict as exc:
+            if exc.reason == "database_busy":
+                return None
+            raise
+        finally:
+            self._writing.release()
+
     def import_lines(self, lines: Iterable[tuple[int, UsageInput | str]], *, batch_size: int = 2_000,
                      progress: Callable[[ImportReport], Any] | None = None, keep: bool = False) -> ImportReport:
         """(line number, UsageInput or why the line is unreadable) pairs recorded in batches of
