@@ -4,8 +4,9 @@ and choose how events and errors look; everything else is here, API-neutral.
 
 Metering is synchronous (the `Meter` of planctl/metering/). On SQLite the event loop admits a
 request itself when that cannot wait (`Meter.admit_now`: no write of this process under way, no
-other process holding the write lock), saving two thread switches; everything else runs on a
-thread pool, so the event loop never waits on the database.
+other process holding the write lock), saving two thread switches, and the settlement writer
+(writer.py) writes its groups the same way; everything else runs on a thread pool, so the event
+loop never waits on the database.
 """
 
 from __future__ import annotations
