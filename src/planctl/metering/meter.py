@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from planctl.domain.errors import Conflict, Refused
 from planctl.metering import admission as admissions
@@ -27,6 +27,7 @@ from planctl.metering.recording import Recorded, UsageInput
 from planctl.store.meter import HoldRow
 from planctl.store.writelock import WriteLock
 
+T = TypeVar("T")
 QUOTE_TTL = 5.0  # seconds a model's price quote is reused (catalog edits show within this)
 
 
@@ -111,11 +112,16 @@ class Meter:
         settlement being written) or, on SQLite, for another process's write lock. A caller that
         must never block (an event loop) tries this first and hands a None to a thread that
         calls `admit`. Only on SQLite (on PostgreSQL every admission waits on the network)."""
+        return self._without_waiting(lambda: self._admit(secret, model, api, reserve))
+
+    def _without_waiting(self, write: Callable[[], T]) -> T | None:
+        """`write` under the write lock, on a connection that gives up at once when another
+        process writes; None when either is taken (SQLite only: None on PostgreSQL)."""
         if not self.sqlite or not self._writing.acquire(blocking=False):
             return None
         try:
             self.db.never_wait()
-            return self._admit(secret, model, api, reserve)
+            return write()
         except Conflict as exc:
             if exc.reason == "database_busy":
                 return None
@@ -174,18 +180,8 @@ class Meter:
     def record_many_now(self, records: list[UsageInput]) -> ImportReport | None:
         """`record_many(records, keep=True)` in one transaction, or None at once when it would have
         to wait for a writer of this process or another (as `admit_now`; SQLite only)."""
-        if not self.sqlite or not self._writing.acquire(blocking=False):
-            return None
-        try:
-            self.db.never_wait()
-            return importing.import_usage(self.db, self.catalogs, enumerate(records, 1), now=self.clock(),
-                                          batch_size=len(records) or 1, keep=True)
-        except Conflict as exc:
-            if exc.reason == "database_busy":
-                return None
-            raise
-        finally:
-            self._writing.release()
+        return self._without_waiting(lambda: importing.import_usage(
+            self.db, self.catalogs, enumerate(records, 1), now=self.clock(), batch_size=len(records) or 1, keep=True))
 
     def import_lines(self, lines: Iterable[tuple[int, UsageInput | str]], *, batch_size: int = 2_000,
                      progress: Callable[[ImportReport], Any] | None = None, keep: bool = False) -> ImportReport:
