@@ -24,7 +24,7 @@ def test_a_writer_of_another_process_waits_and_is_woken_at_once(tmp_path: Path) 
         lock.release()
         assert proc.stdout is not None
         released = float(proc.stdout.readline().split()[1])
-        assert 0 <= got - released < 0.05  # woken when it let go, not at a busy handler's next try
+        assert 0 <= got - released < 0.1  # woken when it let go, not at a busy handler's next try
     finally:
         lock.close()
         proc.wait(10)

@@ -67,8 +67,9 @@ HOLD = textwrap.dedent("""
     lock.acquire()
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
+    released = time.monotonic()  # read while it still holds the lock: a waiter can only get it after
     lock.release()
-    print("released", time.monotonic(), flush=True)
+    print("released", released, flush=True)
     time.sleep(0.5)
 """)
 
